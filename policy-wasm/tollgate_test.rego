@@ -1,0 +1,742 @@
+# Unit tests for tollgate.rego: `tollgate policy test policy-wasm/` (or `opa test policy-wasm/`).
+#
+# Convention (docs/POLICY.md, "Testing"): every test is a rule named test_<verdict>_<what>
+# that must evaluate to true. Tests build their own input with req()/conn() and their own
+# config with `with data.tollgate_config as ...`, so they do not depend on data.json; only the
+# tests named test_example_* read the shipped example data.
+package tollgate_test
+
+# --- fixtures ------------------------------------------------------------------------------
+
+triage := "spiffe://example.org/ns/agents/sa/triage"
+
+other := "spiffe://example.org/ns/agents/sa/other"
+
+base_input := {
+	"version": 1,
+	"time": "2026-11-22T10:00:00.123Z",
+	"source": {
+		"spiffe_id": triage,
+		"trust_domain": "example.org",
+		"path": "/ns/agents/sa/triage",
+		"authenticated": true,
+		"listener": "agents",
+		"address": "10.0.0.7:51234",
+	},
+	"intent": {
+		"name": null, "task": null, "purpose": null, "delegation": [],
+		"verified": false, "issuer": null, "claims": {},
+	},
+	"request": null,
+	"destination": {"host": "api.github.com", "port": 443, "ip": "140.82.112.6"},
+	"connection": {"mode": "forward", "intercepted": true, "tls_sni": "api.github.com"},
+}
+
+# A per-request input (SPEC §4.1).
+req(method, scheme, host, port, path) := object.union(base_input, {
+	"request": {
+		"method": method, "scheme": scheme, "host": host, "port": port, "path": path,
+		"query": "", "headers": {"content-type": "application/json"}, "protocol": "HTTP/1.1",
+	},
+	"destination": {"host": host, "port": port, "ip": "192.0.2.10"},
+})
+
+# The common case: GET https://<host>:443<path>.
+get(host, path) := req("GET", "https", host, 443, path)
+
+# A connection-level input: request is null.
+conn(host, port) := object.union(base_input, {
+	"request": null,
+	"destination": {"host": host, "port": port, "ip": "192.0.2.10"},
+})
+
+with_intent(inp, name, verified) := object.union(inp, {"intent": object.union(inp.intent, {
+	"name": name, "task": "t-42", "verified": verified,
+})})
+
+as_caller(inp, spiffe_id, authenticated) := object.union(inp, {"source": object.union(inp.source, {
+	"spiffe_id": spiffe_id, "authenticated": authenticated,
+})})
+
+# The config with one agent (triage) holding `rules`.
+config(rules) := {"agents": {triage: {"rules": rules}}}
+
+# The decision for input `inp` when triage holds `rules`.
+decide(inp, rules) := d if {
+	d := data.tollgate.decision with input as inp with data.tollgate_config as config(rules)
+}
+
+github_read := {
+	"id": "github-read",
+	"hosts": ["api.github.com"],
+	"methods": ["GET"],
+	"paths": ["/repos/acme"],
+}
+
+deny(reason) := {"allow": false, "reason": reason}
+
+# --- allow paths ---------------------------------------------------------------------------
+
+test_allows_request_matching_host_port_method_and_path if {
+	decide(get("api.github.com", "/repos/acme/app/issues"), [github_read]) == {
+		"allow": true, "reason": "allowed by rule github-read",
+	}
+}
+
+test_allows_with_reason_from_rule_reason_field if {
+	rule := object.union(github_read, {"reason": "triage may read issues"})
+	decide(get("api.github.com", "/repos/acme"), [rule]).reason == "triage may read issues"
+}
+
+test_allows_with_reason_naming_rule_index_when_rule_has_no_id if {
+	rule := object.remove(github_read, ["id"])
+	d := decide(get("api.github.com", "/repos/acme"), [{"hosts": ["example.com"]}, rule])
+	d == {"allow": true, "reason": "allowed by rule rules[1]"}
+}
+
+test_allows_with_credential_passed_through if {
+	rule := object.union(github_read, {"credential": {"name": "github", "scopes": ["issues:read"], "ttl": "5m"}})
+	decide(get("api.github.com", "/repos/acme"), [rule]) == {
+		"allow": true,
+		"reason": "allowed by rule github-read",
+		"credential": {"name": "github", "scopes": ["issues:read"], "ttl": "5m"},
+	}
+}
+
+test_allows_with_credential_scopes_defaulted_and_ttl_omitted if {
+	rule := object.union(github_read, {"credential": {"name": "github"}})
+	decide(get("api.github.com", "/repos/acme"), [rule]).credential == {"name": "github", "scopes": []}
+}
+
+test_allows_with_headers_passed_through if {
+	rule := object.union(github_read, {"headers": {"set": {"x-request-source": "tollgate"}, "remove": ["x-debug"]}})
+	decide(get("api.github.com", "/repos/acme"), [rule]).headers == {
+		"set": {"x-request-source": "tollgate"}, "remove": ["x-debug"],
+	}
+}
+
+test_allows_with_headers_normalized_to_set_and_remove if {
+	rule := object.union(github_read, {"headers": {"set": {"x-a": "1"}}})
+	decide(get("api.github.com", "/repos/acme"), [rule]).headers == {"set": {"x-a": "1"}, "remove": []}
+}
+
+test_allows_by_first_matching_rule_in_list_order if {
+	first := object.union(github_read, {"id": "first", "credential": {"name": "one"}})
+	second := object.union(github_read, {"id": "second", "credential": {"name": "two"}})
+	d := decide(get("api.github.com", "/repos/acme"), [first, second])
+	d.reason == "allowed by rule first"
+	d.credential.name == "one"
+}
+
+test_allows_any_method_when_methods_absent if {
+	rule := object.remove(github_read, ["methods"])
+	decide(req("DELETE", "https", "api.github.com", 443, "/repos/acme"), [rule]).allow == true
+}
+
+test_allows_any_method_when_methods_empty if {
+	rule := object.union(github_read, {"methods": []})
+	decide(req("PATCH", "https", "api.github.com", 443, "/repos/acme"), [rule]).allow == true
+}
+
+test_allows_any_method_with_star if {
+	rule := object.union(github_read, {"methods": ["*"]})
+	decide(req("PROPFIND", "https", "api.github.com", 443, "/repos/acme"), [rule]).allow == true
+}
+
+test_allows_method_case_insensitively if {
+	rule := object.union(github_read, {"methods": ["get"]})
+	decide(get("api.github.com", "/repos/acme"), [rule]).allow == true
+}
+
+test_allows_any_path_when_paths_absent if {
+	rule := object.remove(github_read, ["paths"])
+	decide(get("api.github.com", "/anything/at/all"), [rule]).allow == true
+}
+
+test_allows_without_intent_when_intents_absent if {
+	decide(get("api.github.com", "/repos/acme"), [github_read]).allow == true
+}
+
+test_allows_any_intent_when_intents_empty if {
+	rule := object.union(github_read, {"intents": []})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "whatever", false)
+	decide(inp, [rule]).allow == true
+}
+
+test_allows_listed_intent if {
+	rule := object.union(github_read, {"intents": ["issues.read", "issues.triage"]})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.triage", false)
+	decide(inp, [rule]).allow == true
+}
+
+test_allows_intent_matching_one_label_glob if {
+	rule := object.union(github_read, {"intents": ["issues.*"]})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.read", false)
+	decide(inp, [rule]).allow == true
+}
+
+test_allows_verified_intent_when_verification_required if {
+	rule := object.union(github_read, {"intents": ["issues.read"], "require_verified_intent": true})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.read", true)
+	decide(inp, [rule]).allow == true
+}
+
+test_allows_any_verified_intent_when_only_verification_required if {
+	rule := object.union(github_read, {"require_verified_intent": true})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "anything", true)
+	decide(inp, [rule]).allow == true
+}
+
+test_allows_when_authentication_required_and_caller_authenticated if {
+	cfg := {"agents": {triage: {"require_authenticated": true, "rules": [github_read]}}}
+	d := data.tollgate.decision with input as get("api.github.com", "/repos/acme") with data.tollgate_config as cfg
+	d.allow == true
+}
+
+test_allows_unauthenticated_caller_with_known_id_by_default if {
+	inp := as_caller(get("api.github.com", "/repos/acme"), triage, false)
+	decide(inp, [github_read]).allow == true
+}
+
+# --- hosts ---------------------------------------------------------------------------------
+
+test_allows_host_glob_for_one_label if {
+	rule := object.union(github_read, {"hosts": ["*.github.com"]})
+	decide(get("api.github.com", "/repos/acme"), [rule]).allow == true
+}
+
+test_denies_host_glob_for_two_labels if {
+	rule := object.union(github_read, {"hosts": ["*.github.com"]})
+	decide(get("a.b.github.com", "/repos/acme"), [rule]) == deny("destination_not_allowed")
+}
+
+test_denies_host_glob_for_apex if {
+	rule := object.union(github_read, {"hosts": ["*.github.com"]})
+	decide(get("github.com", "/repos/acme"), [rule]) == deny("destination_not_allowed")
+}
+
+test_allows_double_star_glob_for_many_labels if {
+	rule := object.union(github_read, {"hosts": ["**.github.com"]})
+	decide(get("a.b.github.com", "/repos/acme"), [rule]).allow == true
+}
+
+test_denies_host_that_only_ends_with_allowed_name if {
+	rule := object.union(github_read, {"hosts": ["github.com"]})
+	decide(get("evilgithub.com", "/repos/acme"), [rule]) == deny("destination_not_allowed")
+}
+
+test_allows_host_case_insensitively if {
+	rule := object.union(github_read, {"hosts": ["API.GitHub.com"]})
+	decide(get("Api.GITHUB.com", "/repos/acme"), [rule]).allow == true
+}
+
+test_allows_host_with_trailing_root_dot if {
+	decide(get("api.github.com.", "/repos/acme"), [github_read]).allow == true
+}
+
+test_allows_ipv6_literal_compared_verbatim if {
+	rule := {"id": "v6", "hosts": ["[::1]"], "ports": ["*"]}
+	decide(req("GET", "http", "[::1]", 8080, "/"), [rule]).allow == true
+}
+
+# --- ports ---------------------------------------------------------------------------------
+
+test_allows_https_on_default_port_443 if {
+	decide(req("GET", "https", "api.github.com", 443, "/repos/acme"), [github_read]).allow == true
+}
+
+test_allows_http_on_default_port_80 if {
+	decide(req("GET", "http", "api.github.com", 80, "/repos/acme"), [github_read]).allow == true
+}
+
+test_denies_https_on_port_80_without_ports if {
+	decide(req("GET", "https", "api.github.com", 80, "/repos/acme"), [github_read]) == deny("port_not_allowed")
+}
+
+test_denies_https_on_other_port_without_ports if {
+	decide(req("GET", "https", "api.github.com", 8443, "/repos/acme"), [github_read]) == deny("port_not_allowed")
+}
+
+test_allows_listed_port if {
+	rule := object.union(github_read, {"ports": [8443]})
+	decide(req("GET", "https", "api.github.com", 8443, "/repos/acme"), [rule]).allow == true
+}
+
+test_denies_default_port_when_ports_listed if {
+	rule := object.union(github_read, {"ports": [8443]})
+	decide(get("api.github.com", "/repos/acme"), [rule]) == deny("port_not_allowed")
+}
+
+test_allows_any_port_with_star if {
+	rule := object.union(github_read, {"ports": ["*"]})
+	decide(req("GET", "http", "api.github.com", 41234, "/repos/acme"), [rule]).allow == true
+}
+
+# --- paths ---------------------------------------------------------------------------------
+
+test_allows_path_equal_to_prefix if {
+	decide(get("api.github.com", "/repos/acme"), [github_read]).allow == true
+}
+
+test_allows_path_below_prefix if {
+	decide(get("api.github.com", "/repos/acme/app/issues/1"), [github_read]).allow == true
+}
+
+test_denies_path_sharing_prefix_across_segment_boundary if {
+	decide(get("api.github.com", "/repos/acmeevil"), [github_read]) == deny("path_not_allowed")
+}
+
+test_denies_parent_of_prefix if {
+	decide(get("api.github.com", "/repos"), [github_read]) == deny("path_not_allowed")
+}
+
+test_allows_path_below_prefix_with_trailing_slash if {
+	rule := object.union(github_read, {"paths": ["/repos/"]})
+	decide(get("api.github.com", "/repos/anything"), [rule]).allow == true
+}
+
+test_allows_bare_path_for_prefix_with_trailing_slash if {
+	rule := object.union(github_read, {"paths": ["/repos/"]})
+	decide(get("api.github.com", "/repos"), [rule]).allow == true
+}
+
+test_denies_sibling_for_prefix_with_trailing_slash if {
+	rule := object.union(github_read, {"paths": ["/repos/"]})
+	decide(get("api.github.com", "/reposx/y"), [rule]) == deny("path_not_allowed")
+}
+
+test_allows_path_with_trailing_slash_for_prefix_without if {
+	decide(get("api.github.com", "/repos/acme/"), [github_read]).allow == true
+}
+
+test_allows_every_path_for_root_prefix if {
+	rule := object.union(github_read, {"paths": ["/"]})
+	decide(get("api.github.com", "/"), [rule]).allow == true
+	decide(get("api.github.com", "/x/y"), [rule]).allow == true
+	decide(req("OPTIONS", "https", "api.github.com", 443, "*"), [object.union(rule, {"methods": ["OPTIONS"]})]).allow == true
+}
+
+test_allows_path_matching_any_listed_prefix if {
+	rule := object.union(github_read, {"paths": ["/users/", "/repos/acme"]})
+	decide(get("api.github.com", "/users/octocat"), [rule]).allow == true
+}
+
+# --- connection level (request: null) ------------------------------------------------------
+
+test_allows_connection_with_intercept_mode_by_default if {
+	decide(conn("api.github.com", 443), [github_read]) == {
+		"allow": true, "reason": "allowed by rule github-read", "mode": "intercept",
+	}
+}
+
+test_allows_connection_with_tunnel_mode_from_rule if {
+	rule := {"id": "pypi", "hosts": ["files.pythonhosted.org"], "mode": "tunnel"}
+	decide(conn("files.pythonhosted.org", 443), [rule]) == {
+		"allow": true, "reason": "allowed by rule pypi", "mode": "tunnel",
+	}
+}
+
+test_allows_connection_regardless_of_methods_and_paths if {
+	rule := object.union(github_read, {"methods": ["POST"], "paths": ["/nowhere"]})
+	decide(conn("api.github.com", 443), [rule]).allow == true
+}
+
+test_allows_connection_without_credential_or_headers if {
+	rule := object.union(github_read, {"credential": {"name": "github"}, "headers": {"set": {"x-a": "1"}}})
+	decide(conn("api.github.com", 443), [rule]) == {
+		"allow": true, "reason": "allowed by rule github-read", "mode": "intercept",
+	}
+}
+
+test_allows_connection_to_intercept_rule_without_intent if {
+	rule := object.union(github_read, {"intents": ["issues.read"], "require_verified_intent": true})
+	decide(conn("api.github.com", 443), [rule]).allow == true
+}
+
+test_allows_connection_on_port_80_or_443_without_ports if {
+	decide(conn("api.github.com", 80), [github_read]).allow == true
+	decide(conn("api.github.com", 443), [github_read]).allow == true
+}
+
+test_denies_connection_on_other_port_without_ports if {
+	decide(conn("api.github.com", 8443), [github_read]) == deny("port_not_allowed")
+}
+
+test_denies_connection_to_unlisted_host if {
+	decide(conn("evil.example", 443), [github_read]) == deny("destination_not_allowed")
+}
+
+test_denies_tunnel_connection_without_required_intent if {
+	rule := {"id": "t", "hosts": ["db.example.org"], "ports": [5432], "mode": "tunnel", "intents": ["db.query"]}
+	decide(conn("db.example.org", 5432), [rule]) == deny("intent_required")
+}
+
+test_denies_tunnel_connection_with_other_intent if {
+	rule := {"id": "t", "hosts": ["db.example.org"], "ports": [5432], "mode": "tunnel", "intents": ["db.query"]}
+	inp := with_intent(conn("db.example.org", 5432), "db.drop", false)
+	decide(inp, [rule]) == deny("intent_not_allowed")
+}
+
+test_denies_tunnel_connection_with_unverified_intent_when_required if {
+	rule := {"id": "t", "hosts": ["db.example.org"], "ports": [5432], "mode": "tunnel", "intents": ["db.query"], "require_verified_intent": true}
+	inp := with_intent(conn("db.example.org", 5432), "db.query", false)
+	decide(inp, [rule]) == deny("verified_intent_required")
+}
+
+test_allows_tunnel_connection_with_required_intent if {
+	rule := {"id": "t", "hosts": ["db.example.org"], "ports": [5432], "mode": "tunnel", "intents": ["db.query"]}
+	inp := with_intent(conn("db.example.org", 5432), "db.query", false)
+	decide(inp, [rule]).mode == "tunnel"
+}
+
+test_allows_intercept_when_tunnel_rule_intent_fails if {
+	tunnel := {"id": "tunnel", "hosts": ["api.github.com"], "mode": "tunnel", "intents": ["bulk.clone"]}
+	decide(conn("api.github.com", 443), [tunnel, github_read]) == {
+		"allow": true, "reason": "allowed by rule github-read", "mode": "intercept",
+	}
+}
+
+test_allows_connection_with_mode_of_first_matching_rule if {
+	tunnel := {"id": "tunnel", "hosts": ["api.github.com"], "mode": "tunnel"}
+	decide(conn("api.github.com", 443), [github_read, tunnel]).mode == "intercept"
+	decide(conn("api.github.com", 443), [tunnel, github_read]).mode == "tunnel"
+}
+
+test_allows_request_by_tunnel_rule_like_any_other if {
+	# Plain-HTTP requests never had a connection-level check; a tunnel rule applies in full.
+	rule := {"id": "t", "hosts": ["example.org"], "methods": ["GET"], "mode": "tunnel"}
+	decide(req("GET", "http", "example.org", 80, "/"), [rule]) == {"allow": true, "reason": "allowed by rule t"}
+	decide(req("POST", "http", "example.org", 80, "/"), [rule]) == deny("method_not_allowed")
+}
+
+# --- deny reasons --------------------------------------------------------------------------
+
+test_denies_invalid_input_without_request_key if {
+	inp := object.remove(get("api.github.com", "/repos/acme"), ["request"])
+	decide(inp, [github_read]) == deny("invalid_input")
+}
+
+test_denies_invalid_input_for_empty_input if {
+	decide({}, [github_read]) == deny("invalid_input")
+}
+
+test_denies_invalid_input_for_string_port if {
+	inp := object.union(get("api.github.com", "/repos/acme"), {"request": {
+		"method": "GET", "scheme": "https", "host": "api.github.com", "port": "443", "path": "/",
+	}})
+	decide(inp, [github_read]) == deny("invalid_input")
+}
+
+test_denies_invalid_input_for_connection_without_destination if {
+	inp := object.remove(conn("api.github.com", 443), ["destination"])
+	decide(inp, [github_read]) == deny("invalid_input")
+}
+
+test_denies_unauthenticated_without_spiffe_id if {
+	inp := as_caller(get("api.github.com", "/repos/acme"), null, false)
+	decide(inp, [github_read]) == deny("unauthenticated")
+}
+
+test_denies_unauthenticated_without_source if {
+	inp := object.remove(get("api.github.com", "/repos/acme"), ["source"])
+	decide(inp, [github_read]) == deny("unauthenticated")
+}
+
+test_denies_unauthenticated_when_agent_requires_authentication if {
+	cfg := {"agents": {triage: {"require_authenticated": true, "rules": [github_read]}}}
+	inp := as_caller(get("api.github.com", "/repos/acme"), triage, false)
+	d := data.tollgate.decision with input as inp with data.tollgate_config as cfg
+	d == deny("unauthenticated")
+}
+
+test_denies_unknown_agent if {
+	inp := as_caller(get("api.github.com", "/repos/acme"), other, true)
+	decide(inp, [github_read]) == deny("unknown_agent")
+}
+
+test_denies_unknown_agent_without_config if {
+	d := data.tollgate.decision with input as get("api.github.com", "/repos/acme") with data.tollgate_config as {}
+	d == deny("unknown_agent")
+}
+
+test_denies_unknown_agent_with_rules_of_other_agent_only if {
+	cfg := {"agents": {other: {"rules": [github_read]}}}
+	d := data.tollgate.decision with input as get("api.github.com", "/repos/acme") with data.tollgate_config as cfg
+	d == deny("unknown_agent")
+}
+
+test_denies_destination_not_allowed if {
+	decide(get("api.openai.com", "/v1/models"), [github_read]) == deny("destination_not_allowed")
+}
+
+test_denies_destination_not_allowed_for_agent_without_rules if {
+	decide(get("api.github.com", "/repos/acme"), []) == deny("destination_not_allowed")
+}
+
+test_denies_port_not_allowed if {
+	decide(req("GET", "https", "api.github.com", 444, "/repos/acme"), [github_read]) == deny("port_not_allowed")
+}
+
+test_denies_method_not_allowed if {
+	decide(req("POST", "https", "api.github.com", 443, "/repos/acme"), [github_read]) == deny("method_not_allowed")
+}
+
+test_denies_path_not_allowed if {
+	decide(get("api.github.com", "/orgs/acme"), [github_read]) == deny("path_not_allowed")
+}
+
+test_denies_intent_required if {
+	rule := object.union(github_read, {"intents": ["issues.read"]})
+	decide(get("api.github.com", "/repos/acme"), [rule]) == deny("intent_required")
+}
+
+test_denies_intent_required_when_only_verification_required if {
+	rule := object.union(github_read, {"require_verified_intent": true})
+	decide(get("api.github.com", "/repos/acme"), [rule]) == deny("intent_required")
+}
+
+test_denies_intent_not_allowed if {
+	rule := object.union(github_read, {"intents": ["issues.read"]})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.delete", true)
+	decide(inp, [rule]) == deny("intent_not_allowed")
+}
+
+test_denies_intent_beyond_one_label_glob if {
+	rule := object.union(github_read, {"intents": ["issues.*"]})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.comments.write", false)
+	decide(inp, [rule]) == deny("intent_not_allowed")
+}
+
+test_denies_verified_intent_required if {
+	rule := object.union(github_read, {"intents": ["issues.read"], "require_verified_intent": true})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.read", false)
+	decide(inp, [rule]) == deny("verified_intent_required")
+}
+
+# --- reason priority -----------------------------------------------------------------------
+
+test_denies_with_invalid_input_before_unauthenticated if {
+	inp := as_caller(object.remove(get("api.github.com", "/"), ["request"]), null, false)
+	decide(inp, [github_read]) == deny("invalid_input")
+}
+
+test_denies_with_unauthenticated_before_unknown_agent if {
+	d := data.tollgate.decision with input as as_caller(get("x.example", "/"), null, false) with data.tollgate_config as {}
+	d == deny("unauthenticated")
+}
+
+test_denies_with_method_before_path if {
+	decide(req("POST", "https", "api.github.com", 443, "/orgs/acme"), [github_read]) == deny("method_not_allowed")
+}
+
+test_denies_with_port_before_method if {
+	decide(req("POST", "https", "api.github.com", 8443, "/repos/acme"), [github_read]) == deny("port_not_allowed")
+}
+
+test_denies_with_reason_of_closest_rule if {
+	# wrong_method stops at the method; wrong_path gets one stage further: its reason wins.
+	wrong_method := object.union(github_read, {"id": "a", "methods": ["PUT"]})
+	wrong_path := object.union(github_read, {"id": "b", "methods": ["POST"], "paths": ["/gists/"]})
+	decide(req("POST", "https", "api.github.com", 443, "/repos/acme"), [wrong_method, wrong_path]) == deny("path_not_allowed")
+}
+
+test_denies_with_intent_required_before_intent_not_allowed if {
+	rule := object.union(github_read, {"intents": ["issues.read"], "require_verified_intent": true})
+	decide(get("api.github.com", "/repos/acme"), [rule]) == deny("intent_required")
+}
+
+test_denies_with_intent_not_allowed_before_verified_intent_required if {
+	rule := object.union(github_read, {"intents": ["issues.read"], "require_verified_intent": true})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.write", false)
+	decide(inp, [rule]) == deny("intent_not_allowed")
+}
+
+test_allows_when_a_later_rule_needs_no_intent if {
+	strict := object.union(github_read, {"id": "strict", "intents": ["issues.read"], "require_verified_intent": true})
+	lenient := object.union(github_read, {"id": "lenient"})
+	decide(get("api.github.com", "/repos/acme"), [strict, lenient]).reason == "allowed by rule lenient"
+}
+
+# --- malformed data fails closed -----------------------------------------------------------
+
+test_denies_every_method_when_methods_is_not_a_list if {
+	rule := object.union(github_read, {"methods": "GET"})
+	decide(get("api.github.com", "/repos/acme"), [rule]) == deny("method_not_allowed")
+}
+
+test_denies_every_host_when_hosts_is_not_a_list if {
+	rule := object.union(github_read, {"hosts": "api.github.com"})
+	decide(get("api.github.com", "/repos/acme"), [rule]) == deny("destination_not_allowed")
+}
+
+test_denies_every_path_when_paths_is_null if {
+	rule := object.union(github_read, {"paths": null})
+	decide(get("api.github.com", "/repos/acme"), [rule]) == deny("path_not_allowed")
+}
+
+test_denies_unverified_intent_when_flag_is_not_boolean if {
+	rule := object.union(github_read, {"intents": ["issues.read"], "require_verified_intent": "yes"})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.read", false)
+	decide(inp, [rule]) == deny("verified_intent_required")
+}
+
+test_denies_unauthenticated_when_require_authenticated_is_not_boolean if {
+	cfg := {"agents": {triage: {"require_authenticated": "true", "rules": [github_read]}}}
+	inp := as_caller(get("api.github.com", "/repos/acme"), triage, false)
+	d := data.tollgate.decision with input as inp with data.tollgate_config as cfg
+	d == deny("unauthenticated")
+}
+
+test_passes_unknown_mode_through_for_tollgate_to_reject if {
+	rule := {"id": "typo", "hosts": ["api.github.com"], "mode": "tunell"}
+	decide(conn("api.github.com", 443), [rule]).mode == "tunell"
+}
+
+test_passes_malformed_credential_through_for_tollgate_to_reject if {
+	rule := object.union(github_read, {"credential": "github"})
+	decide(get("api.github.com", "/repos/acme"), [rule]).credential == "github"
+}
+
+test_passes_credential_without_name_as_null_name if {
+	rule := object.union(github_read, {"credential": {"scopes": ["a"]}})
+	decide(get("api.github.com", "/repos/acme"), [rule]).credential == {"name": null, "scopes": ["a"]}
+}
+
+test_denies_destination_for_rule_that_is_not_an_object if {
+	decide(get("api.github.com", "/repos/acme"), ["api.github.com"]) == deny("destination_not_allowed")
+}
+
+# --- config_errors -------------------------------------------------------------------------
+
+test_config_errors_empty_for_well_formed_config if {
+	rule := object.union(github_read, {
+		"description": "d", "reason": "r", "ports": [443, "*"], "intents": ["a.*"],
+		"require_verified_intent": false, "mode": "tunnel",
+		"credential": {"name": "github", "scopes": ["x"], "ttl": "5m"},
+		"headers": {"set": {"x-a": "1"}, "remove": ["x-b"]},
+	})
+	cfg := {"agents": {triage: {"description": "d", "require_authenticated": true, "rules": [rule]}}}
+	errors := data.tollgate.config_errors with data.tollgate_config as cfg
+	count(errors) == 0
+}
+
+test_config_errors_report_each_malformed_field if {
+	rule := {
+		"hosts": [], "ports": [0, "any"], "methods": "GET", "paths": ["repos"], "intents": [1],
+		"require_verified_intent": "yes", "mode": "tunell", "credential": {"scopes": []},
+		"headers": {"add": {}}, "id": 7, "colour": "red",
+	}
+	cfg := {"agents": {triage: {"rules": [rule]}, "not-a-spiffe-id": {"rules": [], "extra": 1}}}
+	errors := data.tollgate.config_errors with data.tollgate_config as cfg
+	prefix := sprintf("tollgate_config.agents[%q].rules[0]: ", [triage])
+	expected := {concat("", [prefix, problem]) | some problem in [
+		"unknown field \"colour\"",
+		"id, description, reason: must be strings",
+		"hosts: must be a non-empty list of host names or globs",
+		"ports: must be a list of port numbers (1-65535) or \"*\"",
+		"methods: must be a list of strings",
+		"paths: must be a list of prefixes starting with \"/\"",
+		"intents: must be a list of strings",
+		"require_verified_intent: must be a boolean",
+		"mode: must be \"intercept\" or \"tunnel\"",
+		"credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}",
+		"headers: must be {\"set\": {name: string}, \"remove\": [name]}",
+	]}
+	expected - errors == set()
+	"tollgate_config.agents[\"not-a-spiffe-id\"]: key must be a SPIFFE ID (spiffe://...)" in errors
+	"tollgate_config.agents[\"not-a-spiffe-id\"]: unknown field \"extra\"" in errors
+	count(errors) == 13
+}
+
+test_config_errors_report_rules_that_are_not_a_list if {
+	errors := data.tollgate.config_errors with data.tollgate_config as {"agents": {triage: [github_read]}}
+	errors == {sprintf("tollgate_config.agents[%q]: must be an object with a list of rules", [triage])}
+}
+
+test_config_errors_report_missing_agents if {
+	errors := data.tollgate.config_errors with data.tollgate_config as {}
+	errors == {"tollgate_config.agents: must be an object keyed by SPIFFE ID"}
+}
+
+# --- the shipped example data (policy-wasm/data.json) --------------------------------------
+
+dev := "spiffe://tollgate.local/dev/agent"
+
+writer := "spiffe://tollgate.local/dev/writer"
+
+# The decision for `inp` from caller `id` against the example data as loaded.
+example(inp, id) := d if {
+	d := data.tollgate.decision with input as as_caller(inp, id, false)
+}
+
+test_example_data_is_well_formed if {
+	count(data.tollgate.config_errors) == 0
+}
+
+test_example_dev_agent_allows_github_repo_reads if {
+	example(get("api.github.com", "/repos/acme/app/issues"), dev) == {"allow": true, "reason": "allowed by rule github-read"}
+	example(get("api.github.com", "/users/octocat"), dev).allow == true
+}
+
+test_example_dev_agent_denies_github_writes if {
+	example(req("POST", "https", "api.github.com", 443, "/repos/acme/app/issues"), dev) == deny("method_not_allowed")
+}
+
+test_example_dev_agent_denies_other_github_paths if {
+	example(get("api.github.com", "/orgs/acme"), dev) == deny("path_not_allowed")
+}
+
+test_example_dev_agent_allows_openai_api if {
+	example(req("POST", "https", "api.openai.com", 443, "/v1/chat/completions"), dev).reason == "allowed by rule openai-api"
+}
+
+test_example_dev_agent_allows_httpbin_get_on_default_ports if {
+	example(req("GET", "http", "httpbin.org", 80, "/get"), dev).allow == true
+	example(req("GET", "https", "httpbin.org", 443, "/get"), dev).allow == true
+	example(req("GET", "http", "httpbin.org", 8080, "/get"), dev) == deny("port_not_allowed")
+}
+
+test_example_dev_agent_allows_loopback_on_any_port_with_header if {
+	example(req("PUT", "http", "127.0.0.1", 38411, "/anything"), dev) == {
+		"allow": true,
+		"reason": "allowed by rule loopback",
+		"headers": {"set": {"x-tollgate-agent": "dev"}, "remove": []},
+	}
+	example(req("GET", "https", "localhost", 8443, "/"), dev).allow == true
+	example(conn("127.0.0.1", 50123), dev) == {"allow": true, "reason": "allowed by rule loopback", "mode": "intercept"}
+}
+
+test_example_dev_agent_denies_unlisted_host if {
+	example(get("example.com", "/"), dev) == deny("destination_not_allowed")
+}
+
+test_example_writer_denies_issue_write_without_intent if {
+	example(req("POST", "https", "api.github.com", 443, "/repos/acme/app/issues"), writer) == deny("intent_required")
+}
+
+test_example_writer_allows_issue_write_with_intent if {
+	inp := with_intent(req("POST", "https", "api.github.com", 443, "/repos/acme/app/issues"), "issues.write", false)
+	example(inp, writer).reason == "allowed by rule writer-github-issues"
+}
+
+test_example_writer_denies_content_write_without_verified_intent if {
+	inp := with_intent(req("PUT", "https", "api.github.com", 443, "/repos/acme/app/contents/README.md"), "contents.write", false)
+	example(inp, writer) == deny("verified_intent_required")
+}
+
+test_example_writer_allows_content_write_with_verified_intent if {
+	inp := with_intent(req("PUT", "https", "api.github.com", 443, "/repos/acme/app/contents/README.md"), "contents.write", true)
+	example(inp, writer).reason == "allowed by rule writer-github-contents"
+}
+
+test_example_writer_loopback_reads_freely_and_writes_with_intent if {
+	example(req("GET", "http", "127.0.0.1", 40001, "/x"), writer).reason == "allowed by rule writer-local-read"
+	example(req("POST", "http", "127.0.0.1", 40001, "/x"), writer) == deny("intent_required")
+	example(with_intent(req("POST", "http", "127.0.0.1", 40001, "/x"), "other", false), writer) == deny("intent_not_allowed")
+	example(with_intent(req("POST", "http", "127.0.0.1", 40001, "/x"), "local.write", false), writer).reason == "allowed by rule writer-local-write"
+}
+
+test_example_writer_loopback_admin_needs_verified_intent if {
+	example(with_intent(req("DELETE", "http", "127.0.0.1", 40001, "/admin/x"), "local.admin", false), writer) == deny("verified_intent_required")
+	example(with_intent(req("DELETE", "http", "127.0.0.1", 40001, "/admin/x"), "local.admin", true), writer).reason == "allowed by rule writer-local-admin"
+}

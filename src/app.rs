@@ -1,0 +1,219 @@
+//! Start-up: turn a validated [`Config`] into running listeners, in an order that fails early
+//! (policy and certificates before any socket is bound) and reports readiness only when every
+//! listener accepts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::admin::Health;
+use crate::config::{Config, PolicySource};
+use crate::identity::Caller;
+use crate::policy::{PolicyRevision, PolicyStore};
+use crate::proxy::Proxy;
+use crate::server::{BoundListener, ServerContext};
+use crate::telemetry::decision_log::DecisionLog;
+use crate::tls::intercept::InterceptAuthority;
+use crate::upstream::Upstream;
+
+/// Why tollgate could not start; the variant decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Something the configuration references is unusable (exit 2).
+    #[error("{0}")]
+    Config(String),
+    /// The environment refused (port in use, unwritable state dir…) (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Options of `tollgate run` that are not in the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--dry-run`: evaluate and log every decision, enforce none.
+    pub dry_run: bool,
+    /// Print the local-development banner (built-in configuration).
+    pub banner: bool,
+}
+
+/// Where the development CA lives: `$TOLLGATE_STATE_DIR`, else `$XDG_STATE_HOME/tollgate`,
+/// else `~/.local/state/tollgate`.
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TOLLGATE_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("tollgate");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/tollgate")
+}
+
+/// Loads the policy named by the configuration (also used by `tollgate check`).
+pub fn load_policy(config: &Config) -> Result<PolicyRevision, StartError> {
+    PolicyRevision::load(&config.policy).map_err(|e| StartError::Config(format!("{}: policy: {e}", config.origin)))
+}
+
+/// Runs the proxy until SIGINT or SIGTERM.
+pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
+    crate::tls::install_crypto_provider();
+    let revision = load_policy(&config)?;
+    let revision_id = revision.revision.clone();
+    let intercept = match &config.intercept_ca {
+        Some(paths) => InterceptAuthority::load(&paths.cert, &paths.key)
+            .map_err(|e| StartError::Config(format!("{}: intercept_ca: {e}", config.origin)))?,
+        None => InterceptAuthority::development(&state_dir())
+            .map_err(|e| StartError::Runtime(format!("development CA: {e}")))?,
+    };
+    let upstream = Upstream::new(&config.upstream)
+        .map_err(|e| StartError::Config(format!("{}: upstream.ca: {e}", config.origin)))?;
+    let decision_log = DecisionLog::start(&config.telemetry.decision_log)
+        .map_err(|e| StartError::Runtime(format!("telemetry.decision_log: {e}")))?;
+
+    let mut bound = Vec::new();
+    for listener in &config.listeners {
+        let tls = match &listener.tls {
+            Some(paths) => Some(tokio_rustls::TlsAcceptor::from(
+                crate::tls::listener_server_config(&paths.cert, &paths.key)
+                    .map_err(|e| StartError::Config(format!("{}: listeners.{}.tls: {e}", config.origin, listener.name)))?,
+            )),
+            None => None,
+        };
+        let tcp = TcpListener::bind(listener.address)
+            .await
+            .map_err(|e| StartError::Runtime(format!("listener {} cannot bind {}: {e}", listener.name, listener.address)))?;
+        let local_addr = tcp
+            .local_addr()
+            .map_err(|e| StartError::Runtime(format!("listener {}: {e}", listener.name)))?;
+        bound.push(BoundListener {
+            config: listener.clone(),
+            tcp,
+            tls,
+            local_addr,
+        });
+    }
+    let admin = TcpListener::bind(config.admin.address)
+        .await
+        .map_err(|e| StartError::Runtime(format!("admin cannot bind {}: {e}", config.admin.address)))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| StartError::Runtime(format!("admin: {e}")))?;
+
+    let dry_run = options.dry_run || config.policy.dry_run;
+    let ca_path = intercept.ca_cert_path.clone();
+    let proxy = Arc::new(Proxy {
+        policy: PolicyStore::new(revision),
+        upstream,
+        intercept,
+        decision_log,
+        dry_run,
+        max_header_bytes: config.limits.max_header_bytes,
+        header_read_timeout: config.limits.header_read_timeout,
+    });
+    let default_caller = config
+        .identity
+        .workload_spiffe_id
+        .clone()
+        .map_or(Caller::Anonymous, Caller::Authenticated);
+    let server = Arc::new(ServerContext {
+        proxy,
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        default_caller: default_caller.clone(),
+    });
+    let health = Arc::new(Health::default());
+
+    if options.banner {
+        print_banner(&config, &bound, admin_addr, &ca_path, &default_caller, &revision_id, dry_run);
+    }
+    tracing::info!(
+        revision = %revision_id,
+        engine = "rego",
+        source = match &config.policy.source { PolicySource::Bundled => "bundled".to_string(), PolicySource::Path(p) => p.display().to_string() },
+        dry_run,
+        "policy loaded"
+    );
+    if dry_run {
+        tracing::warn!("dry run: decisions are logged but not enforced");
+    }
+    let mut addresses = Vec::new();
+    for listener in bound {
+        tracing::info!(
+            listener = %listener.config.name,
+            address = %listener.local_addr,
+            mode = listener.config.mode.as_str(),
+            tls = listener.tls.is_some(),
+            intercept = listener.config.intercept,
+            "listener ready"
+        );
+        addresses.push(listener.local_addr);
+        tokio::spawn(crate::server::accept_loop(server.clone(), listener));
+    }
+    tokio::spawn(crate::admin::serve(admin, health.clone()));
+    tracing::info!(address = %admin_addr, "admin ready");
+    health.set_ready(true);
+
+    wait_for_shutdown().await;
+    health.set_ready(false);
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_banner(
+    config: &Config,
+    listeners: &[BoundListener],
+    admin: std::net::SocketAddr,
+    ca_path: &std::path::Path,
+    caller: &Caller,
+    revision: &str,
+    dry_run: bool,
+) {
+    let Some(first) = listeners.first() else { return };
+    let scheme = if first.tls.is_some() { "https" } else { "http" };
+    let proxy_url = format!("{scheme}://{}", first.local_addr);
+    let ca = ca_path.display();
+    let caller = caller.spiffe_id().map_or("unauthenticated".to_string(), |id| id.to_string());
+    let mode = if dry_run { "DRY RUN: decisions are logged, not enforced" } else { "enforcing" };
+    eprintln!(
+        "\ntollgate {version} — {origin}\n\
+         \x20 proxy    {proxy_url}  (listener \"{name}\", TLS interception on)\n\
+         \x20 admin    http://{admin}\n\
+         \x20 caller   {caller}\n\
+         \x20 policy   bundled policy-wasm/ (revision {revision}, engine rego), {mode}\n\
+         \x20 CA       {ca}\n\
+         \nPoint an agent at tollgate (copy these lines into its shell):\n\
+         \x20 export HTTPS_PROXY={proxy_url}\n\
+         \x20 export HTTP_PROXY={proxy_url}\n\
+         \x20 export SSL_CERT_FILE={ca}\n\
+         \x20 export REQUESTS_CA_BUNDLE={ca}\n\
+         \x20 export NODE_EXTRA_CA_CERTS={ca}\n\
+         \x20 export CURL_CA_BUNDLE={ca}\n\
+         \nEvery decision is a JSON line on stdout. Stop with Ctrl-C.\n",
+        version = env!("CARGO_PKG_VERSION"),
+        origin = config.origin,
+        name = first.config.name,
+    );
+}

@@ -1,0 +1,28 @@
+//! Workload identity: SPIFFE IDs and who the caller of a request is.
+//!
+//! This module owns the *representation* of an identity. Establishing it from a TLS peer
+//! certificate (SVID verification) builds on it in a later release; today a caller is either
+//! the configured `identity.workload_spiffe_id` or unauthenticated.
+
+mod spiffe_id;
+
+pub use spiffe_id::{SpiffeId, SpiffeIdError};
+
+/// Who is calling, as the policy sees it (`input.source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A SPIFFE ID the proxy vouches for (configured workload identity or verified SVID).
+    Authenticated(SpiffeId),
+    /// Nobody the proxy can vouch for: the policy sees `authenticated=false`.
+    Anonymous,
+}
+
+impl Caller {
+    /// The SPIFFE ID, if any.
+    pub fn spiffe_id(&self) -> Option<&SpiffeId> {
+        match self {
+            Caller::Authenticated(id) => Some(id),
+            Caller::Anonymous => None,
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The `tollgate` command line (SPEC §1). Parses arguments, runs the command, and maps every
+//! failure to one line on stderr and an exit code: 0 success, 1 runtime failure, 2 usage or
+//! configuration error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use tollgate::app::{self, RunOptions, StartError};
+use tollgate::config::{self, LogFormat};
+use tollgate::identity::SpiffeId;
+use tollgate::policy::testing::{TestResult, run_tests};
+use tollgate::policy::{PolicyRevision, read_modules};
+use tollgate::tls::ca::{DevPkiLayout, svid_file_stem};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "An egress proxy for AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (built-in local-development configuration without -c).
+    Run {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Evaluate and log every decision, enforce none.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Validate a configuration and everything it references.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Print version, git revision and policy engines.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Evaluate the decision for one input and print it as JSON.
+    Eval {
+        /// A folder of .rego files or one .rego file.
+        #[arg(short, long)]
+        path: PathBuf,
+        #[arg(short, long)]
+        input: PathBuf,
+        #[arg(short, long)]
+        data: Option<PathBuf>,
+        #[arg(short, long, default_value = "tollgate/decision")]
+        entrypoint: String,
+    },
+    /// Run the test_* rules under PATH, like `opa test`.
+    Test { path: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a development SPIFFE trust domain CA and an interception CA.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        trust_domain: String,
+    },
+    /// Issue an X.509-SVID for a development workload.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// File name stem (default: derived from the SPIFFE ID).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// A failed command: its message and exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure { code: 2, message: message.into() }
+    }
+    fn runtime(message: impl Into<String>) -> Failure {
+        Failure { code: 1, message: message.into() }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if !failure.message.is_empty() {
+                eprintln!("{}", failure.message);
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run { config, dry_run } => run(config, dry_run),
+        Command::Check { config } => check(&config),
+        Command::Policy { command: PolicyCommand::Eval { path, input, data, entrypoint } } => {
+            policy_eval(&path, &input, data.as_deref(), &entrypoint)
+        }
+        Command::Policy { command: PolicyCommand::Test { path } } => policy_test(&path),
+        Command::Certs { command: CertsCommand::Init { dir, trust_domain } } => certs_init(dir, &trust_domain),
+        Command::Certs { command: CertsCommand::Issue { dir, spiffe_id, ttl, name } } => {
+            certs_issue(dir, &spiffe_id, &ttl, name)
+        }
+        Command::Version => {
+            println!(
+                "tollgate {} (git {}) engines: rego",
+                env!("CARGO_PKG_VERSION"),
+                env!("TOLLGATE_GIT_REVISION")
+            );
+            Ok(())
+        }
+    }
+}
+
+fn run(path: Option<PathBuf>, dry_run: bool) -> Result<(), Failure> {
+    let builtin = path.is_none();
+    let config = match &path {
+        Some(path) => config::load_file(path),
+        None => config::builtin(),
+    }
+    .map_err(|errors| Failure::usage(errors.to_string()))?;
+    tollgate::telemetry::init_logging(config.telemetry.log_format);
+    if builtin && config.telemetry.log_format == LogFormat::Json {
+        tracing::info!("using the built-in local-development configuration");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
+    let options = RunOptions { dry_run, banner: builtin };
+    runtime.block_on(app::run(config, options)).map_err(|e| match e {
+        StartError::Config(message) => Failure::usage(message),
+        StartError::Runtime(message) => Failure::runtime(message),
+    })
+}
+
+fn check(path: &Path) -> Result<(), Failure> {
+    tollgate::tls::install_crypto_provider();
+    let config = config::load_file(path).map_err(|errors| Failure::usage(errors.to_string()))?;
+    let mut problems = Vec::new();
+    if let Err(e) = app::load_policy(&config) {
+        problems.push(e.to_string());
+    }
+    if let Some(ca) = &config.intercept_ca
+        && let Err(e) = tollgate::tls::intercept::InterceptAuthority::load(&ca.cert, &ca.key)
+    {
+        problems.push(format!("{}: intercept_ca: {e}", config.origin));
+    }
+    for listener in &config.listeners {
+        if let Some(tls) = &listener.tls
+            && let Err(e) = tollgate::tls::listener_server_config(&tls.cert, &tls.key)
+        {
+            problems.push(format!("{}: listeners.{}.tls: {e}", config.origin, listener.name));
+        }
+    }
+    if let Err(e) = tollgate::tls::upstream::client_config(config.upstream.ca.as_deref()) {
+        problems.push(format!("{}: upstream.ca: {e}", config.origin));
+    }
+    if problems.is_empty() {
+        println!("{}: ok", config.origin);
+        Ok(())
+    } else {
+        Err(Failure::usage(problems.join("\n")))
+    }
+}
+
+fn read_file(path: &Path, what: &str) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: cannot read {what}: {e}", path.display())))
+}
+
+fn policy_eval(path: &Path, input: &Path, data: Option<&Path>, entrypoint: &str) -> Result<(), Failure> {
+    let name = path.to_string_lossy();
+    if name.ends_with(".wasm") || name.ends_with(".tar.gz") {
+        return Err(Failure::usage(format!(
+            "{name}: Wasm modules and OPA bundles are not supported yet in this version"
+        )));
+    }
+    let modules = read_modules(path, false).map_err(|e| Failure::usage(e.to_string()))?;
+    let data_text = match data {
+        Some(file) => read_file(file, "data")?,
+        None if path.join("data.json").is_file() => read_file(&path.join("data.json"), "data")?,
+        None => "{}".to_string(),
+    };
+    let revision = PolicyRevision::compile(&modules, &data_text, entrypoint)
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+    let input_text = read_file(input, "input")?;
+    let input_value = regorus::Value::from_json_str(&input_text)
+        .map_err(|e| Failure::usage(format!("{}: not valid JSON: {e}", input.display())))?;
+    let evaluation = revision.evaluate_value(input_value);
+    match evaluation.outcome {
+        Ok(decision) => {
+            println!("{}", decision.to_json());
+            Ok(())
+        }
+        Err(failure) => {
+            println!("{}", serde_json::json!({"allow": false, "reason": failure.reason()}));
+            Err(Failure::runtime(format!("policy_error: {}", failure.detail())))
+        }
+    }
+}
+
+fn policy_test(path: &Path) -> Result<(), Failure> {
+    let outcomes = run_tests(path).map_err(|e| Failure::usage(e.to_string()))?;
+    let mut failed = 0;
+    for outcome in &outcomes {
+        let ms = outcome.duration.as_secs_f64() * 1000.0;
+        match &outcome.result {
+            TestResult::Pass => println!("PASS {} ({ms:.2}ms)", outcome.name),
+            TestResult::Fail => {
+                failed += 1;
+                println!("FAIL {} ({ms:.2}ms)", outcome.name);
+            }
+            TestResult::Error(message) => {
+                failed += 1;
+                println!("ERROR {} ({ms:.2}ms): {message}", outcome.name);
+            }
+        }
+    }
+    println!("{}", "-".repeat(80));
+    let total = outcomes.len();
+    println!("PASS: {}/{total}", total - failed);
+    if failed > 0 {
+        println!("FAIL: {failed}/{total}");
+        return Err(Failure::runtime(""));
+    }
+    if total == 0 {
+        return Err(Failure::usage(format!("{}: no test_* rules found", path.display())));
+    }
+    Ok(())
+}
+
+fn certs_init(dir: PathBuf, trust_domain: &str) -> Result<(), Failure> {
+    let id = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
+        .map_err(|e| Failure::usage(format!("--trust-domain {trust_domain}: {e}")))?;
+    let layout = DevPkiLayout { dir };
+    let written = layout.init(id.trust_domain()).map_err(|e| Failure::runtime(e.to_string()))?;
+    if written.is_empty() {
+        println!("{}: already initialized for {trust_domain}; nothing written", layout.dir.display());
+    }
+    for file in written {
+        println!("wrote {}", file.display());
+    }
+    Ok(())
+}
+
+fn certs_issue(dir: PathBuf, spiffe_id: &str, ttl: &str, name: Option<String>) -> Result<(), Failure> {
+    let id = SpiffeId::parse(spiffe_id).map_err(|e| Failure::usage(format!("--spiffe-id {spiffe_id}: {e}")))?;
+    let ttl = config::duration::parse_duration(ttl).map_err(|e| Failure::usage(format!("--ttl: {e}")))?;
+    if ttl.is_zero() {
+        return Err(Failure::usage("--ttl: must be greater than zero"));
+    }
+    let name = name.unwrap_or_else(|| svid_file_stem(&id));
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Failure::usage(format!("--name {name}: must be a plain file name")));
+    }
+    let layout = DevPkiLayout { dir };
+    let (cert, key) = layout.issue(&id, ttl, &name).map_err(|e| match e {
+        tollgate::tls::ca::CaError::NoTrustDomain { .. } => Failure::usage(e.to_string()),
+        other => Failure::runtime(other.to_string()),
+    })?;
+    println!("wrote {}", cert.display());
+    println!("wrote {}", key.display());
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Policy: the input contract, the decision contract, the engine, and the current revision.
+//!
+//! A revision is loaded and compiled completely before it is published, and published by
+//! swapping one `Arc` ([`PolicyStore`]): a request reads the current revision once, without a
+//! lock, and is decided entirely by it. Anything that is not a valid decision — an evaluation
+//! error, a timeout, an undefined or mistyped result — becomes a deny (fail closed).
+
+pub mod decision;
+pub mod input;
+pub mod rego;
+pub mod testing;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use regorus::Value;
+
+use crate::config::{DataSource, EngineKind, PolicyConfig, PolicySource};
+pub use decision::{ConnectionMode, CredentialRequest, Decision, DecisionError};
+pub use input::PolicyInput;
+use rego::{EvalError, RegoPolicy};
+
+/// The bundled policy's modules, compiled into the binary so `tollgate run` works anywhere.
+pub const BUNDLED_MODULES: &[(&str, &str)] =
+    &[("policy-wasm/tollgate.rego", include_str!("../../policy-wasm/tollgate.rego"))];
+/// The bundled example data.
+pub const BUNDLED_DATA: &str = include_str!("../../policy-wasm/data.json");
+
+/// Why a policy revision could not be loaded; the previous revision (if any) stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyLoadError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("no .rego files in {0}")]
+    NoModules(PathBuf),
+    #[error("policy does not compile: {0}")]
+    Compile(String),
+    #[error("policy data is not usable: {0}")]
+    Data(String),
+}
+
+/// Why an evaluation gave no usable decision; both are denies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyFailure {
+    /// Error, undefined or invalid decision: reason `policy_error`.
+    Error(String),
+    /// Time or instruction limit: reason `policy_timeout`.
+    Timeout,
+}
+
+impl PolicyFailure {
+    /// The closed reason used in responses, the decision log and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PolicyFailure::Error(_) => "policy_error",
+            PolicyFailure::Timeout => "policy_timeout",
+        }
+    }
+
+    /// Human-readable detail for the operational log (never contains input values).
+    pub fn detail(&self) -> &str {
+        match self {
+            PolicyFailure::Error(detail) => detail,
+            PolicyFailure::Timeout => "evaluation exceeded its limit",
+        }
+    }
+}
+
+/// The result of asking one revision about one input.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub outcome: Result<Decision, PolicyFailure>,
+    pub eval_us: u64,
+}
+
+/// One loaded, compiled policy revision.
+pub struct PolicyRevision {
+    /// Content hash of the modules and data, e.g. `sha-3f2a…`: tells operators which revision decided.
+    pub revision: Arc<str>,
+    pub engine: EngineKind,
+    rego: RegoPolicy,
+}
+
+impl PolicyRevision {
+    /// Loads the policy named by the configuration.
+    pub fn load(config: &PolicyConfig) -> Result<PolicyRevision, PolicyLoadError> {
+        let modules = match &config.source {
+            PolicySource::Bundled => BUNDLED_MODULES
+                .iter()
+                .map(|(name, text)| (name.to_string(), text.to_string()))
+                .collect(),
+            PolicySource::Path(path) => read_modules(path, false)?,
+        };
+        let data_text = match &config.data {
+            DataSource::Bundled => BUNDLED_DATA.to_string(),
+            DataSource::File(path) => read(path)?,
+            DataSource::Empty => "{}".to_string(),
+        };
+        Self::compile(&modules, &data_text, &config.entrypoint)
+    }
+
+    /// Compiles modules and a JSON data document into a revision.
+    pub fn compile(
+        modules: &[(String, String)],
+        data_json: &str,
+        entrypoint: &str,
+    ) -> Result<PolicyRevision, PolicyLoadError> {
+        let data = Value::from_json_str(data_json).map_err(|e| PolicyLoadError::Data(e.to_string()))?;
+        if !matches!(data, Value::Object(_)) {
+            return Err(PolicyLoadError::Data("the data document must be a JSON object".into()));
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        modules.hash(&mut hasher);
+        data_json.hash(&mut hasher);
+        let revision = format!("{:016x}", hasher.finish());
+        Ok(PolicyRevision {
+            revision: Arc::from(revision),
+            engine: EngineKind::Rego,
+            rego: RegoPolicy::compile(modules, data, entrypoint)?,
+        })
+    }
+
+    /// Decides one input. Never panics and never returns an allow it could not verify.
+    pub fn evaluate(&self, input: &PolicyInput) -> Evaluation {
+        self.evaluate_value(input.to_value())
+    }
+
+    /// Decides one input given as an engine value (used by `policy eval`).
+    pub fn evaluate_value(&self, input: Value) -> Evaluation {
+        let start = Instant::now();
+        let result = self.rego.evaluate(input);
+        let eval_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let outcome = match result {
+            Ok(value) => Decision::from_value(&value).map_err(|e| PolicyFailure::Error(e.to_string())),
+            Err(EvalError::Timeout) => Err(PolicyFailure::Timeout),
+            Err(EvalError::Failed(message)) => Err(PolicyFailure::Error(message)),
+        };
+        Evaluation { outcome, eval_us }
+    }
+}
+
+/// The revision in force; swapped atomically on reload.
+pub struct PolicyStore {
+    current: ArcSwap<PolicyRevision>,
+}
+
+impl PolicyStore {
+    /// Starts with a loaded revision: the proxy never runs without a policy.
+    pub fn new(revision: PolicyRevision) -> PolicyStore {
+        PolicyStore {
+            current: ArcSwap::from_pointee(revision),
+        }
+    }
+
+    /// The revision in force now; a request holds it for its whole decision.
+    pub fn current(&self) -> Arc<PolicyRevision> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new revision; requests already holding the old one finish with it.
+    pub fn publish(&self, revision: PolicyRevision) {
+        self.current.store(Arc::new(revision));
+    }
+}
+
+fn read(path: &Path) -> Result<String, PolicyLoadError> {
+    std::fs::read_to_string(path).map_err(|e| PolicyLoadError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads `.rego` modules from a file or a folder (recursively, sorted); `*_test.rego` files are
+/// included only for `policy test`.
+pub fn read_modules(path: &Path, include_tests: bool) -> Result<Vec<(String, String)>, PolicyLoadError> {
+    let mut files = Vec::new();
+    if path.is_file() {
+        files.push(path.to_path_buf());
+    } else {
+        collect_rego_files(path, &mut files)?;
+    }
+    files.sort();
+    let mut modules = Vec::new();
+    for file in files {
+        let name = file.to_string_lossy().to_string();
+        if !include_tests && name.ends_with("_test.rego") {
+            continue;
+        }
+        modules.push((name, read(&file)?));
+    }
+    if modules.is_empty() {
+        return Err(PolicyLoadError::NoModules(path.to_path_buf()));
+    }
+    Ok(modules)
+}
+
+fn collect_rego_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyLoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| PolicyLoadError::Read {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_rego_files(&path, out)?;
+        } else if path.extension().is_some_and(|ext| ext == "rego") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

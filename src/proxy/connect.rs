@@ -1,0 +1,195 @@
+//! CONNECT: a connection-level decision before any byte flows, then either interception
+//! (TLS terminated with a minted leaf; every request inside authorized on its own) or, when the
+//! policy asks for `mode: tunnel` or the listener does not intercept, bytes passed unread.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+
+use crate::error::ProxyError;
+use crate::intent::{Intent, parse_intent};
+use crate::policy::ConnectionMode;
+use crate::policy::input::{ConnectionFacts, DestinationFacts, SourceFacts};
+use crate::server::io::Prefixed;
+
+use super::authorize::{Subject, authorize};
+use super::body::ResponseBody;
+use super::ctx::{ConnCtx, TunnelCtx};
+use super::record::Recorder;
+use super::target::{TunnelAuthority, connect_authority};
+use super::{Proxy, error_response, forward};
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Answers a CONNECT: authorize the destination, then hand the upgraded stream to a task.
+pub async fn handle_connect(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnCtx>,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let mut record = Recorder::start(
+        proxy.decision_log.clone(),
+        conn.listener.clone(),
+        conn.peer,
+        conn.caller.spiffe_id().cloned(),
+        "CONNECT",
+    );
+    match authorize_connect(&proxy, &conn, &request, &mut record).await {
+        Err(error) => error_response(&error, &mut record),
+        Ok((authority, ips, mode)) => {
+            let decision_id = record.decision_id.clone();
+            drop(record);
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                match hyper::upgrade::on(request).await {
+                    Ok(upgraded) => match mode {
+                        ConnectionMode::Tunnel => tunnel(&proxy, upgraded, &ips, authority.port).await,
+                        ConnectionMode::Intercept => {
+                            intercept(proxy, conn, upgraded, authority, ips).await;
+                        }
+                    },
+                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                }
+            });
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = StatusCode::OK;
+            if let Ok(id) = HeaderValue::from_str(&decision_id) {
+                response.headers_mut().insert(forward::DECISION_ID, id);
+            }
+            response
+        }
+    }
+}
+
+async fn authorize_connect(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    request: &Request<Incoming>,
+    record: &mut Recorder,
+) -> Result<(TunnelAuthority, Arc<[std::net::IpAddr]>, ConnectionMode), ProxyError> {
+    let authority = connect_authority(request.uri())?;
+    record.host = Some(authority.host.clone());
+    record.port = Some(authority.port);
+    let (ips, dns_failure) = super::resolve_destination(proxy, &authority.host).await?;
+    // Intent headers on the CONNECT itself are optional context for the connection check.
+    let intent: Intent = parse_intent(request.headers())?;
+    record.intent = Some((intent.name.clone(), intent.task.clone(), intent.verified));
+    let subject = Subject {
+        request: None,
+        destination: DestinationFacts {
+            host: authority.host.clone(),
+            port: authority.port,
+            ip: ips.first().copied(),
+        },
+        connection: ConnectionFacts {
+            mode: "forward",
+            intercepted: conn.intercept,
+            tls_sni: None,
+        },
+    };
+    let source = SourceFacts {
+        caller: conn.caller.clone(),
+        listener: conn.listener.clone(),
+        address: conn.peer,
+    };
+    let permit = authorize(proxy, source, intent, subject, record)?;
+    let mode = if conn.intercept {
+        permit.decision().mode
+    } else {
+        ConnectionMode::Tunnel
+    };
+    // Intercepted tunnels stay open so each request inside gets its own precise answer; a
+    // blind tunnel to a name that does not resolve can carry nothing.
+    if let (ConnectionMode::Tunnel, Some(failure)) = (mode, dns_failure) {
+        return Err(ProxyError::Upstream(crate::upstream::UpstreamError::Resolve(failure)));
+    }
+    Ok((authority, ips, mode))
+}
+
+/// `mode: tunnel`: copy bytes both ways, unread.
+async fn tunnel(proxy: &Proxy, upgraded: hyper::upgrade::Upgraded, ips: &[std::net::IpAddr], port: u16) {
+    let mut agent = TokioIo::new(upgraded);
+    match proxy.upstream.connect_tcp(ips, port).await {
+        Ok(mut origin) => {
+            if let Err(e) = tokio::io::copy_bidirectional(&mut agent, &mut origin).await {
+                tracing::debug!(error = %e, "tunnel closed with an error");
+            }
+        }
+        Err(e) => tracing::info!(error = %e, "tunnel could not reach the origin"),
+    }
+}
+
+/// Interception: sniff TLS, terminate it with a leaf for the CONNECT host, and serve HTTP/1.1
+/// or HTTP/2 inside, each request authorized on its own.
+async fn intercept(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnCtx>,
+    upgraded: hyper::upgrade::Upgraded,
+    authority: TunnelAuthority,
+    ips: Arc<[std::net::IpAddr]>,
+) {
+    let mut io = TokioIo::new(upgraded);
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(proxy.header_read_timeout, io.read_exact(&mut first)).await;
+    if !matches!(read, Ok(Ok(_))) {
+        tracing::debug!("tunnel closed before the first byte");
+        return;
+    }
+    let io = Prefixed::new(first.to_vec(), io);
+    if first[0] != TLS_HANDSHAKE {
+        // Plain HTTP inside the tunnel (e.g. CONNECT to port 80): authorize each request too.
+        let inner = conn.inside_tunnel(TunnelCtx {
+            authority,
+            scheme: "http",
+            sni: None,
+            ips,
+        });
+        crate::server::serve_tunneled(proxy, Arc::new(inner), io).await;
+        return;
+    }
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(proxy.header_read_timeout, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, host = %authority.host, "TLS handshake inside the tunnel failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(host = %authority.host, "TLS handshake inside the tunnel timed out");
+            return;
+        }
+    };
+    let sni = start.client_hello().server_name().map(|s| s.to_ascii_lowercase());
+    if let Some(sni) = &sni
+        && sni.trim_end_matches('.') != authority.host
+    {
+        tracing::warn!(sni = %sni, connect = %authority.host, "SNI does not match the CONNECT host; closing");
+        return;
+    }
+    let config = match proxy.intercept.server_config(&authority.host) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot intercept");
+            return;
+        }
+    };
+    let tls = match tokio::time::timeout(proxy.header_read_timeout, start.into_stream(config)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, host = %authority.host, "TLS handshake inside the tunnel failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let inner = conn.inside_tunnel(TunnelCtx {
+        authority,
+        scheme: "https",
+        sni,
+        ips,
+    });
+    crate::server::serve_tunneled(proxy, Arc::new(inner), tls).await;
+}

@@ -1,0 +1,294 @@
+//! The target stage: where a request goes, taken from one trusted place and normalized.
+//!
+//! - forward (absolute-form) requests: the request URI's scheme, host and port;
+//! - requests inside a CONNECT tunnel: the tunnel's authority, and the request's own Host /
+//!   `:authority` must name the same host (and port, when given) — no domain fronting;
+//! - hosts are lower-cased; paths are normalized (percent-decoding of unreserved characters,
+//!   dot segments removed, repeated slashes merged) *before* the policy sees them, and the
+//!   normalized path is what goes upstream, so `/repos/acme/../../admin` can neither slip past
+//!   a prefix rule nor reach the origin in a form the policy did not see.
+
+use http::Uri;
+use http::uri::{Authority, Scheme};
+
+use crate::error::ProxyError;
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub scheme: &'static str,
+    /// Lower-case DNS name or IP literal (without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Normalized path, always starting with `/`.
+    pub path: String,
+    pub query: Option<String>,
+}
+
+impl Target {
+    /// The URI to send upstream.
+    pub fn upstream_uri(&self) -> Result<Uri, ProxyError> {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let mut text = format!("{}://{}:{}{}", self.scheme, host, self.port, self.path);
+        if let Some(query) = &self.query {
+            text.push('?');
+            text.push_str(query);
+        }
+        text.parse()
+            .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded".into()))
+    }
+}
+
+/// The authority a CONNECT tunnel was opened to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelAuthority {
+    pub host: String,
+    pub port: u16,
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme == "https" { 443 } else { 80 }
+}
+
+/// Lower-cases a host and strips IPv6 brackets; refuses empty hosts.
+pub fn normalize_host(host: &str) -> Result<String, ProxyError> {
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("the request names no host".into()));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// Parses a CONNECT request target (`host:port`, port required).
+pub fn connect_authority(uri: &Uri) -> Result<TunnelAuthority, ProxyError> {
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a host:port target".into()))?;
+    let port = authority
+        .port_u16()
+        .ok_or_else(|| ProxyError::BadRequest("CONNECT needs a host:port target".into()))?;
+    Ok(TunnelAuthority {
+        host: normalize_host(authority.host())?,
+        port,
+    })
+}
+
+/// The target of an absolute-form request on a forward listener.
+pub fn forward_target(uri: &Uri) -> Result<Target, ProxyError> {
+    let scheme = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTP => "http",
+        Some(s) if *s == Scheme::HTTPS => "https",
+        Some(other) => {
+            return Err(ProxyError::BadRequest(format!("unsupported scheme `{other}`")));
+        }
+        None => {
+            return Err(ProxyError::BadRequest(
+                "not a proxy request: send an absolute URI (http://host/path) or use CONNECT".into(),
+            ));
+        }
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ProxyError::BadRequest("the request URI has no host".into()))?;
+    reject_userinfo(authority)?;
+    Ok(Target {
+        scheme,
+        host: normalize_host(authority.host())?,
+        port: authority.port_u16().unwrap_or_else(|| default_port(scheme)),
+        path: normalize_path(uri.path())?,
+        query: uri.query().map(str::to_owned),
+    })
+}
+
+/// The target of a request inside a tunnel: the tunnel's authority, checked against the
+/// request's own authority (h2 `:authority` or h1 `Host`).
+pub fn tunneled_target(
+    uri: &Uri,
+    host_header: Option<&http::HeaderValue>,
+    tunnel: &TunnelAuthority,
+    scheme: &'static str,
+) -> Result<Target, ProxyError> {
+    let claimed: Option<Authority> = match uri.authority() {
+        Some(a) => Some(a.clone()),
+        None => host_header
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Authority>().ok()),
+    };
+    let claimed = claimed.ok_or_else(|| ProxyError::BadRequest("the request has no Host".into()))?;
+    reject_userinfo(&claimed)?;
+    let host = normalize_host(claimed.host())?;
+    let port_matches = claimed.port_u16().is_none_or(|p| p == tunnel.port);
+    if host != tunnel.host || !port_matches {
+        return Err(ProxyError::HostMismatch {
+            expected: format!("{}:{}", tunnel.host, tunnel.port),
+            found: claimed.to_string(),
+        });
+    }
+    Ok(Target {
+        scheme,
+        host,
+        port: tunnel.port,
+        path: normalize_path(uri.path())?,
+        query: uri.query().map(str::to_owned),
+    })
+}
+
+fn reject_userinfo(authority: &Authority) -> Result<(), ProxyError> {
+    if authority.as_str().contains('@') {
+        return Err(ProxyError::BadRequest("user info in the request URI is not allowed".into()));
+    }
+    Ok(())
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Normalizes a request path (RFC 3986 §6.2.2 plus merged slashes).
+pub fn normalize_path(raw: &str) -> Result<String, ProxyError> {
+    if raw == "*" {
+        return Ok("*".into());
+    }
+    if !raw.starts_with('/') {
+        return Err(ProxyError::BadRequest("the request path must start with /".into()));
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(ProxyError::BadRequest("the request path has a malformed %-escape".into()));
+            };
+            let value = h * 16 + l;
+            if value == 0 {
+                return Err(ProxyError::BadRequest("the request path contains %00".into()));
+            }
+            if is_unreserved(value) {
+                decoded.push(value);
+            } else {
+                decoded.extend_from_slice(format!("%{value:02X}").as_bytes());
+            }
+            i += 3;
+        } else {
+            if b == b'\\' {
+                return Err(ProxyError::BadRequest("the request path contains a backslash".into()));
+            }
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(decoded)
+        .map_err(|_| ProxyError::BadRequest("the request path is not valid".into()))?;
+    let trailing_slash = text.len() > 1 && text.ends_with('/');
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || (trailing_slash && !segments.is_empty()) {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_dot_segments_slashes_and_escapes() {
+        let cases = [
+            ("/", "/"),
+            ("/repos/acme/app", "/repos/acme/app"),
+            ("/repos/acme/../../admin", "/admin"),
+            ("/repos/./acme//app", "/repos/acme/app"),
+            ("/repos/acme/%2e%2e/%2E%2E/admin", "/admin"),
+            ("/a/%7euser", "/a/~user"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a/b/", "/a/b/"),
+            ("/..", "/"),
+            ("//", "/"),
+            ("/a/..", "/"),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(normalize_path(raw).unwrap(), expected, "{raw}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_paths() {
+        for raw in ["/a%zz", "/a%2", "/a%00b", "relative", "/a\\b"] {
+            assert!(normalize_path(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn reads_forward_targets_with_default_ports() {
+        let t = forward_target(&"http://API.GitHub.com/repos?x=1".parse().unwrap()).unwrap();
+        assert_eq!((t.scheme, t.host.as_str(), t.port), ("http", "api.github.com", 80));
+        assert_eq!(t.query.as_deref(), Some("x=1"));
+        let t = forward_target(&"https://[::1]:8443/".parse().unwrap()).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8443));
+        assert_eq!(t.upstream_uri().unwrap().to_string(), "https://[::1]:8443/");
+    }
+
+    #[test]
+    fn rejects_origin_form_on_a_forward_listener() {
+        assert!(matches!(forward_target(&"/path".parse().unwrap()), Err(ProxyError::BadRequest(_))));
+    }
+
+    #[test]
+    fn rejects_a_host_that_differs_from_the_tunnel() {
+        let tunnel = TunnelAuthority { host: "api.github.com".into(), port: 443 };
+        let uri: Uri = "/x".parse().unwrap();
+        let ok = http::HeaderValue::from_static("API.github.com");
+        assert!(tunneled_target(&uri, Some(&ok), &tunnel, "https").is_ok());
+        let with_port = http::HeaderValue::from_static("api.github.com:443");
+        assert!(tunneled_target(&uri, Some(&with_port), &tunnel, "https").is_ok());
+        let evil = http::HeaderValue::from_static("evil.example");
+        assert!(matches!(
+            tunneled_target(&uri, Some(&evil), &tunnel, "https"),
+            Err(ProxyError::HostMismatch { .. })
+        ));
+        let wrong_port = http::HeaderValue::from_static("api.github.com:8443");
+        assert!(matches!(
+            tunneled_target(&uri, Some(&wrong_port), &tunnel, "https"),
+            Err(ProxyError::HostMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn requires_a_port_on_connect() {
+        assert!(connect_authority(&"api.github.com:443".parse().unwrap()).is_ok());
+        assert!(connect_authority(&"api.github.com".parse().unwrap()).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! Listeners: accept loops, connection limits, listener TLS, and the HTTP server settings that
+//! enforce the limits (header size, header read timeout).
+//!
+//! The forward listener speaks HTTP/1.1 to agents (absolute-form and CONNECT). Connections
+//! inside intercepted tunnels speak HTTP/1.1 or HTTP/2, chosen by ALPN or the h2 preface.
+
+pub mod framing;
+pub mod io;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::config::ListenerConfig;
+use crate::identity::Caller;
+use crate::proxy::ctx::ConnCtx;
+use crate::proxy::{Proxy, ProxyService};
+use framing::FramingGuard;
+
+/// A bound listener, ready to accept.
+pub struct BoundListener {
+    pub config: ListenerConfig,
+    pub tcp: TcpListener,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub local_addr: SocketAddr,
+}
+
+/// What every accept loop shares.
+pub struct ServerContext {
+    pub proxy: Arc<Proxy>,
+    pub connections: Arc<Semaphore>,
+    /// Identity of callers without a client certificate (`identity.workload_spiffe_id`).
+    pub default_caller: Caller,
+}
+
+fn http1_builder(proxy: &Proxy) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(proxy.header_read_timeout)
+        // Heads up to max_header_bytes reach the service, which answers 431 in JSON; beyond
+        // this buffer hyper answers 431 itself.
+        .max_buf_size((proxy.max_header_bytes + 16 * 1024).max(8192))
+        .max_headers(1024);
+    builder
+}
+
+/// Accepts connections on one listener until the process stops.
+pub async fn accept_loop(server: Arc<ServerContext>, listener: BoundListener) {
+    let name: Arc<str> = Arc::from(listener.config.name.as_str());
+    let listener = Arc::new(listener);
+    loop {
+        let (stream, peer) = match listener.tcp.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = server.connections.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_overloaded(stream, listener.tls.is_none()));
+            continue;
+        };
+        let server = server.clone();
+        let listener = listener.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_agent_connection(server, listener, name, stream, peer).await;
+        });
+    }
+}
+
+async fn serve_agent_connection(
+    server: Arc<ServerContext>,
+    listener: Arc<BoundListener>,
+    name: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let proxy = server.proxy.clone();
+    let conn = ConnCtx::new(name.clone(), listener.config.intercept, peer, server.default_caller.clone());
+    match &listener.tls {
+        None => serve_http1(proxy, conn, stream).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(proxy.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http1(proxy, conn, tls).await,
+                Ok(Err(e)) => tracing::info!(listener = %name, %peer, error = %e, "TLS handshake with agent failed"),
+                Err(_) => tracing::info!(listener = %name, %peer, "TLS handshake with agent timed out"),
+            }
+        }
+    }
+}
+
+/// Serves the proxy protocol (HTTP/1.1 with CONNECT upgrades) on an agent connection.
+async fn serve_http1<IO>(proxy: Arc<Proxy>, mut conn: ConnCtx, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (guarded, verdicts) = FramingGuard::new(io, proxy.max_header_bytes);
+    conn.framing = Some(verdicts);
+    let service = ProxyService {
+        proxy: proxy.clone(),
+        conn: Arc::new(conn),
+    };
+    let connection = http1_builder(&proxy)
+        .serve_connection(TokioIo::new(guarded), service)
+        .with_upgrades();
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "agent connection ended with an error");
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on a connection inside a tunnel. Boxed: the service it runs can
+/// itself open tunnels, and the future type would otherwise be infinitely recursive.
+pub fn serve_tunneled<IO>(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, io: IO) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        let (guarded, verdicts) = FramingGuard::new(io, proxy.max_header_bytes);
+        let conn = match Arc::try_unwrap(conn) {
+            Ok(mut owned) => {
+                owned.framing = Some(verdicts);
+                Arc::new(owned)
+            }
+            Err(shared) => shared,
+        };
+        let service = ProxyService {
+            proxy: proxy.clone(),
+            conn,
+        };
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(proxy.header_read_timeout)
+            .max_buf_size((proxy.max_header_bytes + 16 * 1024).max(8192))
+            .max_headers(1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(proxy.max_header_bytes).unwrap_or(u32::MAX));
+        if let Err(e) = builder.serve_connection(TokioIo::new(guarded), service).await {
+            tracing::debug!(error = %e, "tunneled connection ended with an error");
+        }
+    })
+}
+
+/// Answers a connection over the limit with a JSON 503 and closes it.
+async fn refuse_overloaded(mut stream: TcpStream, plain: bool) {
+    if plain {
+        let id = uuid::Uuid::now_v7().to_string();
+        let body = crate::error::ProxyError::Overloaded.body(&id).to_string();
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\nx-tollgate-decision-id: {id}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+    }
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,128 @@
+//! The decision log: one JSON line per decision, written off the request path.
+//!
+//! A request serializes its record and hands the bytes to a channel; one writer thread appends
+//! them to the sink and flushes whenever the queue runs dry, so a burst costs one syscall per
+//! batch and a lone decision is visible at once. No request ever waits on the sink's lock.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::DecisionLogTarget;
+
+/// What one decision-log line holds (SPEC §9). Never a query value, header value or secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord<'a> {
+    pub decision_id: &'a str,
+    pub time: String,
+    pub listener: &'a str,
+    pub source: SourceRecord<'a>,
+    pub intent: IntentRecord<'a>,
+    pub request: RequestRecord<'a>,
+    pub decision: VerdictRecord<'a>,
+    /// tollgate's own failure after (or instead of) a policy decision, e.g. `upstream_timeout`.
+    pub error: Option<&'a str>,
+    pub policy_revision: Option<&'a str>,
+    pub engine: Option<&'a str>,
+    pub eval_us: Option<u64>,
+    pub upstream_status: Option<u16>,
+    pub duration_ms: f64,
+}
+
+/// `source` of a decision-log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceRecord<'a> {
+    pub spiffe_id: Option<&'a str>,
+    pub address: String,
+}
+
+/// `intent` of a decision-log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntentRecord<'a> {
+    pub name: Option<&'a str>,
+    pub task: Option<&'a str>,
+    pub verified: bool,
+}
+
+/// `request` of a decision-log line: where, never what (no query, no header values).
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord<'a> {
+    pub method: &'a str,
+    pub scheme: Option<&'a str>,
+    pub host: Option<&'a str>,
+    pub port: Option<u16>,
+    pub path: Option<&'a str>,
+}
+
+/// `decision` of a decision-log line.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerdictRecord<'a> {
+    pub allow: bool,
+    pub reason: &'a str,
+    pub credential: Option<&'a str>,
+    /// False in dry-run mode: the decision was logged but not applied.
+    pub enforced: bool,
+}
+
+/// Handle to the decision-log writer; cheap to clone.
+#[derive(Clone)]
+pub struct DecisionLog {
+    sender: Option<mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+impl DecisionLog {
+    /// Starts the writer for `target`; `Off` discards records without serializing them.
+    pub fn start(target: &DecisionLogTarget) -> std::io::Result<DecisionLog> {
+        let sink: Box<dyn Write + Send> = match target {
+            DecisionLogTarget::Off => return Ok(DecisionLog { sender: None }),
+            DecisionLogTarget::Stdout => Box::new(std::io::stdout()),
+            DecisionLogTarget::File(path) => Box::new(open_append(path)?),
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("decision-log".into())
+            .spawn(move || write_loop(sink, receiver))?;
+        Ok(DecisionLog {
+            sender: Some(sender),
+        })
+    }
+
+    /// Queues one record; never blocks.
+    pub fn record(&self, record: &DecisionRecord<'_>) {
+        let Some(sender) = &self.sender else { return };
+        match serde_json::to_vec(record) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                let _ = sender.send(line);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serialize a decision record"),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn write_loop(sink: Box<dyn Write + Send>, mut receiver: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    while let Some(line) = receiver.blocking_recv() {
+        let mut result = out.write_all(&line);
+        // Drain what is already queued, then flush once.
+        while result.is_ok() {
+            match receiver.try_recv() {
+                Ok(more) => result = out.write_all(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = result.and_then(|()| out.flush()) {
+            tracing::error!(error = %e, "cannot write the decision log");
+        }
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,138 @@
+//! TLS interception: a server config per destination host, with a leaf minted by the
+//! interception CA and cached.
+//!
+//! Minting costs ≈ 70 µs (STACK-NOTES), so each host's config is made once and reused until the
+//! leaf reaches half its lifetime. The cache is sharded and bounded; concurrent first requests
+//! for one host mint once (the cache's placeholder makes other callers wait for the first).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quick_cache::sync::Cache;
+use rustls::pki_types::PrivateKeyDer;
+
+use super::ca::{CaError, SigningCa};
+
+/// How long a minted leaf is valid.
+const LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Re-mint once a cached leaf is this old.
+const LEAF_REFRESH: Duration = Duration::from_secs(3 * 24 * 3600);
+/// Hosts whose configs are kept.
+const CACHE_CAPACITY: usize = 10_000;
+
+#[derive(Clone)]
+struct CachedConfig {
+    config: Arc<rustls::ServerConfig>,
+    minted: Instant,
+}
+
+/// Signs per-host leaves and hands out their TLS server configs.
+pub struct InterceptAuthority {
+    ca: SigningCa,
+    /// The CA certificate file agents must trust (for the startup banner).
+    pub ca_cert_path: PathBuf,
+    cache: Cache<String, CachedConfig>,
+}
+
+/// Why a host's TLS config could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptError {
+    #[error("cannot mint a certificate for {host}: {source}")]
+    Mint { host: String, source: CaError },
+    #[error("cannot build a TLS config for {host}: {message}")]
+    Config { host: String, message: String },
+}
+
+impl InterceptAuthority {
+    /// Uses the CA in `cert`/`key`.
+    pub fn new(ca: SigningCa, ca_cert_path: PathBuf) -> InterceptAuthority {
+        InterceptAuthority {
+            ca,
+            ca_cert_path,
+            cache: Cache::new(CACHE_CAPACITY),
+        }
+    }
+
+    /// Loads the configured interception CA.
+    pub fn load(cert: &Path, key: &Path) -> Result<InterceptAuthority, CaError> {
+        Ok(Self::new(SigningCa::load(cert, key)?, cert.to_path_buf()))
+    }
+
+    /// Loads the development CA from `state_dir`, creating it on first use.
+    pub fn development(state_dir: &Path) -> Result<InterceptAuthority, CaError> {
+        let cert = state_dir.join("intercept-ca.pem");
+        let key = state_dir.join("intercept-ca-key.pem");
+        if !cert.exists() || !key.exists() {
+            let ca = SigningCa::generate("tollgate development interception CA")?;
+            ca.save(&cert, &key)?;
+        }
+        Self::load(&cert, &key)
+    }
+
+    /// The TLS server config presenting a leaf for `host` (lower-case DNS name or IP).
+    pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, InterceptError> {
+        if let Some(cached) = self.cache.get(host)
+            && cached.minted.elapsed() < LEAF_REFRESH
+        {
+            return Ok(cached.config);
+        }
+        let fresh = self.mint(host)?;
+        self.cache.insert(host.to_string(), fresh.clone());
+        Ok(fresh.config)
+    }
+
+    fn mint(&self, host: &str) -> Result<CachedConfig, InterceptError> {
+        let (leaf, key) = self
+            .ca
+            .mint_server_leaf(host, LEAF_LIFETIME)
+            .map_err(|source| InterceptError::Mint {
+                host: host.to_string(),
+                source,
+            })?;
+        let config_error = |message: String| InterceptError::Config {
+            host: host.to_string(),
+            message,
+        };
+        let mut config = rustls::ServerConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_error(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf], PrivateKeyDer::Pkcs8(key.into()))
+            .map_err(|e| config_error(e.to_string()))?;
+        // h2 first: agents that speak HTTP/2 get it inside the tunnel.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(CachedConfig {
+            config: Arc::new(config),
+            minted: Instant::now(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_one_config_per_host() {
+        crate::tls::install_crypto_provider();
+        let ca = SigningCa::generate("test").unwrap();
+        let authority = InterceptAuthority::new(ca, PathBuf::from("ca.pem"));
+        let a = authority.server_config("api.github.com").unwrap();
+        let b = authority.server_config("api.github.com").unwrap();
+        let c = authority.server_config("api.openai.com").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(a.alpn_protocols[0], b"h2");
+    }
+
+    #[test]
+    fn creates_the_development_ca_once() {
+        let dir = tempfile::tempdir().unwrap();
+        InterceptAuthority::development(dir.path()).unwrap();
+        let first = std::fs::read(dir.path().join("intercept-ca.pem")).unwrap();
+        InterceptAuthority::development(dir.path()).unwrap();
+        let second = std::fs::read(dir.path().join("intercept-ca.pem")).unwrap();
+        assert_eq!(first, second);
+    }
+}
