@@ -1,1 +1,100 @@
-fn main(){}
+//! Per-request CPU cost of the decision path, without I/O: building the policy input, evaluating
+//! the bundled policy on the native engine (RVM), and the request-preparation stages (target
+//! normalization, intent parsing, header redaction) that run before it.
+//!
+//! Run: `cargo bench --bench policy`. Results and machine load go in docs/BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::HeaderMap;
+
+use tollgate::config::{DataSource, EngineKind, PolicyConfig, PolicySource};
+use tollgate::identity::{Caller, SpiffeId};
+use tollgate::intent::parse_intent;
+use tollgate::policy::PolicyRevision;
+use tollgate::policy::input::{
+    ConnectionFacts, DestinationFacts, PolicyInput, RequestFacts, SourceFacts, policy_headers,
+};
+use tollgate::proxy::target::forward_target;
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", "api.github.com".parse().unwrap());
+    h.insert("user-agent", "agent/1.0".parse().unwrap());
+    h.insert("accept", "application/vnd.github+json".parse().unwrap());
+    h.insert("authorization", "Bearer not-a-real-token".parse().unwrap());
+    h.insert("x-agent-intent", "issues.read".parse().unwrap());
+    h.insert("x-agent-task", "t-42".parse().unwrap());
+    h
+}
+
+fn input(method: &str, path: &str, headers: &HeaderMap) -> PolicyInput {
+    PolicyInput {
+        time: SystemTime::now(),
+        source: SourceFacts {
+            caller: Caller::Authenticated(SpiffeId::parse("spiffe://tollgate.local/dev/agent").unwrap()),
+            listener: Arc::from("agents"),
+            address: "127.0.0.1:51234".parse().unwrap(),
+        },
+        intent: parse_intent(headers).unwrap(),
+        request: Some(RequestFacts {
+            method: method.into(),
+            scheme: "https",
+            host: "api.github.com".into(),
+            port: 443,
+            path: path.into(),
+            query: Some("state=open".into()),
+            headers: policy_headers(headers),
+            protocol: "HTTP/1.1",
+        }),
+        destination: DestinationFacts {
+            host: "api.github.com".into(),
+            port: 443,
+            ip: Some("140.82.112.6".parse().unwrap()),
+        },
+        connection: ConnectionFacts {
+            mode: "forward",
+            intercepted: true,
+            tls_sni: Some("api.github.com".into()),
+        },
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let revision = PolicyRevision::load(&PolicyConfig {
+        source: PolicySource::Bundled,
+        data: DataSource::Bundled,
+        engine: EngineKind::Rego,
+        entrypoint: "tollgate/decision".into(),
+        dry_run: false,
+    })
+    .expect("bundled policy loads");
+    let headers = headers();
+    let allowed = input("GET", "/repos/acme/app/issues", &headers);
+    let denied = input("DELETE", "/repos/acme/app", &headers);
+    assert!(revision.evaluate(&allowed).outcome.unwrap().allow);
+    assert!(!revision.evaluate(&denied).outcome.unwrap().allow);
+
+    c.bench_function("prepare/target+intent+headers", |b| {
+        let uri: http::Uri = "http://api.github.com/repos/acme/app/issues?state=open".parse().unwrap();
+        b.iter(|| {
+            let target = forward_target(black_box(&uri)).unwrap();
+            let intent = parse_intent(black_box(&headers)).unwrap();
+            let redacted = policy_headers(black_box(&headers));
+            black_box((target, intent, redacted))
+        })
+    });
+    c.bench_function("input/build_value", |b| b.iter(|| black_box(black_box(&allowed).to_value())));
+    c.bench_function("policy/evaluate_allow (input + eval + decision)", |b| {
+        b.iter(|| black_box(revision.evaluate(black_box(&allowed))))
+    });
+    c.bench_function("policy/evaluate_deny (input + eval + decision)", |b| {
+        b.iter(|| black_box(revision.evaluate(black_box(&denied))))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -127,17 +127,20 @@ rules := agent.rules if {
 
 # Each check keeps the indices, ascending (list order), of the rules that still match.
 # A list field that is absent or [] does not restrict; any other value that is not a list
-# matches nothing, so a malformed rule fails closed.
+# matches nothing, so a malformed rule fails closed. (`some x in v` is an evaluation error
+# when v is a string or null, hence the is_array guards.)
 
 # `*` stands for exactly one DNS label and `**` for one or more; glob.match only sees patterns
 # with a wildcard, so IPv6 literals such as "[::1]" compare verbatim.
 host_idx := sort({i |
 	some i, rule in rules
+	is_array(rule.hosts)
 	some pattern in rule.hosts
 	is_string(pattern)
 	trim_suffix(lower(pattern), ".") == target_host
 } | {i |
 	some i, rule in rules
+	is_array(rule.hosts)
 	some pattern in rule.hosts
 	is_string(pattern)
 	contains(pattern, "*")
@@ -150,6 +153,7 @@ port_idx := sort({i |
 	target_port in default_ports
 } | {i |
 	some i in host_idx
+	is_array(rules[i].ports)
 	some port in rules[i].ports
 	port in port_keys
 })
@@ -162,6 +166,7 @@ method_idx := port_idx if {
 	object.get(rules[i], "methods", []) == []
 } | {i |
 	some i in port_idx
+	is_array(rules[i].methods)
 	some method in rules[i].methods
 	is_string(method)
 	upper(method) in method_keys
@@ -177,10 +182,12 @@ path_idx := method_idx if {
 	object.get(rules[i], "paths", []) == []
 } | {i |
 	some i in method_idx
+	is_array(rules[i].paths)
 	some prefix in rules[i].paths
 	prefix == "/"
 } | {i |
 	some i in method_idx
+	is_array(rules[i].paths)
 	some prefix in rules[i].paths
 	is_string(prefix)
 	startswith(path_slash, concat("", [trim_suffix(prefix, "/"), "/"]))
@@ -212,10 +219,12 @@ intent_allowed_idx := sort(intent_exempt | {i |
 	object.get(rules[i], "intents", []) == []
 } | {i |
 	some i in intent_present_idx
+	is_array(rules[i].intents)
 	some pattern in rules[i].intents
 	pattern == intent_name
 } | {i |
 	some i in intent_present_idx
+	is_array(rules[i].intents)
 	some pattern in rules[i].intents
 	is_string(pattern)
 	contains(pattern, "*")
@@ -284,31 +293,33 @@ config_errors contains "tollgate_config.agents: must be an object keyed by SPIFF
 	not is_object(data.tollgate_config.agents)
 }
 
+config_agents := data.tollgate_config.agents if is_object(data.tollgate_config.agents)
+
 config_errors contains sprintf("tollgate_config.agents[%q]: key must be a SPIFFE ID (spiffe://...)", [id]) if {
-	some id, _ in data.tollgate_config.agents
+	some id, _ in config_agents
 	not startswith(id, "spiffe://")
 }
 
 config_errors contains sprintf("tollgate_config.agents[%q]: must be an object with a list of rules", [id]) if {
-	some id, entry in data.tollgate_config.agents
+	some id, entry in config_agents
 	not is_array(entry.rules)
 }
 
 config_errors contains sprintf("tollgate_config.agents[%q]: unknown field %q", [id, key]) if {
-	some id, entry in data.tollgate_config.agents
+	some id, entry in config_agents
 	is_object(entry)
 	some key, _ in entry
 	not key in {"description", "require_authenticated", "rules"}
 }
 
 config_errors contains sprintf("tollgate_config.agents[%q].require_authenticated: must be a boolean", [id]) if {
-	some id, entry in data.tollgate_config.agents
+	some id, entry in config_agents
 	is_object(entry)
 	not is_boolean(object.get(entry, "require_authenticated", false))
 }
 
 config_errors contains sprintf("tollgate_config.agents[%q].rules[%d]: %s", [id, i, problem]) if {
-	some id, entry in data.tollgate_config.agents
+	some id, entry in config_agents
 	is_array(entry.rules)
 	some i, rule in entry.rules
 	some problem in rule_problems(rule)
@@ -323,88 +334,88 @@ rule_problems(rule) := {"must be an object"} if not is_object(rule)
 
 rule_problems(rule) := problems if {
 	is_object(rule)
-	problems := {p | some p in rule_problem_list(rule)}
+	problems := (
+		{sprintf("unknown field %q", [key]) | some key, _ in rule; not key in rule_fields} |
+		{"id, description, reason: must be strings" | not strings_or_absent(rule, ["id", "description", "reason"])} |
+		{"hosts: must be a non-empty list of host names or globs" | not hosts_valid(rule)} |
+		{"ports: must be a list of port numbers (1-65535) or \"*\"" | not ports_valid(rule)} |
+		{"methods: must be a list of strings" | not string_list_or_absent(rule, "methods")} |
+		{"paths: must be a list of prefixes starting with \"/\"" | not paths_valid(rule)} |
+		{"intents: must be a list of strings" | not string_list_or_absent(rule, "intents")} |
+		{"require_verified_intent: must be a boolean" | not is_boolean(object.get(rule, "require_verified_intent", false))} |
+		{"mode: must be \"intercept\" or \"tunnel\"" | not mode_valid(rule)} |
+		{"credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}" | not credential_valid(rule)} |
+		{"headers: must be {\"set\": {name: string}, \"remove\": [name]}" | not headers_valid(rule)}
+	)
 }
 
-rule_problem_list(rule) := array.concat(
-	[sprintf("unknown field %q", [key]) | some key, _ in rule; not key in rule_fields],
-	[problem | some check in rule_checks(rule); not check[1]; problem := check[0]],
-)
+# The predicates below hold when the field is well formed. (regorus makes object.get on a
+# non-object an evaluation error, hence the is_object guards.)
 
-# [message, ok] pairs; `ok` is false when the field is malformed.
-rule_checks(rule) := [
-	["id, description, reason: must be strings", every_string_field(rule, ["id", "description", "reason"])],
-	["hosts: must be a non-empty list of host names or globs", hosts_valid(rule)],
-	["ports: must be a list of port numbers (1-65535) or \"*\"", ports_valid(rule)],
-	["methods: must be a list of strings", strings_valid(rule, "methods")],
-	["paths: must be a list of prefixes starting with \"/\"", paths_valid(rule)],
-	["intents: must be a list of strings", strings_valid(rule, "intents")],
-	["require_verified_intent: must be a boolean", is_boolean(object.get(rule, "require_verified_intent", false))],
-	["mode: must be \"intercept\" or \"tunnel\"", object.get(rule, "mode", "intercept") in {"intercept", "tunnel"}],
-	["credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}", credential_valid(rule)],
-	["headers: must be {\"set\": {name: string}, \"remove\": [name]}", headers_valid(rule)],
-]
-
-every_string_field(obj, keys) := true if {
+strings_or_absent(obj, keys) if {
 	every key in keys {
 		is_string(object.get(obj, key, ""))
 	}
-} else := false
+}
 
-strings_valid(obj, key) := true if {
+string_list_or_absent(obj, key) if {
 	is_array(object.get(obj, key, []))
 	every v in object.get(obj, key, []) {
 		is_string(v)
 	}
-} else := false
+}
 
-hosts_valid(rule) := true if {
-	strings_valid(rule, "hosts")
+hosts_valid(rule) if {
+	string_list_or_absent(rule, "hosts")
 	count(object.get(rule, "hosts", [])) > 0
-} else := false
+}
 
-ports_valid(rule) := true if {
+ports_valid(rule) if {
 	is_array(object.get(rule, "ports", []))
 	every p in object.get(rule, "ports", []) {
-		valid_port(p)
+		port_valid(p)
 	}
-} else := false
+}
 
-valid_port(p) if p == "*"
+port_valid(p) if p == "*"
 
-valid_port(p) if {
+port_valid(p) if {
 	is_number(p)
 	p >= 1
 	p <= 65535
 }
 
-paths_valid(rule) := true if {
-	strings_valid(rule, "paths")
+paths_valid(rule) if {
+	string_list_or_absent(rule, "paths")
 	every p in object.get(rule, "paths", []) {
 		startswith(p, "/")
 	}
-} else := false
+}
 
-credential_valid(rule) := true if {
-	object.get(rule, "credential", null) == null
-} else := true if {
+mode_valid(rule) if object.get(rule, "mode", "intercept") in {"intercept", "tunnel"}
+
+credential_valid(rule) if object.get(rule, "credential", null) == null
+
+credential_valid(rule) if {
+	is_object(rule.credential)
 	is_string(rule.credential.name)
-	strings_valid(rule.credential, "scopes")
-	every_string_field(rule.credential, ["ttl"])
+	string_list_or_absent(rule.credential, "scopes")
+	strings_or_absent(rule.credential, ["ttl"])
 	every key, _ in rule.credential {
 		key in {"name", "scopes", "ttl"}
 	}
-} else := false
+}
 
-headers_valid(rule) := true if {
-	object.get(rule, "headers", null) == null
-} else := true if {
+headers_valid(rule) if object.get(rule, "headers", null) == null
+
+headers_valid(rule) if {
+	is_object(rule.headers)
 	is_object(object.get(rule.headers, "set", {}))
 	every _, v in object.get(rule.headers, "set", {}) {
 		is_string(v)
 	}
-	strings_valid(rule.headers, "remove")
+	string_list_or_absent(rule.headers, "remove")
 	every key, _ in rule.headers {
 		key in {"set", "remove"}
 	}
-} else := false
+}

@@ -63,7 +63,8 @@ config(rules) := {"agents": {triage: {"rules": rules}}}
 
 # The decision for input `inp` when triage holds `rules`.
 decide(inp, rules) := d if {
-	d := data.tollgate.decision with input as inp with data.tollgate_config as config(rules)
+	cfg := config(rules)
+	d := data.tollgate.decision with input as inp with data.tollgate_config as cfg
 }
 
 github_read := {
@@ -189,7 +190,8 @@ test_allows_any_verified_intent_when_only_verification_required if {
 
 test_allows_when_authentication_required_and_caller_authenticated if {
 	cfg := {"agents": {triage: {"require_authenticated": true, "rules": [github_read]}}}
-	d := data.tollgate.decision with input as get("api.github.com", "/repos/acme") with data.tollgate_config as cfg
+	inp := get("api.github.com", "/repos/acme")
+	d := data.tollgate.decision with input as inp with data.tollgate_config as cfg
 	d.allow == true
 }
 
@@ -218,6 +220,29 @@ test_denies_host_glob_for_apex if {
 test_allows_double_star_glob_for_many_labels if {
 	rule := object.union(github_read, {"hosts": ["**.github.com"]})
 	decide(get("a.b.github.com", "/repos/acme"), [rule]).allow == true
+}
+
+test_denies_double_star_glob_for_apex if {
+	rule := object.union(github_read, {"hosts": ["**.github.com"]})
+	decide(get("github.com", "/repos/acme"), [rule]) == deny("destination_not_allowed")
+}
+
+test_allows_every_host_with_lone_double_star if {
+	rule := object.union(github_read, {"hosts": ["**"]})
+	decide(get("api.github.com", "/repos/acme"), [rule]).allow == true
+	decide(get("localhost", "/repos/acme"), [rule]).allow == true
+}
+
+test_allows_glob_in_the_middle_of_a_host if {
+	rule := object.union(github_read, {"hosts": ["s3.*.amazonaws.com"]})
+	decide(get("s3.eu-west-1.amazonaws.com", "/repos/acme"), [rule]).allow == true
+	decide(get("s3.amazonaws.com", "/repos/acme"), [rule]) == deny("destination_not_allowed")
+}
+
+test_allows_empty_ports_as_scheme_default if {
+	rule := object.union(github_read, {"ports": []})
+	decide(get("api.github.com", "/repos/acme"), [rule]).allow == true
+	decide(req("GET", "https", "api.github.com", 8443, "/repos/acme"), [rule]) == deny("port_not_allowed")
 }
 
 test_denies_host_that_only_ends_with_allowed_name if {
@@ -449,19 +474,29 @@ test_denies_unauthenticated_when_agent_requires_authentication if {
 	d == deny("unauthenticated")
 }
 
+test_denies_unauthenticated_when_agent_requires_authentication_and_flag_is_missing if {
+	cfg := {"agents": {triage: {"require_authenticated": true, "rules": [github_read]}}}
+	req_input := get("api.github.com", "/repos/acme")
+	inp := object.union(object.remove(req_input, ["source"]), {"source": object.remove(req_input.source, ["authenticated"])})
+	d := data.tollgate.decision with input as inp with data.tollgate_config as cfg
+	d == deny("unauthenticated")
+}
+
 test_denies_unknown_agent if {
 	inp := as_caller(get("api.github.com", "/repos/acme"), other, true)
 	decide(inp, [github_read]) == deny("unknown_agent")
 }
 
 test_denies_unknown_agent_without_config if {
-	d := data.tollgate.decision with input as get("api.github.com", "/repos/acme") with data.tollgate_config as {}
+	inp := get("api.github.com", "/repos/acme")
+	d := data.tollgate.decision with input as inp with data.tollgate_config as {}
 	d == deny("unknown_agent")
 }
 
 test_denies_unknown_agent_with_rules_of_other_agent_only if {
 	cfg := {"agents": {other: {"rules": [github_read]}}}
-	d := data.tollgate.decision with input as get("api.github.com", "/repos/acme") with data.tollgate_config as cfg
+	inp := get("api.github.com", "/repos/acme")
+	d := data.tollgate.decision with input as inp with data.tollgate_config as cfg
 	d == deny("unknown_agent")
 }
 
@@ -521,7 +556,8 @@ test_denies_with_invalid_input_before_unauthenticated if {
 }
 
 test_denies_with_unauthenticated_before_unknown_agent if {
-	d := data.tollgate.decision with input as as_caller(get("x.example", "/"), null, false) with data.tollgate_config as {}
+	inp := as_caller(get("x.example", "/"), null, false)
+	d := data.tollgate.decision with input as inp with data.tollgate_config as {}
 	d == deny("unauthenticated")
 }
 
@@ -648,6 +684,22 @@ test_config_errors_report_each_malformed_field if {
 	count(errors) == 13
 }
 
+test_config_errors_report_fields_of_the_wrong_type if {
+	rule := {"hosts": "api.github.com", "ports": 443, "paths": "/", "credential": "github", "headers": "x-a: 1", "mode": null}
+	cfg := config([rule, "api.github.com"])
+	errors := data.tollgate.config_errors with data.tollgate_config as cfg
+	prefix := sprintf("tollgate_config.agents[%q].rules", [triage])
+	errors == {concat("", [prefix, problem]) | some problem in [
+		"[0]: hosts: must be a non-empty list of host names or globs",
+		"[0]: ports: must be a list of port numbers (1-65535) or \"*\"",
+		"[0]: paths: must be a list of prefixes starting with \"/\"",
+		"[0]: mode: must be \"intercept\" or \"tunnel\"",
+		"[0]: credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}",
+		"[0]: headers: must be {\"set\": {name: string}, \"remove\": [name]}",
+		"[1]: must be an object",
+	]}
+}
+
 test_config_errors_report_rules_that_are_not_a_list if {
 	errors := data.tollgate.config_errors with data.tollgate_config as {"agents": {triage: [github_read]}}
 	errors == {sprintf("tollgate_config.agents[%q]: must be an object with a list of rules", [triage])}
@@ -655,6 +707,11 @@ test_config_errors_report_rules_that_are_not_a_list if {
 
 test_config_errors_report_missing_agents if {
 	errors := data.tollgate.config_errors with data.tollgate_config as {}
+	errors == {"tollgate_config.agents: must be an object keyed by SPIFFE ID"}
+}
+
+test_config_errors_report_agents_that_are_not_an_object if {
+	errors := data.tollgate.config_errors with data.tollgate_config as {"agents": null}
 	errors == {"tollgate_config.agents: must be an object keyed by SPIFFE ID"}
 }
 
@@ -666,7 +723,8 @@ writer := "spiffe://tollgate.local/dev/writer"
 
 # The decision for `inp` from caller `id` against the example data as loaded.
 example(inp, id) := d if {
-	d := data.tollgate.decision with input as as_caller(inp, id, false)
+	caller_input := as_caller(inp, id, false)
+	d := data.tollgate.decision with input as caller_input
 }
 
 test_example_data_is_well_formed if {

@@ -41,14 +41,20 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     response
 }
 
-async fn route(health: Arc<Health>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn route(
+    health: Arc<Health>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             if health.is_ready() {
                 json(StatusCode::OK, serde_json::json!({"status": "ready"}))
             } else {
-                json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready"}))
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "not ready"}),
+                )
             }
         }
         _ => json(

@@ -47,13 +47,16 @@ pub fn state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("tollgate");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/state/tollgate")
 }
 
 /// Loads the policy named by the configuration (also used by `tollgate check`).
 pub fn load_policy(config: &Config) -> Result<PolicyRevision, StartError> {
-    PolicyRevision::load(&config.policy).map_err(|e| StartError::Config(format!("{}: policy: {e}", config.origin)))
+    PolicyRevision::load(&config.policy)
+        .map_err(|e| StartError::Config(format!("{}: policy: {e}", config.origin)))
 }
 
 /// Runs the proxy until SIGINT or SIGTERM.
@@ -76,14 +79,21 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     for listener in &config.listeners {
         let tls = match &listener.tls {
             Some(paths) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::tls::listener_server_config(&paths.cert, &paths.key)
-                    .map_err(|e| StartError::Config(format!("{}: listeners.{}.tls: {e}", config.origin, listener.name)))?,
+                crate::tls::listener_server_config(&paths.cert, &paths.key).map_err(|e| {
+                    StartError::Config(format!(
+                        "{}: listeners.{}.tls: {e}",
+                        config.origin, listener.name
+                    ))
+                })?,
             )),
             None => None,
         };
-        let tcp = TcpListener::bind(listener.address)
-            .await
-            .map_err(|e| StartError::Runtime(format!("listener {} cannot bind {}: {e}", listener.name, listener.address)))?;
+        let tcp = TcpListener::bind(listener.address).await.map_err(|e| {
+            StartError::Runtime(format!(
+                "listener {} cannot bind {}: {e}",
+                listener.name, listener.address
+            ))
+        })?;
         let local_addr = tcp
             .local_addr()
             .map_err(|e| StartError::Runtime(format!("listener {}: {e}", listener.name)))?;
@@ -94,9 +104,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
             local_addr,
         });
     }
-    let admin = TcpListener::bind(config.admin.address)
-        .await
-        .map_err(|e| StartError::Runtime(format!("admin cannot bind {}: {e}", config.admin.address)))?;
+    let admin = TcpListener::bind(config.admin.address).await.map_err(|e| {
+        StartError::Runtime(format!("admin cannot bind {}: {e}", config.admin.address))
+    })?;
     let admin_addr = admin
         .local_addr()
         .map_err(|e| StartError::Runtime(format!("admin: {e}")))?;
@@ -125,7 +135,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let health = Arc::new(Health::default());
 
     if options.banner {
-        print_banner(&config, &bound, admin_addr, &ca_path, &default_caller, &revision_id, dry_run);
+        print_banner(
+            &config,
+            &bound,
+            admin_addr,
+            &ca_path,
+            &default_caller,
+            &revision_id,
+            dry_run,
+        );
     }
     tracing::info!(
         revision = %revision_id,
@@ -191,12 +209,20 @@ fn print_banner(
     revision: &str,
     dry_run: bool,
 ) {
-    let Some(first) = listeners.first() else { return };
+    let Some(first) = listeners.first() else {
+        return;
+    };
     let scheme = if first.tls.is_some() { "https" } else { "http" };
     let proxy_url = format!("{scheme}://{}", first.local_addr);
     let ca = ca_path.display();
-    let caller = caller.spiffe_id().map_or("unauthenticated".to_string(), |id| id.to_string());
-    let mode = if dry_run { "DRY RUN: decisions are logged, not enforced" } else { "enforcing" };
+    let caller = caller
+        .spiffe_id()
+        .map_or("unauthenticated".to_string(), |id| id.to_string());
+    let mode = if dry_run {
+        "DRY RUN: decisions are logged, not enforced"
+    } else {
+        "enforcing"
+    };
     eprintln!(
         "\ntollgate {version} — {origin}\n\
          \x20 proxy    {proxy_url}  (listener \"{name}\", TLS interception on)\n\

@@ -29,7 +29,9 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("{0}")]
     BadIntent(#[from] IntentError),
-    #[error("the request carries both Content-Length and Transfer-Encoding (request smuggling defence)")]
+    #[error(
+        "the request carries both Content-Length and Transfer-Encoding (request smuggling defence)"
+    )]
     AmbiguousFraming,
     #[error("the request's headers are larger than limits.max_header_bytes ({0} bytes)")]
     HeadersTooLarge(usize),
@@ -58,9 +60,9 @@ impl ProxyError {
             | ProxyError::AmbiguousFraming
             | ProxyError::HostMismatch { .. } => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::Denied { .. } | ProxyError::Policy(_) | ProxyError::PrivateDestination(_) => {
-                StatusCode::FORBIDDEN
-            }
+            ProxyError::Denied { .. }
+            | ProxyError::Policy(_)
+            | ProxyError::PrivateDestination(_) => StatusCode::FORBIDDEN,
             ProxyError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
                 StatusCode::FORBIDDEN
@@ -106,15 +108,22 @@ impl ProxyError {
             | ProxyError::HostMismatch { .. }
             | ProxyError::Denied { .. }
             | ProxyError::PrivateDestination(_) => Fault::Caller,
-            ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => Fault::Caller,
+            ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
+                Fault::Caller
+            }
             ProxyError::Upstream(_) => Fault::Upstream,
-            ProxyError::Policy(_) | ProxyError::Overloaded | ProxyError::Internal(_) => Fault::Internal,
+            ProxyError::Policy(_) | ProxyError::Overloaded | ProxyError::Internal(_) => {
+                Fault::Internal
+            }
         }
     }
 
     /// Whether the agent's connection must be closed after the response (framing is in doubt).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::AmbiguousFraming | ProxyError::HeadersTooLarge(_))
+        matches!(
+            self,
+            ProxyError::AmbiguousFraming | ProxyError::HeadersTooLarge(_)
+        )
     }
 
     /// The `error` field of the JSON body: the status in words.
@@ -170,10 +179,22 @@ mod tests {
 
     #[test]
     fn maps_each_family_to_its_status() {
-        assert_eq!(ProxyError::AmbiguousFraming.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(ProxyError::HeadersTooLarge(10).status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-        assert_eq!(ProxyError::Denied { reason: "x".into() }.status(), StatusCode::FORBIDDEN);
-        assert_eq!(ProxyError::Policy(PolicyFailure::Timeout).status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            ProxyError::AmbiguousFraming.status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ProxyError::HeadersTooLarge(10).status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(
+            ProxyError::Denied { reason: "x".into() }.status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ProxyError::Policy(PolicyFailure::Timeout).status(),
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(
             ProxyError::from(UpstreamError::Timeout(std::time::Duration::from_secs(1))).status(),
             StatusCode::GATEWAY_TIMEOUT
@@ -182,12 +203,18 @@ mod tests {
             ProxyError::from(UpstreamError::Connect("refused".into())).status(),
             StatusCode::BAD_GATEWAY
         );
-        assert_eq!(ProxyError::Overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ProxyError::Overloaded.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[test]
     fn denies_carry_the_policy_reason_and_no_message() {
-        let body = ProxyError::Denied { reason: "method_not_allowed".into() }.body("d-1");
+        let body = ProxyError::Denied {
+            reason: "method_not_allowed".into(),
+        }
+        .body("d-1");
         assert_eq!(body["error"], "forbidden");
         assert_eq!(body["reason"], "method_not_allowed");
         assert_eq!(body["decision_id"], "d-1");

@@ -35,7 +35,9 @@ pub enum IntentError {
     Repeated { header: &'static str },
     #[error("X-Agent-Intent-Token is longer than 8 KiB")]
     TokenTooLong,
-    #[error("X-Agent-Intent-Token is not supported yet: no intent_tokens issuers can be configured in this version")]
+    #[error(
+        "X-Agent-Intent-Token is not supported yet: no intent_tokens issuers can be configured in this version"
+    )]
     TokenNotSupported,
 }
 
@@ -120,8 +122,8 @@ fn purpose_field(value: &[u8]) -> Result<String, IntentError> {
 }
 
 fn delegation_field(value: &[u8]) -> Result<Vec<SpiffeId>, IntentError> {
-    let text = std::str::from_utf8(value)
-        .map_err(|_| IntentError::BadDelegation("not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(value).map_err(|_| IntentError::BadDelegation("not UTF-8".into()))?;
     let entries: Vec<&str> = text.split(',').map(str::trim).collect();
     if entries.len() > MAX_DELEGATION {
         return Err(IntentError::BadDelegation(format!(
@@ -131,9 +133,7 @@ fn delegation_field(value: &[u8]) -> Result<Vec<SpiffeId>, IntentError> {
     }
     entries
         .into_iter()
-        .map(|entry| {
-            SpiffeId::parse(entry).map_err(|e| IntentError::BadDelegation(e.to_string()))
-        })
+        .map(|entry| SpiffeId::parse(entry).map_err(|e| IntentError::BadDelegation(e.to_string())))
         .collect()
 }
 
@@ -156,7 +156,10 @@ mod tests {
             (INTENT, b"issues.read"),
             (TASK, b"t-42"),
             (PURPOSE, "triage new issues \u{e9}".as_bytes()),
-            (DELEGATION, b"spiffe://example.org/orchestrator, spiffe://example.org/planner"),
+            (
+                DELEGATION,
+                b"spiffe://example.org/orchestrator, spiffe://example.org/planner",
+            ),
         ]))
         .unwrap();
         assert_eq!(intent.name.as_deref(), Some("issues.read"));
@@ -175,7 +178,9 @@ mod tests {
         for bad in [&b"issues read"[..], b"", b"a;b", &[b'a'; 129]] {
             assert_eq!(
                 parse_intent(&headers(&[(INTENT, bad)])),
-                Err(IntentError::BadToken { header: "X-Agent-Intent" })
+                Err(IntentError::BadToken {
+                    header: "X-Agent-Intent"
+                })
             );
         }
         assert!(parse_intent(&headers(&[(INTENT, &[b'a'; 128])])).is_ok());
@@ -185,7 +190,9 @@ mod tests {
     fn rejects_bad_task_purpose_delegation() {
         assert!(matches!(
             parse_intent(&headers(&[(TASK, b"t 1")])),
-            Err(IntentError::BadToken { header: "X-Agent-Task" })
+            Err(IntentError::BadToken {
+                header: "X-Agent-Task"
+            })
         ));
         assert_eq!(
             parse_intent(&headers(&[(PURPOSE, &[b'a'; 513])])),
@@ -199,7 +206,7 @@ mod tests {
             parse_intent(&headers(&[(PURPOSE, b"\xff\xfe")])),
             Err(IntentError::BadPurpose)
         );
-        let nine = vec!["spiffe://e.org/a"; 9].join(",");
+        let nine = ["spiffe://e.org/a"; 9].join(",");
         assert!(matches!(
             parse_intent(&headers(&[(DELEGATION, nine.as_bytes())])),
             Err(IntentError::BadDelegation(_))
@@ -214,7 +221,9 @@ mod tests {
     fn rejects_repeated_headers() {
         assert_eq!(
             parse_intent(&headers(&[(INTENT, b"a"), (INTENT, b"b")])),
-            Err(IntentError::Repeated { header: "X-Agent-Intent" })
+            Err(IntentError::Repeated {
+                header: "X-Agent-Intent"
+            })
         );
     }
 

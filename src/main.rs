@@ -99,10 +99,16 @@ struct Failure {
 
 impl Failure {
     fn usage(message: impl Into<String>) -> Failure {
-        Failure { code: 2, message: message.into() }
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
     }
     fn runtime(message: impl Into<String>) -> Failure {
-        Failure { code: 1, message: message.into() }
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
     }
 }
 
@@ -123,14 +129,30 @@ fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { config, dry_run } => run(config, dry_run),
         Command::Check { config } => check(&config),
-        Command::Policy { command: PolicyCommand::Eval { path, input, data, entrypoint } } => {
-            policy_eval(&path, &input, data.as_deref(), &entrypoint)
-        }
-        Command::Policy { command: PolicyCommand::Test { path } } => policy_test(&path),
-        Command::Certs { command: CertsCommand::Init { dir, trust_domain } } => certs_init(dir, &trust_domain),
-        Command::Certs { command: CertsCommand::Issue { dir, spiffe_id, ttl, name } } => {
-            certs_issue(dir, &spiffe_id, &ttl, name)
-        }
+        Command::Policy {
+            command:
+                PolicyCommand::Eval {
+                    path,
+                    input,
+                    data,
+                    entrypoint,
+                },
+        } => policy_eval(&path, &input, data.as_deref(), &entrypoint),
+        Command::Policy {
+            command: PolicyCommand::Test { path },
+        } => policy_test(&path),
+        Command::Certs {
+            command: CertsCommand::Init { dir, trust_domain },
+        } => certs_init(dir, &trust_domain),
+        Command::Certs {
+            command:
+                CertsCommand::Issue {
+                    dir,
+                    spiffe_id,
+                    ttl,
+                    name,
+                },
+        } => certs_issue(dir, &spiffe_id, &ttl, name),
         Command::Version => {
             println!(
                 "tollgate {} (git {}) engines: rego",
@@ -157,11 +179,16 @@ fn run(path: Option<PathBuf>, dry_run: bool) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
-    let options = RunOptions { dry_run, banner: builtin };
-    runtime.block_on(app::run(config, options)).map_err(|e| match e {
-        StartError::Config(message) => Failure::usage(message),
-        StartError::Runtime(message) => Failure::runtime(message),
-    })
+    let options = RunOptions {
+        dry_run,
+        banner: builtin,
+    };
+    runtime
+        .block_on(app::run(config, options))
+        .map_err(|e| match e {
+            StartError::Config(message) => Failure::usage(message),
+            StartError::Runtime(message) => Failure::runtime(message),
+        })
 }
 
 fn check(path: &Path) -> Result<(), Failure> {
@@ -180,7 +207,10 @@ fn check(path: &Path) -> Result<(), Failure> {
         if let Some(tls) = &listener.tls
             && let Err(e) = tollgate::tls::listener_server_config(&tls.cert, &tls.key)
         {
-            problems.push(format!("{}: listeners.{}.tls: {e}", config.origin, listener.name));
+            problems.push(format!(
+                "{}: listeners.{}.tls: {e}",
+                config.origin, listener.name
+            ));
         }
     }
     if let Err(e) = tollgate::tls::upstream::client_config(config.upstream.ca.as_deref()) {
@@ -195,10 +225,16 @@ fn check(path: &Path) -> Result<(), Failure> {
 }
 
 fn read_file(path: &Path, what: &str) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{}: cannot read {what}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::usage(format!("{}: cannot read {what}: {e}", path.display())))
 }
 
-fn policy_eval(path: &Path, input: &Path, data: Option<&Path>, entrypoint: &str) -> Result<(), Failure> {
+fn policy_eval(
+    path: &Path,
+    input: &Path,
+    data: Option<&Path>,
+    entrypoint: &str,
+) -> Result<(), Failure> {
     let name = path.to_string_lossy();
     if name.ends_with(".wasm") || name.ends_with(".tar.gz") {
         return Err(Failure::usage(format!(
@@ -223,8 +259,14 @@ fn policy_eval(path: &Path, input: &Path, data: Option<&Path>, entrypoint: &str)
             Ok(())
         }
         Err(failure) => {
-            println!("{}", serde_json::json!({"allow": false, "reason": failure.reason()}));
-            Err(Failure::runtime(format!("policy_error: {}", failure.detail())))
+            println!(
+                "{}",
+                serde_json::json!({"allow": false, "reason": failure.reason()})
+            );
+            Err(Failure::runtime(format!(
+                "policy_error: {}",
+                failure.detail()
+            )))
         }
     }
 }
@@ -254,7 +296,10 @@ fn policy_test(path: &Path) -> Result<(), Failure> {
         return Err(Failure::runtime(""));
     }
     if total == 0 {
-        return Err(Failure::usage(format!("{}: no test_* rules found", path.display())));
+        return Err(Failure::usage(format!(
+            "{}: no test_* rules found",
+            path.display()
+        )));
     }
     Ok(())
 }
@@ -263,9 +308,14 @@ fn certs_init(dir: PathBuf, trust_domain: &str) -> Result<(), Failure> {
     let id = SpiffeId::parse(&format!("spiffe://{trust_domain}"))
         .map_err(|e| Failure::usage(format!("--trust-domain {trust_domain}: {e}")))?;
     let layout = DevPkiLayout { dir };
-    let written = layout.init(id.trust_domain()).map_err(|e| Failure::runtime(e.to_string()))?;
+    let written = layout
+        .init(id.trust_domain())
+        .map_err(|e| Failure::runtime(e.to_string()))?;
     if written.is_empty() {
-        println!("{}: already initialized for {trust_domain}; nothing written", layout.dir.display());
+        println!(
+            "{}: already initialized for {trust_domain}; nothing written",
+            layout.dir.display()
+        );
     }
     for file in written {
         println!("wrote {}", file.display());
@@ -273,15 +323,24 @@ fn certs_init(dir: PathBuf, trust_domain: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn certs_issue(dir: PathBuf, spiffe_id: &str, ttl: &str, name: Option<String>) -> Result<(), Failure> {
-    let id = SpiffeId::parse(spiffe_id).map_err(|e| Failure::usage(format!("--spiffe-id {spiffe_id}: {e}")))?;
-    let ttl = config::duration::parse_duration(ttl).map_err(|e| Failure::usage(format!("--ttl: {e}")))?;
+fn certs_issue(
+    dir: PathBuf,
+    spiffe_id: &str,
+    ttl: &str,
+    name: Option<String>,
+) -> Result<(), Failure> {
+    let id = SpiffeId::parse(spiffe_id)
+        .map_err(|e| Failure::usage(format!("--spiffe-id {spiffe_id}: {e}")))?;
+    let ttl =
+        config::duration::parse_duration(ttl).map_err(|e| Failure::usage(format!("--ttl: {e}")))?;
     if ttl.is_zero() {
         return Err(Failure::usage("--ttl: must be greater than zero"));
     }
     let name = name.unwrap_or_else(|| svid_file_stem(&id));
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(Failure::usage(format!("--name {name}: must be a plain file name")));
+        return Err(Failure::usage(format!(
+            "--name {name}: must be a plain file name"
+        )));
     }
     let layout = DevPkiLayout { dir };
     let (cert, key) = layout.issue(&id, ttl, &name).map_err(|e| match e {

@@ -15,18 +15,24 @@ pub struct ConfigDuration(pub Duration);
 /// Parses `N(ms|s|m|h)`; the error text is what the operator sees after the key name.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit: write it as a number followed by ms, s, m or h"))?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("`{text}` has no unit: write it as a number followed by ms, s, m or h")
+    })?;
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration: write it as a number followed by ms, s, m or h"))?;
+    let value: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration: write it as a number followed by ms, s, m or h")
+    })?;
     let duration = match unit {
         "ms" => Duration::from_millis(value),
         "s" => Duration::from_secs(value),
-        "m" => value.checked_mul(60).map(Duration::from_secs).ok_or("duration too large")?,
-        "h" => value.checked_mul(3600).map(Duration::from_secs).ok_or("duration too large")?,
+        "m" => value
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or("duration too large")?,
+        "h" => value
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or("duration too large")?,
         _ => {
             return Err(format!(
                 "`{text}` has unit `{unit}`: the unit must be one of ms, s, m, h"

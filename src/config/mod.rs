@@ -235,7 +235,13 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let base = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     load_str(&text, &base, &origin)
@@ -445,7 +451,10 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
 
     let policy = validate_policy(sections.policy.unwrap_or_default(), base, problems);
 
-    if sections.intent_tokens.is_some_and(|t| !t.issuers.is_empty()) {
+    if sections
+        .intent_tokens
+        .is_some_and(|t| !t.issuers.is_empty())
+    {
         problems.not_supported("intent_tokens");
     }
     if sections.credentials.is_some_and(|c| !c.is_empty()) {
@@ -462,10 +471,16 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
             .allow_private
             .iter()
             .enumerate()
-            .filter_map(|(i, text)| parse_cidr(text, &format!("upstream.allow_private[{i}]"), problems))
+            .filter_map(|(i, text)| {
+                parse_cidr(text, &format!("upstream.allow_private[{i}]"), problems)
+            })
             .collect(),
-        connect_timeout: raw_upstream.connect_timeout.map_or(Duration::from_secs(5), |d| d.0),
-        request_timeout: raw_upstream.request_timeout.map_or(Duration::from_secs(300), |d| d.0),
+        connect_timeout: raw_upstream
+            .connect_timeout
+            .map_or(Duration::from_secs(5), |d| d.0),
+        request_timeout: raw_upstream
+            .request_timeout
+            .map_or(Duration::from_secs(300), |d| d.0),
     };
     for (key, value) in [
         ("upstream.connect_timeout", upstream.connect_timeout),
@@ -479,7 +494,10 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
     let raw_limits = sections.limits.unwrap_or_default();
     let max_header_bytes = raw_limits.max_header_bytes.unwrap_or(65536);
     if !(1024..=1024 * 1024).contains(&max_header_bytes) {
-        problems.add("limits.max_header_bytes", "must be between 1024 and 1048576");
+        problems.add(
+            "limits.max_header_bytes",
+            "must be between 1024 and 1048576",
+        );
     }
     let max_connections = raw_limits.max_connections.unwrap_or(10_000);
     if max_connections == 0 || max_connections > 1_000_000 {
@@ -501,7 +519,10 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
         None | Some("stdout") => DecisionLogTarget::Stdout,
         Some("off") => DecisionLogTarget::Off,
         Some("") => {
-            problems.add("telemetry.decision_log", "must be stdout, off or a file path");
+            problems.add(
+                "telemetry.decision_log",
+                "must be stdout, off or a file path",
+            );
             DecisionLogTarget::Off
         }
         Some(path) => DecisionLogTarget::File(resolve(base, Path::new(path))),
@@ -510,7 +531,10 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
         None | Some("json") => LogFormat::Json,
         Some("pretty") => LogFormat::Pretty,
         Some(other) => {
-            problems.add("telemetry.log_format", format!("`{other}` is not one of json, pretty"));
+            problems.add(
+                "telemetry.log_format",
+                format!("`{other}` is not one of json, pretty"),
+            );
             LogFormat::Json
         }
     };
@@ -560,7 +584,10 @@ fn validate_listeners(
             );
         }
         if !names.insert(listener.name.clone()) {
-            problems.add(format!("{key}.name"), format!("`{}` is used by another listener", listener.name));
+            problems.add(
+                format!("{key}.name"),
+                format!("`{}` is used by another listener", listener.name),
+            );
         }
         let address = parse_address(&listener.address, &format!("{key}.address"), problems);
         let mode = match listener.mode.as_deref() {
@@ -570,7 +597,10 @@ fn validate_listeners(
                 ListenerMode::Forward
             }
             Some(other) => {
-                problems.add(format!("{key}.mode"), format!("`{other}` is not one of forward, transparent"));
+                problems.add(
+                    format!("{key}.mode"),
+                    format!("`{other}` is not one of forward, transparent"),
+                );
                 ListenerMode::Forward
             }
         };
@@ -611,7 +641,10 @@ fn validate_policy(raw: raw::RawPolicy, base: &Path, problems: &mut Problems) ->
             EngineKind::Rego
         }
         Some(other) => {
-            problems.add("policy.engine", format!("`{other}` is not one of auto, rego, wasm"));
+            problems.add(
+                "policy.engine",
+                format!("`{other}` is not one of auto, rego, wasm"),
+            );
             EngineKind::Rego
         }
     };
@@ -639,7 +672,9 @@ fn validate_policy(raw: raw::RawPolicy, base: &Path, problems: &mut Problems) ->
         }
         (None, PolicySource::Path(_)) => DataSource::Empty,
     };
-    let entrypoint = raw.entrypoint.unwrap_or_else(|| "tollgate/decision".to_string());
+    let entrypoint = raw
+        .entrypoint
+        .unwrap_or_else(|| "tollgate/decision".to_string());
     let entrypoint_ok = !entrypoint.is_empty()
         && entrypoint.split('/').all(|part| {
             !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -666,7 +701,10 @@ fn parse_cidr(text: &str, key: &str, problems: &mut Problems) -> Option<IpNet> {
     if let Ok(ip) = text.parse::<std::net::IpAddr>() {
         return Some(IpNet::from(ip));
     }
-    problems.add(key, format!("`{text}` is not a CIDR such as 10.0.0.0/8 or an IP address"));
+    problems.add(
+        key,
+        format!("`{text}` is not a CIDR such as 10.0.0.0/8 or an IP address"),
+    );
     None
 }
 
@@ -696,10 +734,17 @@ mod tests {
     #[test]
     fn accepts_builtin_config() {
         let config = builtin().unwrap();
-        assert_eq!(config.listeners[0].address, "127.0.0.1:15001".parse().unwrap());
+        assert_eq!(
+            config.listeners[0].address,
+            "127.0.0.1:15001".parse().unwrap()
+        );
         assert_eq!(config.admin.address, "127.0.0.1:15000".parse().unwrap());
         assert_eq!(
-            config.identity.workload_spiffe_id.as_ref().map(|id| id.as_str()),
+            config
+                .identity
+                .workload_spiffe_id
+                .as_ref()
+                .map(|id| id.as_str()),
             Some("spiffe://tollgate.local/dev/agent")
         );
     }
@@ -777,7 +822,10 @@ mod tests {
             "listeners: [{name: a, address: '127.0.0.1:0', tls: {cert: nope.pem, key: nope-key.pem}}]",
         )
         .unwrap_err();
-        assert_eq!(keys(&errors), vec!["listeners[0].tls.cert", "listeners[0].tls.key"]);
+        assert_eq!(
+            keys(&errors),
+            vec!["listeners[0].tls.cert", "listeners[0].tls.key"]
+        );
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub enum SpiffeIdError {
     WrongScheme,
     #[error("the SPIFFE ID's trust domain is empty")]
     EmptyTrustDomain,
-    #[error("the SPIFFE ID's trust domain may only contain lower-case letters, digits, '.', '-' and '_'")]
+    #[error(
+        "the SPIFFE ID's trust domain may only contain lower-case letters, digits, '.', '-' and '_'"
+    )]
     BadTrustDomainChar,
     #[error("a SPIFFE ID may not carry a port, user info, query or fragment")]
     ForbiddenComponent,

@@ -79,7 +79,9 @@ fn is_protected(name: &HeaderName) -> bool {
 
 fn field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     match value {
-        Value::Object(map) => map.get(&Value::from(key)).filter(|v| !matches!(v, Value::Null)),
+        Value::Object(map) => map
+            .get(&Value::from(key))
+            .filter(|v| !matches!(v, Value::Null)),
         _ => None,
     }
 }
@@ -112,7 +114,9 @@ impl Decision {
             Some(Value::Bool(b)) => *b,
             _ => return Err(DecisionError::BadAllow),
         };
-        let reason = field(value, "reason").map(|v| string(v, "reason")).transpose()?;
+        let reason = field(value, "reason")
+            .map(|v| string(v, "reason"))
+            .transpose()?;
         let credential = match field(value, "credential") {
             None => None,
             Some(c @ Value::Object(_)) => Some(CredentialRequest {
@@ -244,12 +248,21 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_decision() {
-        assert_eq!(Decision::from_value(&Value::Undefined), Err(DecisionError::Undefined));
+        assert_eq!(
+            Decision::from_value(&Value::Undefined),
+            Err(DecisionError::Undefined)
+        );
         assert_eq!(parse("true"), Err(DecisionError::NotAnObject));
         assert_eq!(parse(r#"{"reason": "x"}"#), Err(DecisionError::BadAllow));
         assert_eq!(parse(r#"{"allow": "yes"}"#), Err(DecisionError::BadAllow));
-        assert_eq!(parse(r#"{"allow": true, "reason": 3}"#), Err(DecisionError::WrongType("reason")));
-        assert_eq!(parse(r#"{"allow": true, "mode": "bypass"}"#), Err(DecisionError::BadMode));
+        assert_eq!(
+            parse(r#"{"allow": true, "reason": 3}"#),
+            Err(DecisionError::WrongType("reason"))
+        );
+        assert_eq!(
+            parse(r#"{"allow": true, "mode": "bypass"}"#),
+            Err(DecisionError::BadMode)
+        );
         assert!(matches!(
             parse(r#"{"allow": true, "credential": {"name": "a", "ttl": "5 minutes"}}"#),
             Err(DecisionError::BadTtl(_))
@@ -265,7 +278,10 @@ mod tests {
             r#"{"allow": true, "headers": {"set": {"x-a": "line\nbreak"}}}"#,
             r#"{"allow": true, "headers": {"remove": ["transfer-encoding"]}}"#,
         ] {
-            assert!(matches!(parse(json), Err(DecisionError::BadHeader(_))), "{json}");
+            assert!(
+                matches!(parse(json), Err(DecisionError::BadHeader(_))),
+                "{json}"
+            );
         }
     }
 }

@@ -66,7 +66,12 @@ pub struct PolicyInput {
 }
 
 /// Headers whose values the policy never sees.
-pub const REDACTED_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "x-api-key"];
+pub const REDACTED_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+];
 
 /// What a redacted header value looks like to the policy.
 pub const REDACTED: &str = "<redacted>";
@@ -89,7 +94,10 @@ impl PolicyInput {
         let spiffe_id = self.source.caller.spiffe_id();
         let source = obj([
             ("spiffe_id", opt_str(spiffe_id.map(|id| id.as_str()))),
-            ("trust_domain", opt_str(spiffe_id.map(|id| id.trust_domain()))),
+            (
+                "trust_domain",
+                opt_str(spiffe_id.map(|id| id.trust_domain())),
+            ),
             ("path", opt_str(spiffe_id.map(|id| id.path()))),
             ("authenticated", Value::from(spiffe_id.is_some())),
             ("listener", Value::from(&*self.source.listener)),

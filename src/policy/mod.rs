@@ -24,8 +24,10 @@ pub use input::PolicyInput;
 use rego::{EvalError, RegoPolicy};
 
 /// The bundled policy's modules, compiled into the binary so `tollgate run` works anywhere.
-pub const BUNDLED_MODULES: &[(&str, &str)] =
-    &[("policy-wasm/tollgate.rego", include_str!("../../policy-wasm/tollgate.rego"))];
+pub const BUNDLED_MODULES: &[(&str, &str)] = &[(
+    "policy-wasm/tollgate.rego",
+    include_str!("../../policy-wasm/tollgate.rego"),
+)];
 /// The bundled example data.
 pub const BUNDLED_DATA: &str = include_str!("../../policy-wasm/data.json");
 
@@ -108,9 +110,12 @@ impl PolicyRevision {
         data_json: &str,
         entrypoint: &str,
     ) -> Result<PolicyRevision, PolicyLoadError> {
-        let data = Value::from_json_str(data_json).map_err(|e| PolicyLoadError::Data(e.to_string()))?;
+        let data =
+            Value::from_json_str(data_json).map_err(|e| PolicyLoadError::Data(e.to_string()))?;
         if !matches!(data, Value::Object(_)) {
-            return Err(PolicyLoadError::Data("the data document must be a JSON object".into()));
+            return Err(PolicyLoadError::Data(
+                "the data document must be a JSON object".into(),
+            ));
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         modules.hash(&mut hasher);
@@ -134,7 +139,9 @@ impl PolicyRevision {
         let result = self.rego.evaluate(input);
         let eval_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         let outcome = match result {
-            Ok(value) => Decision::from_value(&value).map_err(|e| PolicyFailure::Error(e.to_string())),
+            Ok(value) => {
+                Decision::from_value(&value).map_err(|e| PolicyFailure::Error(e.to_string()))
+            }
             Err(EvalError::Timeout) => Err(PolicyFailure::Timeout),
             Err(EvalError::Failed(message)) => Err(PolicyFailure::Error(message)),
         };
@@ -175,7 +182,10 @@ fn read(path: &Path) -> Result<String, PolicyLoadError> {
 
 /// Reads `.rego` modules from a file or a folder (recursively, sorted); `*_test.rego` files are
 /// included only for `policy test`.
-pub fn read_modules(path: &Path, include_tests: bool) -> Result<Vec<(String, String)>, PolicyLoadError> {
+pub fn read_modules(
+    path: &Path,
+    include_tests: bool,
+) -> Result<Vec<(String, String)>, PolicyLoadError> {
     let mut files = Vec::new();
     if path.is_file() {
         files.push(path.to_path_buf());

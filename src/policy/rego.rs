@@ -138,8 +138,12 @@ mod tests {
     #[test]
     fn evaluates_with_input_and_data() {
         let p = policy("package t\ndecision := {\"allow\": input.n < data.limit}\n");
-        let yes = p.evaluate(Value::from_json_str(r#"{"n": 1}"#).unwrap()).unwrap();
-        let no = p.evaluate(Value::from_json_str(r#"{"n": 5}"#).unwrap()).unwrap();
+        let yes = p
+            .evaluate(Value::from_json_str(r#"{"n": 1}"#).unwrap())
+            .unwrap();
+        let no = p
+            .evaluate(Value::from_json_str(r#"{"n": 5}"#).unwrap())
+            .unwrap();
         assert_eq!(yes, Value::from_json_str(r#"{"allow": true}"#).unwrap());
         assert_eq!(no, Value::from_json_str(r#"{"allow": false}"#).unwrap());
     }
@@ -150,8 +154,14 @@ mod tests {
         let b = policy("package t\ndecision := {\"allow\": false}\n");
         let input = Value::new_object();
         for _ in 0..3 {
-            assert_eq!(a.evaluate(input.clone()).unwrap()["allow"], Value::from(true));
-            assert_eq!(b.evaluate(input.clone()).unwrap()["allow"], Value::from(false));
+            assert_eq!(
+                a.evaluate(input.clone()).unwrap()["allow"],
+                Value::from(true)
+            );
+            assert_eq!(
+                b.evaluate(input.clone()).unwrap()["allow"],
+                Value::from(false)
+            );
         }
     }
 

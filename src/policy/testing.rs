@@ -48,7 +48,11 @@ pub fn run_tests(path: &Path) -> Result<Vec<TestOutcome>, PolicyLoadError> {
             }
         }
     }
-    let data_file = if path.is_dir() { Some(path.join("data.json")) } else { None };
+    let data_file = if path.is_dir() {
+        Some(path.join("data.json"))
+    } else {
+        None
+    };
     if let Some(data_file) = data_file.filter(|f| f.is_file()) {
         let text = std::fs::read_to_string(&data_file).map_err(|e| PolicyLoadError::Read {
             path: data_file.clone(),
@@ -124,6 +128,9 @@ mod tests {
         assert_eq!(result("test_passes"), Some(TestResult::Pass));
         assert_eq!(result("test_fails"), Some(TestResult::Fail));
         assert_eq!(result("test_uses_data"), Some(TestResult::Pass));
-        assert!(matches!(result("test_errors"), Some(TestResult::Fail | TestResult::Error(_))));
+        assert!(matches!(
+            result("test_errors"),
+            Some(TestResult::Fail | TestResult::Error(_))
+        ));
     }
 }

@@ -5,7 +5,9 @@
 use std::time::SystemTime;
 
 use crate::error::ProxyError;
-use crate::policy::input::{ConnectionFacts, DestinationFacts, PolicyInput, RequestFacts, SourceFacts};
+use crate::policy::input::{
+    ConnectionFacts, DestinationFacts, PolicyInput, RequestFacts, SourceFacts,
+};
 use crate::policy::{Decision, PolicyRevision};
 
 use super::Proxy;
@@ -60,7 +62,9 @@ pub fn authorize(
                 return Ok(Permit { decision });
             }
             ProxyError::Denied {
-                reason: decision.reason.unwrap_or_else(|| "denied by policy".to_string()),
+                reason: decision
+                    .reason
+                    .unwrap_or_else(|| "denied by policy".to_string()),
             }
         }
         Err(failure) => {

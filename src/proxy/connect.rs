@@ -47,7 +47,9 @@ pub async fn handle_connect(
             tokio::spawn(async move {
                 match hyper::upgrade::on(request).await {
                     Ok(upgraded) => match mode {
-                        ConnectionMode::Tunnel => tunnel(&proxy, upgraded, &ips, authority.port).await,
+                        ConnectionMode::Tunnel => {
+                            tunnel(&proxy, upgraded, &ips, authority.port).await
+                        }
                         ConnectionMode::Intercept => {
                             intercept(proxy, conn, upgraded, authority, ips).await;
                         }
@@ -105,13 +107,20 @@ async fn authorize_connect(
     // Intercepted tunnels stay open so each request inside gets its own precise answer; a
     // blind tunnel to a name that does not resolve can carry nothing.
     if let (ConnectionMode::Tunnel, Some(failure)) = (mode, dns_failure) {
-        return Err(ProxyError::Upstream(crate::upstream::UpstreamError::Resolve(failure)));
+        return Err(ProxyError::Upstream(
+            crate::upstream::UpstreamError::Resolve(failure),
+        ));
     }
     Ok((authority, ips, mode))
 }
 
 /// `mode: tunnel`: copy bytes both ways, unread.
-async fn tunnel(proxy: &Proxy, upgraded: hyper::upgrade::Upgraded, ips: &[std::net::IpAddr], port: u16) {
+async fn tunnel(
+    proxy: &Proxy,
+    upgraded: hyper::upgrade::Upgraded,
+    ips: &[std::net::IpAddr],
+    port: u16,
+) {
     let mut agent = TokioIo::new(upgraded);
     match proxy.upstream.connect_tcp(ips, port).await {
         Ok(mut origin) => {
@@ -163,7 +172,10 @@ async fn intercept(
             return;
         }
     };
-    let sni = start.client_hello().server_name().map(|s| s.to_ascii_lowercase());
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(|s| s.to_ascii_lowercase());
     if let Some(sni) = &sni
         && sni.trim_end_matches('.') != authority.host
     {
@@ -177,7 +189,8 @@ async fn intercept(
             return;
         }
     };
-    let tls = match tokio::time::timeout(proxy.header_read_timeout, start.into_stream(config)).await {
+    let tls = match tokio::time::timeout(proxy.header_read_timeout, start.into_stream(config)).await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(error = %e, host = %authority.host, "TLS handshake inside the tunnel failed");

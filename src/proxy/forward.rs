@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_nominated_headers() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "keep-alive, x-secret-hop".parse().unwrap());
+        headers.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
         headers.insert("x-secret-hop", "1".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert("proxy-connection", "keep-alive".parse().unwrap());

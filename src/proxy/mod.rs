@@ -33,7 +33,9 @@ use hyper::body::Incoming;
 use crate::error::{Fault, ProxyError};
 use crate::intent::parse_intent;
 use crate::policy::PolicyStore;
-use crate::policy::input::{ConnectionFacts, DestinationFacts, RequestFacts, SourceFacts, policy_headers};
+use crate::policy::input::{
+    ConnectionFacts, DestinationFacts, RequestFacts, SourceFacts, policy_headers,
+};
 use crate::server::framing::FramingViolation;
 use crate::telemetry::decision_log::DecisionLog;
 use crate::tls::intercept::InterceptAuthority;
@@ -82,7 +84,11 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 }
 
 /// Runs one HTTP request through the stages; every failure becomes a response here.
-pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnCtx>,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     let mut record = Recorder::start(
         proxy.decision_log.clone(),
         conn.listener.clone(),
@@ -93,7 +99,10 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, request: Request<Inco
     match stages(&proxy, &conn, request, &mut record).await {
         Ok(mut response) => {
             let deadline = tokio::time::Instant::now()
-                + proxy.upstream.request_timeout().saturating_sub(record.elapsed());
+                + proxy
+                    .upstream
+                    .request_timeout()
+                    .saturating_sub(record.elapsed());
             record.upstream_status = Some(response.status().as_u16());
             forward::agent_response_head(&mut response, &record.decision_id);
             response.map(|body| ResponseBody::streamed(body, deadline, record))
@@ -112,8 +121,12 @@ async fn stages(
     let index = conn.next_request_index();
     if let Some(violation) = conn.framing.as_ref().and_then(|v| v.verdict(index)) {
         return Err(match violation {
-            FramingViolation::HeadersTooLarge => ProxyError::HeadersTooLarge(proxy.max_header_bytes),
-            FramingViolation::Malformed => ProxyError::BadRequest("malformed HTTP/1.1 request".into()),
+            FramingViolation::HeadersTooLarge => {
+                ProxyError::HeadersTooLarge(proxy.max_header_bytes)
+            }
+            FramingViolation::Malformed => {
+                ProxyError::BadRequest("malformed HTTP/1.1 request".into())
+            }
             _ => ProxyError::AmbiguousFraming,
         });
     }
@@ -167,7 +180,11 @@ async fn stages(
 
     // 6. inject + forward
     let upstream_request = forward::upstream_request(request, &target, &permit)?;
-    proxy.upstream.send(upstream_request).await.map_err(ProxyError::from)
+    proxy
+        .upstream
+        .send(upstream_request)
+        .await
+        .map_err(ProxyError::from)
 }
 
 /// Resolves the destination. Non-public addresses are refused here, before the policy runs;
@@ -205,10 +222,9 @@ fn request_facts(request: &Request<Incoming>, target: &Target) -> RequestFacts {
 /// Bytes of the request head as received (request line + header lines), for the size limit.
 fn head_size<B>(request: &Request<B>) -> usize {
     let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
-    request
-        .headers()
-        .iter()
-        .fold(line, |sum, (name, value)| sum + name.as_str().len() + value.len() + 4)
+    request.headers().iter().fold(line, |sum, (name, value)| {
+        sum + name.as_str().len() + value.len() + 4
+    })
 }
 
 /// The one place a [`ProxyError`] becomes a response (SPEC §6).
@@ -220,15 +236,24 @@ pub fn error_response(error: &ProxyError, record: &mut Recorder) -> Response<Res
         record.error = Some(error.reason());
     }
     match error.fault() {
-        Fault::Caller => tracing::debug!(decision_id = %record.decision_id, reason = error.reason(), %error, "request refused"),
-        Fault::Upstream => tracing::info!(decision_id = %record.decision_id, reason = error.reason(), %error, "upstream failed"),
-        Fault::Internal => tracing::warn!(decision_id = %record.decision_id, reason = error.reason(), %error, "request failed"),
+        Fault::Caller => {
+            tracing::debug!(decision_id = %record.decision_id, reason = error.reason(), %error, "request refused")
+        }
+        Fault::Upstream => {
+            tracing::info!(decision_id = %record.decision_id, reason = error.reason(), %error, "upstream failed")
+        }
+        Fault::Internal => {
+            tracing::warn!(decision_id = %record.decision_id, reason = error.reason(), %error, "request failed")
+        }
     }
     let body = error.body(&record.decision_id).to_string();
     let mut response = Response::new(ResponseBody::own(body));
     *response.status_mut() = error.status();
     let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(id) = HeaderValue::from_str(&record.decision_id) {
         headers.insert(forward::DECISION_ID, id);
     }

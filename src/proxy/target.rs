@@ -56,7 +56,10 @@ fn default_port(scheme: &str) -> u16 {
 
 /// Lower-cases a host and strips IPv6 brackets; refuses empty hosts.
 pub fn normalize_host(host: &str) -> Result<String, ProxyError> {
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() {
         return Err(ProxyError::BadRequest("the request names no host".into()));
@@ -84,11 +87,14 @@ pub fn forward_target(uri: &Uri) -> Result<Target, ProxyError> {
         Some(s) if *s == Scheme::HTTP => "http",
         Some(s) if *s == Scheme::HTTPS => "https",
         Some(other) => {
-            return Err(ProxyError::BadRequest(format!("unsupported scheme `{other}`")));
+            return Err(ProxyError::BadRequest(format!(
+                "unsupported scheme `{other}`"
+            )));
         }
         None => {
             return Err(ProxyError::BadRequest(
-                "not a proxy request: send an absolute URI (http://host/path) or use CONNECT".into(),
+                "not a proxy request: send an absolute URI (http://host/path) or use CONNECT"
+                    .into(),
             ));
         }
     };
@@ -119,7 +125,8 @@ pub fn tunneled_target(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Authority>().ok()),
     };
-    let claimed = claimed.ok_or_else(|| ProxyError::BadRequest("the request has no Host".into()))?;
+    let claimed =
+        claimed.ok_or_else(|| ProxyError::BadRequest("the request has no Host".into()))?;
     reject_userinfo(&claimed)?;
     let host = normalize_host(claimed.host())?;
     let port_matches = claimed.port_u16().is_none_or(|p| p == tunnel.port);
@@ -140,7 +147,9 @@ pub fn tunneled_target(
 
 fn reject_userinfo(authority: &Authority) -> Result<(), ProxyError> {
     if authority.as_str().contains('@') {
-        return Err(ProxyError::BadRequest("user info in the request URI is not allowed".into()));
+        return Err(ProxyError::BadRequest(
+            "user info in the request URI is not allowed".into(),
+        ));
     }
     Ok(())
 }
@@ -164,7 +173,9 @@ pub fn normalize_path(raw: &str) -> Result<String, ProxyError> {
         return Ok("*".into());
     }
     if !raw.starts_with('/') {
-        return Err(ProxyError::BadRequest("the request path must start with /".into()));
+        return Err(ProxyError::BadRequest(
+            "the request path must start with /".into(),
+        ));
     }
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -176,11 +187,15 @@ pub fn normalize_path(raw: &str) -> Result<String, ProxyError> {
                 bytes.get(i + 1).copied().and_then(hex),
                 bytes.get(i + 2).copied().and_then(hex),
             ) else {
-                return Err(ProxyError::BadRequest("the request path has a malformed %-escape".into()));
+                return Err(ProxyError::BadRequest(
+                    "the request path has a malformed %-escape".into(),
+                ));
             };
             let value = h * 16 + l;
             if value == 0 {
-                return Err(ProxyError::BadRequest("the request path contains %00".into()));
+                return Err(ProxyError::BadRequest(
+                    "the request path contains %00".into(),
+                ));
             }
             if is_unreserved(value) {
                 decoded.push(value);
@@ -190,7 +205,9 @@ pub fn normalize_path(raw: &str) -> Result<String, ProxyError> {
             i += 3;
         } else {
             if b == b'\\' {
-                return Err(ProxyError::BadRequest("the request path contains a backslash".into()));
+                return Err(ProxyError::BadRequest(
+                    "the request path contains a backslash".into(),
+                ));
             }
             decoded.push(b);
             i += 1;
@@ -254,7 +271,10 @@ mod tests {
     #[test]
     fn reads_forward_targets_with_default_ports() {
         let t = forward_target(&"http://API.GitHub.com/repos?x=1".parse().unwrap()).unwrap();
-        assert_eq!((t.scheme, t.host.as_str(), t.port), ("http", "api.github.com", 80));
+        assert_eq!(
+            (t.scheme, t.host.as_str(), t.port),
+            ("http", "api.github.com", 80)
+        );
         assert_eq!(t.query.as_deref(), Some("x=1"));
         let t = forward_target(&"https://[::1]:8443/".parse().unwrap()).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 8443));
@@ -263,12 +283,18 @@ mod tests {
 
     #[test]
     fn rejects_origin_form_on_a_forward_listener() {
-        assert!(matches!(forward_target(&"/path".parse().unwrap()), Err(ProxyError::BadRequest(_))));
+        assert!(matches!(
+            forward_target(&"/path".parse().unwrap()),
+            Err(ProxyError::BadRequest(_))
+        ));
     }
 
     #[test]
     fn rejects_a_host_that_differs_from_the_tunnel() {
-        let tunnel = TunnelAuthority { host: "api.github.com".into(), port: 443 };
+        let tunnel = TunnelAuthority {
+            host: "api.github.com".into(),
+            port: 443,
+        };
         let uri: Uri = "/x".parse().unwrap();
         let ok = http::HeaderValue::from_static("API.github.com");
         assert!(tunneled_target(&uri, Some(&ok), &tunnel, "https").is_ok());

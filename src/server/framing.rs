@@ -474,7 +474,7 @@ impl Tracker {
         let needed = self.head.len() + bytes.len();
         if needed > self.head.capacity() {
             let target = needed
-                .max(self.head.capacity() * 2)
+                .max(self.head.capacity().saturating_mul(2))
                 .max(256)
                 .min(self.max_header_bytes.max(needed));
             self.head.reserve_exact(target - self.head.len());
@@ -577,10 +577,14 @@ fn parse_head(buf: &[u8], max_header_bytes: usize) -> HeadParse {
 }
 
 /// Rare path: more headers than hyper's default allows (hyper may be configured higher).
-/// Slots are sized by the line count within the allowed head size, so this stays bounded.
+/// Slots are sized by the head's line count within the allowed head size, so this stays
+/// bounded by `max_header_bytes`.
 fn parse_head_with_many_headers(buf: &[u8], max_header_bytes: usize) -> HeadParse {
     let window = buf.get(..max_header_bytes).unwrap_or(buf);
-    let lines = window.iter().filter(|&&b| b == b'\n').count();
+    // Count lines of the head only, not of whatever body bytes follow it in this read.
+    let end = HeadScan::default().find_end(window).unwrap_or(window.len());
+    let head = window.get(..end).unwrap_or(window);
+    let lines = head.iter().filter(|&&b| b == b'\n').count();
     let mut slots = vec![httparse::EMPTY_HEADER; lines];
     let mut req = httparse::Request::new(&mut slots);
     match req.parse(buf) {
@@ -1113,8 +1117,8 @@ mod tests {
         assert_eq!(first(&v, 3), vec![None, Some(Malformed), Some(Malformed)]);
     }
 
-    #[tokio::test]
-    async fn rejects_oversized_head_with_bounded_memory() {
+    #[test]
+    fn rejects_oversized_head_with_bounded_memory() {
         let max = 1024;
         let mut head = b"GET / HTTP/1.1\r\n".to_vec();
         while head.len() < 1_000_000 {
@@ -1415,7 +1419,6 @@ mod tests {
         ];
         let mut rng = XorShift(0x0dd_ba11_cafe_f00d);
         let mut dispatched_smugglers = 0;
-        let mut dispatched_total = 0;
         for round in 0..400 {
             let mut stream = Vec::new();
             for i in 0..1 + rng.below(5) as usize {
@@ -1477,20 +1480,23 @@ mod tests {
             let _ = conn.await;
 
             for (path, verdict) in seen.lock().unwrap().iter() {
-                dispatched_total += 1;
-                if path == "/smuggle" {
+                // A smuggler hyper dispatched must carry its verdict; anything else hyper
+                // dispatched must not carry a verdict hyper's own framing contradicts.
+                let expected: &[Option<FramingViolation>] = if path == "/smuggle" {
                     dispatched_smugglers += 1;
-                    assert!(
-                        verdict.is_some(),
-                        "round {round}: hyper dispatched a smuggler with no verdict:\n{}",
-                        String::from_utf8_lossy(&stream)
-                    );
-                }
+                    &[Some(ContentLengthWithTransferEncoding)]
+                } else {
+                    &[None, Some(ContentLengthWithTransferEncoding)]
+                };
+                assert!(
+                    expected.contains(verdict),
+                    "round {round}: {path} dispatched with {verdict:?}:\n{}",
+                    String::from_utf8_lossy(&stream)
+                );
             }
         }
         // The oracle must actually have been exercised.
-        eprintln!("STATS {dispatched_smugglers} {dispatched_total}");
-        assert!(dispatched_smugglers > 100, "{dispatched_smugglers}");
+        assert!(dispatched_smugglers > 50, "{dispatched_smugglers}");
     }
 
     fn statuses(responses: &str) -> Vec<&str> {

@@ -25,7 +25,11 @@ impl<IO> Prefixed<IO> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.offset < this.prefix.len() {
             let rest = &this.prefix[this.offset..];
@@ -39,7 +43,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -72,7 +80,9 @@ mod tests {
     #[tokio::test]
     async fn replays_the_prefix_then_the_stream() {
         let (mut a, b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut a, b"llo").await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"llo")
+            .await
+            .unwrap();
         drop(a);
         let mut p = Prefixed::new(b"he".to_vec(), b);
         let mut out = String::new();

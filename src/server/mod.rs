@@ -89,14 +89,23 @@ async fn serve_agent_connection(
     peer: SocketAddr,
 ) {
     let proxy = server.proxy.clone();
-    let conn = ConnCtx::new(name.clone(), listener.config.intercept, peer, server.default_caller.clone());
+    let conn = ConnCtx::new(
+        name.clone(),
+        listener.config.intercept,
+        peer,
+        server.default_caller.clone(),
+    );
     match &listener.tls {
         None => serve_http1(proxy, conn, stream).await,
         Some(acceptor) => {
             match tokio::time::timeout(proxy.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve_http1(proxy, conn, tls).await,
-                Ok(Err(e)) => tracing::info!(listener = %name, %peer, error = %e, "TLS handshake with agent failed"),
-                Err(_) => tracing::info!(listener = %name, %peer, "TLS handshake with agent timed out"),
+                Ok(Err(e)) => {
+                    tracing::info!(listener = %name, %peer, error = %e, "TLS handshake with agent failed")
+                }
+                Err(_) => {
+                    tracing::info!(listener = %name, %peer, "TLS handshake with agent timed out")
+                }
             }
         }
     }
@@ -123,7 +132,11 @@ where
 
 /// Serves HTTP/1.1 or HTTP/2 on a connection inside a tunnel. Boxed: the service it runs can
 /// itself open tunnels, and the future type would otherwise be infinitely recursive.
-pub fn serve_tunneled<IO>(proxy: Arc<Proxy>, conn: Arc<ConnCtx>, io: IO) -> Pin<Box<dyn Future<Output = ()> + Send>>
+pub fn serve_tunneled<IO>(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnCtx>,
+    io: IO,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -151,7 +164,10 @@ where
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(proxy.max_header_bytes).unwrap_or(u32::MAX));
-        if let Err(e) = builder.serve_connection(TokioIo::new(guarded), service).await {
+        if let Err(e) = builder
+            .serve_connection(TokioIo::new(guarded), service)
+            .await
+        {
             tracing::debug!(error = %e, "tunneled connection ended with an error");
         }
     })
@@ -166,7 +182,11 @@ async fn refuse_overloaded(mut stream: TcpStream, plain: bool) {
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\nx-tollgate-decision-id: {id}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(response.as_bytes()),
+        )
+        .await;
     }
     let _ = stream.shutdown().await;
 }

@@ -106,7 +106,10 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::OpenOptions::new().create(true).append(true).open(path)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 fn write_loop(sink: Box<dyn Write + Send>, mut receiver: mpsc::UnboundedReceiver<Vec<u8>>) {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -26,7 +26,9 @@ pub enum CaError {
     Parse { path: PathBuf, message: String },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    #[error("no CA for trust domain {trust_domain} in {dir}: run `tollgate certs init --dir {dir} --trust-domain {trust_domain}` first")]
+    #[error(
+        "no CA for trust domain {trust_domain} in {dir}: run `tollgate certs init --dir {dir} --trust-domain {trust_domain}` first"
+    )]
     NoTrustDomain { trust_domain: String, dir: String },
 }
 
@@ -174,7 +176,11 @@ impl SigningCa {
 
     /// Issues an X.509-SVID: exactly one URI SAN (the SPIFFE ID), not a CA, digitalSignature,
     /// usable as TLS client and server certificate. Returns (cert PEM, key PEM).
-    pub fn issue_svid(&self, id: &SpiffeId, lifetime: Duration) -> Result<(String, String), CaError> {
+    pub fn issue_svid(
+        &self,
+        id: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<(String, String), CaError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "SPIFFE");
@@ -234,7 +240,9 @@ impl DevPkiLayout {
         let mut written = Vec::new();
         let ca_path = self.trust_domain_ca(trust_domain);
         if !ca_path.exists() {
-            let ca = SigningCa::generate(&format!("tollgate development SPIFFE CA for {trust_domain}"))?;
+            let ca = SigningCa::generate(&format!(
+                "tollgate development SPIFFE CA for {trust_domain}"
+            ))?;
             ca.save(&ca_path, &self.trust_domain_key(trust_domain))?;
             write_private(&self.trust_domain_bundle(trust_domain), &ca.cert_pem, false)?;
             written.extend([
@@ -253,7 +261,12 @@ impl DevPkiLayout {
 
     /// `certs issue`: an SVID for `id` signed by its trust domain's CA in this folder.
     /// Returns the (cert, key) paths.
-    pub fn issue(&self, id: &SpiffeId, ttl: Duration, name: &str) -> Result<(PathBuf, PathBuf), CaError> {
+    pub fn issue(
+        &self,
+        id: &SpiffeId,
+        ttl: Duration,
+        name: &str,
+    ) -> Result<(PathBuf, PathBuf), CaError> {
         let td = id.trust_domain();
         let (ca_cert, ca_key) = (self.trust_domain_ca(td), self.trust_domain_key(td));
         if !ca_cert.exists() {
@@ -290,10 +303,14 @@ mod tests {
     #[test]
     fn issues_svid_with_exactly_one_spiffe_uri_san() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = DevPkiLayout { dir: dir.path().to_path_buf() };
+        let layout = DevPkiLayout {
+            dir: dir.path().to_path_buf(),
+        };
         layout.init("example.org").unwrap();
         let id = SpiffeId::parse("spiffe://example.org/ns/agents/sa/triage").unwrap();
-        let (cert, _key) = layout.issue(&id, Duration::from_secs(3600), "triage").unwrap();
+        let (cert, _key) = layout
+            .issue(&id, Duration::from_secs(3600), "triage")
+            .unwrap();
         let pem = std::fs::read(&cert).unwrap();
         let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
         let x509 = pem.parse_x509().unwrap();
@@ -314,7 +331,9 @@ mod tests {
     #[test]
     fn refuses_to_issue_for_an_unknown_trust_domain() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = DevPkiLayout { dir: dir.path().to_path_buf() };
+        let layout = DevPkiLayout {
+            dir: dir.path().to_path_buf(),
+        };
         layout.init("example.org").unwrap();
         let id = SpiffeId::parse("spiffe://other.org/a").unwrap();
         assert!(matches!(
@@ -326,7 +345,13 @@ mod tests {
     #[test]
     fn mints_leaves_for_dns_names_and_ips() {
         let ca = SigningCa::generate("test").unwrap();
-        assert!(ca.mint_server_leaf("api.github.com", Duration::from_secs(60)).is_ok());
-        assert!(ca.mint_server_leaf("127.0.0.1", Duration::from_secs(60)).is_ok());
+        assert!(
+            ca.mint_server_leaf("api.github.com", Duration::from_secs(60))
+                .is_ok()
+        );
+        assert!(
+            ca.mint_server_leaf("127.0.0.1", Duration::from_secs(60))
+                .is_ok()
+        );
     }
 }

@@ -126,7 +126,10 @@ fn classify(error: &hyper_util::client::legacy::Error, connect_timeout: Duration
             if io.kind() == std::io::ErrorKind::TimedOut {
                 io_timed_out = true;
             }
-            if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
                 return UpstreamError::Tls(tls.to_string());
             }
         }

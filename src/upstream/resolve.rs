@@ -25,7 +25,9 @@ const CACHE_TTL: Duration = Duration::from_secs(10);
 pub enum ResolveError {
     #[error("cannot resolve {host}: {message}")]
     Dns { host: String, message: String },
-    #[error("{host} resolves only to non-public addresses ({ip}), which upstream.allow_private does not list")]
+    #[error(
+        "{host} resolves only to non-public addresses ({ip}), which upstream.allow_private does not list"
+    )]
     Private { host: String, ip: IpAddr },
 }
 
@@ -63,14 +65,20 @@ impl GuardedResolver {
         if permitted.is_empty() {
             return Err(ResolveError::Private {
                 host: host.to_string(),
-                ip: all.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                ip: all
+                    .first()
+                    .copied()
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             });
         }
         Ok(permitted)
     }
 
     async fn lookup(&self, host: &str) -> Result<Arc<[IpAddr]>, ResolveError> {
-        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if let Ok(ip) = literal.parse::<IpAddr>() {
             return Ok(Arc::from([ip]));
         }
@@ -79,10 +87,12 @@ impl GuardedResolver {
         {
             return Ok(ips);
         }
-        let addrs = tokio::net::lookup_host((host, 0)).await.map_err(|e| ResolveError::Dns {
-            host: host.to_string(),
-            message: e.to_string(),
-        })?;
+        let addrs = tokio::net::lookup_host((host, 0))
+            .await
+            .map_err(|e| ResolveError::Dns {
+                host: host.to_string(),
+                message: e.to_string(),
+            })?;
         let mut ips: Vec<IpAddr> = Vec::new();
         for addr in addrs {
             if !ips.contains(&addr.ip()) {
@@ -96,7 +106,9 @@ impl GuardedResolver {
             });
         }
         let ips: Arc<[IpAddr]> = ips.into();
-        self.inner.cache.insert(host.to_string(), (ips.clone(), Instant::now()));
+        self.inner
+            .cache
+            .insert(host.to_string(), (ips.clone(), Instant::now()));
         Ok(ips)
     }
 }
@@ -176,9 +188,22 @@ mod tests {
     #[test]
     fn rejects_special_purpose_addresses() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "224.0.0.1", "255.255.255.255", "::1", "fe80::1", "fd00::1", "::",
-            "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -186,7 +211,13 @@ mod tests {
 
     #[test]
     fn accepts_public_addresses() {
-        for ip in ["140.82.112.6", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+        for ip in [
+            "140.82.112.6",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -194,13 +225,22 @@ mod tests {
     #[tokio::test]
     async fn refuses_loopback_unless_allowed() {
         let strict = GuardedResolver::new(vec![]);
-        assert!(matches!(strict.resolve("127.0.0.1").await, Err(ResolveError::Private { .. })));
-        assert!(matches!(strict.resolve("localhost").await, Err(ResolveError::Private { .. })));
+        assert!(matches!(
+            strict.resolve("127.0.0.1").await,
+            Err(ResolveError::Private { .. })
+        ));
+        assert!(matches!(
+            strict.resolve("localhost").await,
+            Err(ResolveError::Private { .. })
+        ));
         assert!(matches!(
             strict.resolve("169.254.169.254").await,
             Err(ResolveError::Private { .. })
         ));
         let open = GuardedResolver::new(vec!["127.0.0.0/8".parse().unwrap()]);
-        assert_eq!(&*open.resolve("127.0.0.1").await.unwrap(), &["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            &*open.resolve("127.0.0.1").await.unwrap(),
+            &["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
     }
 }
