@@ -122,7 +122,10 @@ impl ProxyError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            ProxyError::AmbiguousFraming | ProxyError::HeadersTooLarge(_)
+            ProxyError::AmbiguousFraming
+                | ProxyError::HeadersTooLarge(_)
+                | ProxyError::BadRequest(_)
+                | ProxyError::Internal(_)
         )
     }
 

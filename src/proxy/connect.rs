@@ -43,6 +43,10 @@ pub async fn handle_connect(
         Ok((authority, ips, mode)) => {
             let decision_id = record.decision_id.clone();
             drop(record);
+            // The connection switches to tunnel bytes after this 200: stop reading them as HTTP.
+            if let Some(framing) = &conn.framing {
+                framing.stop_tracking();
+            }
             let proxy = proxy.clone();
             tokio::spawn(async move {
                 match hyper::upgrade::on(request).await {

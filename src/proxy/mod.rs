@@ -127,7 +127,11 @@ async fn stages(
             FramingViolation::Malformed => {
                 ProxyError::BadRequest("malformed HTTP/1.1 request".into())
             }
-            _ => ProxyError::AmbiguousFraming,
+            FramingViolation::ContentLengthWithTransferEncoding
+            | FramingViolation::ConflictingContentLength => ProxyError::AmbiguousFraming,
+            FramingViolation::Unobserved => {
+                ProxyError::Internal("request framing was not observed; refusing to guess".into())
+            }
         });
     }
     if head_size(&request) > proxy.max_header_bytes {
@@ -221,7 +225,11 @@ fn request_facts(request: &Request<Incoming>, target: &Target) -> RequestFacts {
 
 /// Bytes of the request head as received (request line + header lines), for the size limit.
 fn head_size<B>(request: &Request<B>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = request.method().as_str().len() + uri_len + 12;
     request.headers().iter().fold(line, |sum, (name, value)| {
         sum + name.as_str().len() + value.len() + 4
     })
