@@ -35,7 +35,9 @@ fn input(method: &str, path: &str, headers: &HeaderMap) -> PolicyInput {
     PolicyInput {
         time: SystemTime::now(),
         source: SourceFacts {
-            caller: Caller::Authenticated(SpiffeId::parse("spiffe://tollgate.local/dev/agent").unwrap()),
+            caller: Caller::Authenticated(
+                SpiffeId::parse("spiffe://tollgate.local/dev/agent").unwrap(),
+            ),
             listener: Arc::from("agents"),
             address: "127.0.0.1:51234".parse().unwrap(),
         },
@@ -79,7 +81,9 @@ fn bench(c: &mut Criterion) {
     assert!(!revision.evaluate(&denied).outcome.unwrap().allow);
 
     c.bench_function("prepare/target+intent+headers", |b| {
-        let uri: http::Uri = "http://api.github.com/repos/acme/app/issues?state=open".parse().unwrap();
+        let uri: http::Uri = "http://api.github.com/repos/acme/app/issues?state=open"
+            .parse()
+            .unwrap();
         b.iter(|| {
             let target = forward_target(black_box(&uri)).unwrap();
             let intent = parse_intent(black_box(&headers)).unwrap();
@@ -87,7 +91,9 @@ fn bench(c: &mut Criterion) {
             black_box((target, intent, redacted))
         })
     });
-    c.bench_function("input/build_value", |b| b.iter(|| black_box(black_box(&allowed).to_value())));
+    c.bench_function("input/build_value", |b| {
+        b.iter(|| black_box(black_box(&allowed).to_value()))
+    });
     c.bench_function("policy/evaluate_allow (input + eval + decision)", |b| {
         b.iter(|| black_box(revision.evaluate(black_box(&allowed))))
     });

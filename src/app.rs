@@ -233,6 +233,8 @@ fn print_banner(
          \nPoint an agent at tollgate (copy these lines into its shell):\n\
          \x20 export HTTPS_PROXY={proxy_url}\n\
          \x20 export HTTP_PROXY={proxy_url}\n\
+         \x20 export https_proxy={proxy_url}\n\
+         \x20 export http_proxy={proxy_url}\n\
          \x20 export SSL_CERT_FILE={ca}\n\
          \x20 export REQUESTS_CA_BUNDLE={ca}\n\
          \x20 export NODE_EXTRA_CA_CERTS={ca}\n\

@@ -346,28 +346,56 @@ impl Sections {
     }
 }
 
-/// Deserializes one section, reporting every unknown key and the first type error by path.
+/// Deserializes one section, reporting every unknown key and every mistyped key by path.
+///
+/// serde stops at the first type error; to report the others too, the offending top-level key
+/// of the section is dropped and the section deserialized again (bounded), until it parses.
 fn section<T: DeserializeOwned>(
-    value: serde_yaml::Value,
+    mut value: serde_yaml::Value,
     key: &str,
     problems: &mut Problems,
 ) -> Option<T> {
-    let mut unknown = Vec::new();
-    let mut track = serde_path_to_error::Track::new();
-    let tracked = serde_path_to_error::Deserializer::new(value, &mut track);
-    let result = serde_ignored::deserialize(tracked, |path| unknown.push(path.to_string()));
-    for path in unknown {
-        problems.add(join_key(key, &path), "unknown key");
-    }
-    match result {
-        Ok(parsed) => Some(parsed),
-        Err(e) => {
-            let path = track.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            problems.add(join_key(key, &path), e.to_string());
-            None
+    let mut unknown: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(value.clone(), &mut track);
+        let result = serde_ignored::deserialize(tracked, |path| {
+            let path = path.to_string();
+            if !unknown.contains(&path) {
+                unknown.push(path);
+            }
+        });
+        match result {
+            Ok(parsed) => {
+                for path in &unknown {
+                    problems.add(join_key(key, path), "unknown key");
+                }
+                // After a type error the section parsed without the offending key; keep it so
+                // the semantic checks still run on the rest (the recorded problem already fails
+                // the configuration).
+                return Some(parsed);
+            }
+            Err(e) => {
+                let path = track.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                problems.add(join_key(key, &path), e.to_string());
+                let first = path.split(['.', '[']).next().unwrap_or("");
+                let removed = match &mut value {
+                    serde_yaml::Value::Mapping(map) if !first.is_empty() => {
+                        map.remove(first).is_some()
+                    }
+                    _ => false,
+                };
+                if !removed {
+                    break;
+                }
+            }
         }
     }
+    for path in &unknown {
+        problems.add(join_key(key, path), "unknown key");
+    }
+    None
 }
 
 fn join_key(prefix: &str, path: &str) -> String {

@@ -18,7 +18,7 @@
 //! never a fixed sleep. Missing tools fail with the command that installs them (`.ci/run`).
 //!
 //! See docs/TESTING.md for how the suites are organised.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 mod agents;
 mod nginx;
@@ -90,20 +90,29 @@ pub fn require_tool(name: &str) -> PathBuf {
     )
 }
 
-/// A `Command` for `program` with a clean proxy environment: no `*_PROXY` variables leak
-/// into the process under test or a client (a CI machine may set them).
+/// Environment variables no child inherits: proxy settings and ambient CA-bundle overrides
+/// (a CI machine or a developer's shell may set them), so a test trusts exactly the CAs and
+/// uses exactly the proxies it names.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+];
+
+/// A `Command` for `program` without [`SCRUBBED_ENV`] and with stdin from /dev/null.
 pub fn command(program: impl AsRef<OsStr>) -> Command {
     let mut c = Command::new(program);
-    for v in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-    ] {
+    for v in SCRUBBED_ENV {
         c.env_remove(v);
     }
     c.stdin(Stdio::null());

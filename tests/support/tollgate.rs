@@ -36,6 +36,7 @@ pub struct TollgateBuilder {
     envs: Vec<(OsString, OsString)>,
     expect_listeners: Option<usize>,
     expect_admin: Option<bool>,
+    ephemeral_admin: bool,
     ready_timeout: Duration,
 }
 
@@ -51,6 +52,7 @@ impl TollgateBuilder {
             envs: Vec::new(),
             expect_listeners: None,
             expect_admin: None,
+            ephemeral_admin: true,
             ready_timeout: TOLLGATE_READY_TIMEOUT,
         }
     }
@@ -62,10 +64,19 @@ impl TollgateBuilder {
     pub fn write_file(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         write_into(self.dir.path(), name, contents.as_ref())
     }
-    /// The YAML configuration (written to `<dir>/config.yaml`, run with `-c`). Without one,
-    /// `tollgate run` starts with its built-in development configuration (fixed ports).
+    /// The YAML configuration (written to `<dir>/config.yaml`, run with `-c`). A config with
+    /// no top-level `admin:` key gets `admin: {address: 127.0.0.1:0}` appended, because the
+    /// default admin port (15000) would collide between tests running in parallel; see
+    /// [`config_as_is`](Self::config_as_is). Without any config, `tollgate run` starts with
+    /// its built-in development configuration on fixed ports (15001, 15000): such tests cannot
+    /// run in parallel with each other.
     pub fn config(mut self, yaml: impl Into<String>) -> Self {
         self.config = Some(yaml.into());
+        self
+    }
+    /// Writes the config exactly as given (no ephemeral admin listener appended).
+    pub fn config_as_is(mut self) -> Self {
+        self.ephemeral_admin = false;
         self
     }
     /// An extra argument after `run -c <file>` (e.g. `--dry-run`).
@@ -84,8 +95,8 @@ impl TollgateBuilder {
         self.expect_listeners = Some(n);
         self
     }
-    /// Whether to wait for `admin ready`. Default: the config has a top-level `admin:` key
-    /// (and always when running without a config).
+    /// Whether to wait for `admin ready`. Default: yes, unless the config was kept as is and
+    /// has no top-level `admin:` key.
     pub fn expect_admin(mut self, yes: bool) -> Self {
         self.expect_admin = Some(yes);
         self
@@ -110,7 +121,17 @@ impl TollgateBuilder {
             .current_dir(self.dir.path())
             .env("TOLLGATE_STATE_DIR", &state);
         let mut names = Vec::new();
-        let config_path = match &self.config {
+        let has_admin = |y: &str| y.lines().any(|l| l.starts_with("admin:"));
+        let config = self.config.clone().map(|mut y| {
+            if self.ephemeral_admin && !has_admin(&y) {
+                if !y.ends_with('\n') {
+                    y.push('\n');
+                }
+                y.push_str("admin:\n  address: 127.0.0.1:0\n");
+            }
+            y
+        });
+        let config_path = match &config {
             Some(yaml) => {
                 let p = write_into(self.dir.path(), "config.yaml", yaml.as_bytes());
                 cmd.arg("-c").arg(&p);
@@ -124,11 +145,9 @@ impl TollgateBuilder {
             cmd.env(k, v);
         }
         let expect_listeners = self.expect_listeners.unwrap_or(names.len().max(1));
-        let expect_admin = self.expect_admin.unwrap_or_else(|| {
-            self.config
-                .as_deref()
-                .is_none_or(|y| y.lines().any(|l| l.starts_with("admin:")))
-        });
+        let expect_admin = self
+            .expect_admin
+            .unwrap_or_else(|| config.as_deref().is_none_or(has_admin));
         let desc = format!("{cmd:?}");
         let mut child = cmd
             .stdout(Stdio::piped())
