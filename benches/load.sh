@@ -17,6 +17,7 @@
 #   -t, --threads N           wrk threads (default 2)
 #   -w, --warmup SECONDS      unmeasured warm-up per target (default 2; 0 to skip)
 #   -b, --body-bytes N        size of the /hello body (default 100)
+#   -l, --latency-duration S  measured time of the second pass, 1 connection (default 10; 0 skips)
 #       --targets LIST        comma-separated subset of direct,tollgate,squid,tinyproxy
 #       --tollgate-bin PATH   use this tollgate binary; do not build
 #       --no-build            use target/release/tollgate as it is; do not build
@@ -32,6 +33,7 @@ CONNECTIONS=64
 THREADS=2
 WARMUP=2
 BODY_BYTES=100
+LATENCY_DURATION=10
 TARGETS=direct,tollgate,squid,tinyproxy
 TOLLGATE_BIN=
 BUILD=1
@@ -48,6 +50,7 @@ while [[ $# -gt 0 ]]; do
     -t|--threads) THREADS=$2; shift 2 ;;
     -w|--warmup) WARMUP=$2; shift 2 ;;
     -b|--body-bytes) BODY_BYTES=$2; shift 2 ;;
+    -l|--latency-duration) LATENCY_DURATION=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --tollgate-bin) TOLLGATE_BIN=$2; BUILD=0; shift 2 ;;
     --no-build) BUILD=0; shift ;;
@@ -279,9 +282,12 @@ to_ms() {
 }
 
 declare -A RPS P50 P99 NON2XX SOCKERR
-# measure TARGET PORT: sanity request, warm-up, then the measured wrk run.
+# measure TARGET PORT [CONNECTIONS THREADS DURATION KEY]: sanity request, warm-up, then the
+# measured wrk run; results stored under KEY (default: TARGET).
 measure() {
-  local target=$1 port=$2 out=$WORK/wrk-$1.txt script=() status
+  local target=$1 port=$2 conns=${3:-$CONNECTIONS} threads=${4:-$THREADS} duration=${5:-$DURATION}
+  local key=${6:-$1}
+  local out=$WORK/wrk-$key.txt script=() status
   if [[ $target != direct ]]; then
     # Absolute-form target and the origin's Host, sent to the proxy's port.
     sed -e "s|@URL@|$ORIGIN_URL|" -e "s|@HOST@|127.0.0.1:$ORIGIN_PORT|" \
@@ -295,25 +301,25 @@ measure() {
   if [[ $status != 200 ]] || (( $(wc -c <"$WORK/check-$target.body") != BODY_BYTES )); then
     log "$target: a single request got HTTP $status, not 200 with the $BODY_BYTES-byte body; skipped. Body:"
     head -c 600 "$WORK/check-$target.body" >&2 || true; echo >&2
-    RPS[$target]=FAILED
+    RPS[$key]=FAILED
     return 0
   fi
   if (( WARMUP > 0 )); then
-    run_fg timeout $((WARMUP + 30)) "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "${script[@]}" \
+    run_fg timeout $((WARMUP + 30)) "$WRK" -t"$threads" -c"$conns" -d"${WARMUP}s" "${script[@]}" \
       "http://127.0.0.1:$port/hello" >/dev/null || die "wrk warm-up against $target failed"
   fi
-  log "$target: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency"
-  run_fg timeout $((DURATION + 60)) "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency --timeout 5s \
+  log "$target: wrk -t$threads -c$conns -d${duration}s --latency"
+  run_fg timeout $((duration + 60)) "$WRK" -t"$threads" -c"$conns" -d"${duration}s" --latency --timeout 5s \
     "${script[@]}" "http://127.0.0.1:$port/hello" >"$out" || die "wrk against $target failed: $(cat "$out")"
   sed 's/^/    /' "$out" >&2
-  RPS[$target]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-  P50[$target]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
-  P99[$target]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+  RPS[$key]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+  P50[$key]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+  P99[$key]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
   # Responses that were not 2xx/3xx (a 403 from a policy would show here), and socket errors
   # (connect, read, write, timeout; a proxy that closes the connection after each response
   # without saying so, like tinyproxy, shows one read error per request).
-  NON2XX[$target]=$(awk '/Non-2xx or 3xx responses:/ {e += $NF} END {print e + 0}' "$out")
-  SOCKERR[$target]=$(awk '/Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10} END {print e + 0}' "$out")
+  NON2XX[$key]=$(awk '/Non-2xx or 3xx responses:/ {e += $NF} END {print e + 0}' "$out")
+  SOCKERR[$key]=$(awk '/Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10} END {print e + 0}' "$out")
 }
 
 ratio() {  # ratio A B: A/B with 2 decimals, "-" when either is missing
@@ -340,6 +346,18 @@ for t in "${ORDER[@]}"; do
     tinyproxy) measure tinyproxy "$TINYPROXY_PORT" ;;
   esac
 done
+if (( LATENCY_DURATION > 0 )); then
+  for t in "${ORDER[@]}"; do
+    [[ ${RPS[$t]} == FAILED ]] && continue
+    case $t in
+      direct) port=$ORIGIN_PORT ;;
+      tollgate) port=$TOLLGATE_PORT ;;
+      squid) port=$SQUID_PORT ;;
+      tinyproxy) port=$TINYPROXY_PORT ;;
+    esac
+    measure "$t" "$port" 1 1 "$LATENCY_DURATION" "$t@1"
+  done
+fi
 machine after
 
 {
@@ -359,6 +377,20 @@ machine after
       "$(ratio "${RPS[$t]}" "${RPS[tinyproxy]:-}")" "$added" "${NON2XX[$t]}" "${SOCKERR[$t]}"
   done
   echo "(ratios are requests/s of the row over the column's target; +p50 is the row's p50 minus direct's)"
+  if (( LATENCY_DURATION > 0 )); then
+    echo
+    echo "Latency without queueing: wrk 1 thread, 1 connection, ${LATENCY_DURATION}s per target."
+    printf '%-10s %11s %9s %9s %9s\n' target 'req/s' 'p50 ms' 'p99 ms' '+p50 ms'
+    for t in "${ORDER[@]}"; do
+      k="$t@1"
+      if [[ ${RPS[$k]:-FAILED} == FAILED ]]; then
+        printf '%-10s %12s\n' "$t" FAILED
+        continue
+      fi
+      added=$(awk -v a="${P50[$k]}" -v b="${P50[direct@1]:-}" 'BEGIN { if (b == "") print "-"; else printf "%+.3f", a - b }')
+      printf '%-10s %11s %9s %9s %9s\n' "$t" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "$added"
+    done
+  fi
 }
 
 if [[ -n $OUTPUT ]]; then

@@ -87,6 +87,11 @@ impl SpiffeId {
         &self.text
     }
 
+    /// The whole ID as a shared string, for the policy input without a copy.
+    pub fn shared(&self) -> Arc<str> {
+        self.text.clone()
+    }
+
     /// The trust domain, e.g. `example.org`.
     pub fn trust_domain(&self) -> &str {
         &self.text["spiffe://".len()..self.path_start]

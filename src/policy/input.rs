@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 use regorus::Value;
@@ -76,11 +76,52 @@ pub const REDACTED_HEADERS: [&str; 4] = [
 /// What a redacted header value looks like to the policy.
 pub const REDACTED: &str = "<redacted>";
 
-fn obj<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    let map: BTreeMap<Value, Value> = fields
-        .into_iter()
-        .map(|(k, v)| (Value::from(k), v))
-        .collect();
+/// Object keys of the input document, allocated once: building the input then clones shared
+/// strings (an atomic increment) instead of allocating ~30 keys per request.
+macro_rules! input_keys {
+    ($($name:ident),* $(,)?) => {
+        #[allow(non_snake_case)]
+        struct Keys { $($name: Value),* }
+        static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys { $($name: Value::from(stringify!($name))),* });
+    };
+}
+
+input_keys!(
+    version,
+    time,
+    source,
+    spiffe_id,
+    trust_domain,
+    path,
+    authenticated,
+    listener,
+    address,
+    intent,
+    name,
+    task,
+    purpose,
+    delegation,
+    verified,
+    issuer,
+    claims,
+    request,
+    method,
+    scheme,
+    host,
+    port,
+    query,
+    headers,
+    protocol,
+    destination,
+    ip,
+    connection,
+    mode,
+    intercepted,
+    tls_sni,
+);
+
+fn obj<const N: usize>(fields: [(&Value, Value); N]) -> Value {
+    let map: BTreeMap<Value, Value> = fields.into_iter().map(|(k, v)| (k.clone(), v)).collect();
     Value::from(map)
 }
 
@@ -91,24 +132,28 @@ fn opt_str(value: Option<&str>) -> Value {
 impl PolicyInput {
     /// The input as the engine's value.
     pub fn to_value(&self) -> Value {
+        let k = &*KEYS;
         let spiffe_id = self.source.caller.spiffe_id();
         let source = obj([
-            ("spiffe_id", opt_str(spiffe_id.map(|id| id.as_str()))),
             (
-                "trust_domain",
+                &k.spiffe_id,
+                spiffe_id.map_or(Value::Null, |id| Value::String(id.shared())),
+            ),
+            (
+                &k.trust_domain,
                 opt_str(spiffe_id.map(|id| id.trust_domain())),
             ),
-            ("path", opt_str(spiffe_id.map(|id| id.path()))),
-            ("authenticated", Value::from(spiffe_id.is_some())),
-            ("listener", Value::from(&*self.source.listener)),
-            ("address", Value::from(self.source.address.to_string())),
+            (&k.path, opt_str(spiffe_id.map(|id| id.path()))),
+            (&k.authenticated, Value::from(spiffe_id.is_some())),
+            (&k.listener, Value::String(self.source.listener.clone())),
+            (&k.address, Value::from(self.source.address.to_string())),
         ]);
         let intent = obj([
-            ("name", opt_str(self.intent.name.as_deref())),
-            ("task", opt_str(self.intent.task.as_deref())),
-            ("purpose", opt_str(self.intent.purpose.as_deref())),
+            (&k.name, opt_str(self.intent.name.as_deref())),
+            (&k.task, opt_str(self.intent.task.as_deref())),
+            (&k.purpose, opt_str(self.intent.purpose.as_deref())),
             (
-                "delegation",
+                &k.delegation,
                 Value::from(
                     self.intent
                         .delegation
@@ -117,9 +162,9 @@ impl PolicyInput {
                         .collect::<Vec<_>>(),
                 ),
             ),
-            ("verified", Value::from(self.intent.verified)),
-            ("issuer", opt_str(self.intent.issuer.as_deref())),
-            ("claims", Value::new_object()),
+            (&k.verified, Value::from(self.intent.verified)),
+            (&k.issuer, opt_str(self.intent.issuer.as_deref())),
+            (&k.claims, Value::new_object()),
         ]);
         let request = match &self.request {
             None => Value::Null,
@@ -130,40 +175,40 @@ impl PolicyInput {
                     .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
                     .collect();
                 obj([
-                    ("method", Value::from(r.method.as_str())),
-                    ("scheme", Value::from(r.scheme)),
-                    ("host", Value::from(r.host.as_str())),
-                    ("port", Value::from(u64::from(r.port))),
-                    ("path", Value::from(r.path.as_str())),
-                    ("query", Value::from(r.query.as_deref().unwrap_or(""))),
-                    ("headers", Value::from(headers)),
-                    ("protocol", Value::from(r.protocol)),
+                    (&k.method, Value::from(r.method.as_str())),
+                    (&k.scheme, Value::from(r.scheme)),
+                    (&k.host, Value::from(r.host.as_str())),
+                    (&k.port, Value::from(u64::from(r.port))),
+                    (&k.path, Value::from(r.path.as_str())),
+                    (&k.query, Value::from(r.query.as_deref().unwrap_or(""))),
+                    (&k.headers, Value::from(headers)),
+                    (&k.protocol, Value::from(r.protocol)),
                 ])
             }
         };
         let destination = obj([
-            ("host", Value::from(self.destination.host.as_str())),
-            ("port", Value::from(u64::from(self.destination.port))),
+            (&k.host, Value::from(self.destination.host.as_str())),
+            (&k.port, Value::from(u64::from(self.destination.port))),
             (
-                "ip",
+                &k.ip,
                 self.destination
                     .ip
                     .map_or(Value::Null, |ip| Value::from(ip.to_string())),
             ),
         ]);
         let connection = obj([
-            ("mode", Value::from(self.connection.mode)),
-            ("intercepted", Value::from(self.connection.intercepted)),
-            ("tls_sni", opt_str(self.connection.tls_sni.as_deref())),
+            (&k.mode, Value::from(self.connection.mode)),
+            (&k.intercepted, Value::from(self.connection.intercepted)),
+            (&k.tls_sni, opt_str(self.connection.tls_sni.as_deref())),
         ]);
         obj([
-            ("version", Value::from(1u64)),
-            ("time", Value::from(format_time(self.time))),
-            ("source", source),
-            ("intent", intent),
-            ("request", request),
-            ("destination", destination),
-            ("connection", connection),
+            (&k.version, Value::from(1u64)),
+            (&k.time, Value::from(format_time(self.time))),
+            (&k.source, source),
+            (&k.intent, intent),
+            (&k.request, request),
+            (&k.destination, destination),
+            (&k.connection, connection),
         ])
     }
 }
