@@ -478,3 +478,126 @@ fn dry_run_logs_the_deny_but_forwards() {
     assert_eq!(decision["decision"]["reason"], "method_not_allowed");
     assert_eq!(decision["decision"]["enforced"], false);
 }
+
+#[test]
+fn answers_502_when_the_origin_certificate_is_not_trusted() {
+    // The origin's CA (made with openssl) is not in upstream.ca: verification must fail.
+    let tg = tollgate();
+    let pki = Pki::new();
+    let origin = PyOrigin::start(Some(&pki));
+    let out = curl(&[
+        "-s",
+        "--max-time",
+        "20",
+        "-x",
+        &tg.proxy_url(),
+        "-i",
+        &format!("https://127.0.0.1:{}/echo", origin.port()),
+        "--proxytunnel",
+        "--insecure",
+    ]);
+    // Through the tunnel curl sees tollgate's answer to the inner request: 502 upstream_tls.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 502"), "{text}");
+    assert!(text.contains("\"reason\":\"upstream_tls\""), "{text}");
+    let decision = tg.wait_decision(|d| d["error"] == "upstream_tls", WAIT);
+    assert_eq!(decision["decision"]["allow"], true);
+}
+
+#[test]
+fn answers_504_when_the_origin_is_too_slow() {
+    let tg = tollgate_with("upstream: {allow_private: [127.0.0.0/8], request_timeout: 1s}");
+    let origin = PyOrigin::start(None);
+    let out = curl(&[
+        "-s",
+        "--max-time",
+        "20",
+        "-x",
+        &tg.proxy_url(),
+        "-i",
+        &origin.url("/delay?ms=5000"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("\"reason\":\"upstream_timeout\""), "{text}");
+    let ok = python_agent(&AgentRequest::get(origin.url("/echo")).proxy(tg.proxy_url()));
+    assert_eq!(ok.status, 200, "the proxy keeps serving");
+}
+
+#[test]
+fn fails_closed_when_the_policy_returns_no_valid_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, source) in [
+        (
+            "mistyped",
+            "package tollgate\ndecision := {\"allow\": \"yes\"}\n",
+        ),
+        (
+            "undefined",
+            "package tollgate\ndecision := {\"allow\": true} if { input.never }\n",
+        ),
+        (
+            "erroring",
+            "package tollgate\ndecision := {\"allow\": 1 / 0 == 1}\n",
+        ),
+    ] {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("policy.rego"), source).unwrap();
+        let tg = Tollgate::start(&format!(
+            "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+             identity: {{workload_spiffe_id: '{CALLER}'}}\n\
+             policy: {{path: '{}'}}\n\
+             upstream: {{allow_private: [127.0.0.0/8]}}\n",
+            folder.display()
+        ));
+        let origin = PyOrigin::start(None);
+        let response = python_agent(&AgentRequest::get(origin.url("/echo")).proxy(tg.proxy_url()));
+        assert_eq!(response.status, 403, "{name}: {:?}", response.raw);
+        assert_eq!(response.json()["reason"], "policy_error", "{name}");
+        let id = response
+            .header("x-tollgate-decision-id")
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            decision_for(&tg, &id)["decision"]["reason"],
+            "policy_error",
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn writes_the_decision_log_to_a_file_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("logs/decisions.jsonl");
+    let tg = tollgate_with(&format!(
+        "upstream: {{allow_private: [127.0.0.0/8]}}\ntelemetry: {{decision_log: '{}'}}",
+        log.display()
+    ));
+    let origin = PyOrigin::start(None);
+    let response = python_agent(&AgentRequest::get(origin.url("/echo")).proxy(tg.proxy_url()));
+    let id = response
+        .header("x-tollgate-decision-id")
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(&id)) {
+            let record: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(record["decision"]["allow"], true);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line for {id} in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        tg.decisions().is_empty(),
+        "nothing on stdout when the log goes to a file"
+    );
+}

@@ -122,16 +122,18 @@ fn classify(error: &hyper_util::client::legacy::Error, connect_timeout: Duration
         if let Some(tls) = current.downcast_ref::<rustls::Error>() {
             return UpstreamError::Tls(tls.to_string());
         }
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
+        // io::Errors nest (hyper-rustls wraps tokio-rustls' InvalidData error in an Other
+        // error), and io::Error::source() skips the wrapped error itself: unwrap by hand.
+        let mut io = current.downcast_ref::<std::io::Error>();
+        while let Some(error) = io {
+            if error.kind() == std::io::ErrorKind::TimedOut {
                 io_timed_out = true;
             }
-            if let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
+            let inner = error.get_ref();
+            if let Some(tls) = inner.and_then(|e| e.downcast_ref::<rustls::Error>()) {
                 return UpstreamError::Tls(tls.to_string());
             }
+            io = inner.and_then(|e| e.downcast_ref::<std::io::Error>());
         }
         source = current.source();
     }
