@@ -1,13 +1,17 @@
 //! The origin side: resolution with the private-address guard, a pooled HTTP/1.1 + HTTP/2
 //! client with verified TLS, and raw TCP for `mode: tunnel`.
 //!
-//! One client serves every request; hyper-util's pool is keyed by scheme and authority and
-//! multiplexes HTTP/2 when the origin negotiates it by ALPN.
+//! hyper-util's pool is keyed by scheme and authority and multiplexes HTTP/2 when the origin
+//! negotiates it by ALPN. Its pool sits behind one `Mutex`, taken on every checkout and return,
+//! so each worker thread gets its own client (and pool), built lazily from the shared connector:
+//! no lock is shared between workers on the request path.
 
 pub mod resolve;
 
+use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -21,6 +25,14 @@ use crate::tls::TlsFileError;
 pub use resolve::{GuardedResolver, ResolveError};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
+type OriginClient = Client<Connector, Incoming>;
+
+static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This worker thread's client, and the id of the `Upstream` it was built for.
+    static THREAD_CLIENT: RefCell<Option<(u64, OriginClient)>> = const { RefCell::new(None) };
+}
 
 /// Why a call to an origin failed; each maps to one status and reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,9 +49,10 @@ pub enum UpstreamError {
     Protocol(String),
 }
 
-/// The shared origin client.
+/// The origin side: connector and settings shared, clients per worker thread.
 pub struct Upstream {
-    client: Client<Connector, Incoming>,
+    id: u64,
+    connector: Connector,
     /// The resolver the target stage uses, shared with the connector.
     pub resolver: GuardedResolver,
     connect_timeout: Duration,
@@ -47,7 +60,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the client from `upstream` configuration.
+    /// Builds the connector from `upstream` configuration.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, TlsFileError> {
         let resolver = GuardedResolver::new(config.allow_private.clone());
         let mut http = HttpConnector::new_with_resolver(resolver.clone());
@@ -61,17 +74,32 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Ok(Upstream {
-            client,
+            id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
+            connector,
             resolver,
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+        })
+    }
+
+    /// This thread's client (a cheap handle), built on first use.
+    fn client(&self) -> OriginClient {
+        THREAD_CLIENT.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            match &*slot {
+                Some((id, client)) if *id == self.id => client.clone(),
+                _ => {
+                    let client = Client::builder(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .pool_timer(TokioTimer::new())
+                        .pool_idle_timeout(Duration::from_secs(90))
+                        .pool_max_idle_per_host(256)
+                        .build(self.connector.clone());
+                    *slot = Some((self.id, client.clone()));
+                    client
+                }
+            }
         })
     }
 
@@ -86,7 +114,8 @@ impl Upstream {
         &self,
         request: http::Request<Incoming>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(request)).await {
+        let client = self.client();
+        match tokio::time::timeout(self.request_timeout, client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(classify(&error, self.connect_timeout)),
