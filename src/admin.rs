@@ -1,6 +1,5 @@
-//! The admin listener (SPEC §7). This release serves liveness and readiness; the rest of the
-//! admin API (metrics, reload, kill switch, tasks, decisions, JWKS) arrives with the operations
-//! release and answers 404 until then.
+//! The admin listener (SPEC §7): liveness, readiness and metrics. The rest of the admin API
+//! (reload, kill switch, tasks, decisions, JWKS) answers 404 until it arrives.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,11 +40,26 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     response
 }
 
+/// What the admin routes read and steer.
+pub struct AdminState {
+    pub health: Arc<Health>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+}
+
 async fn route(
-    health: Arc<Health>,
+    state: Arc<AdminState>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let health = &state.health;
     let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             if health.is_ready() {
@@ -66,14 +80,14 @@ async fn route(
 }
 
 /// Serves the admin API until the process stops.
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let health = health.clone();
+        let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| route(health.clone(), request));
+            let service = hyper::service::service_fn(move |request| route(state.clone(), request));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))

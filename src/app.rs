@@ -15,6 +15,7 @@ use crate::policy::{PolicyRevision, PolicyStore};
 use crate::proxy::Proxy;
 use crate::server::{BoundListener, ServerContext};
 use crate::telemetry::decision_log::DecisionLog;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::intercept::InterceptAuthority;
 use crate::upstream::Upstream;
 
@@ -111,6 +112,12 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         .local_addr()
         .map_err(|e| StartError::Runtime(format!("admin: {e}")))?;
 
+    let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+    let metrics = Arc::new(
+        Metrics::new(&listener_names, config.telemetry.metrics_label_destination)
+            .map_err(|e| StartError::Runtime(e.to_string()))?,
+    );
+    metrics.set_policy_info(&revision_id, "rego");
     let dry_run = options.dry_run || config.policy.dry_run;
     let ca_path = intercept.ca_cert_path.clone();
     let proxy = Arc::new(Proxy {
@@ -118,6 +125,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         upstream,
         intercept,
         decision_log,
+        metrics: metrics.clone(),
         dry_run,
         max_header_bytes: config.limits.max_header_bytes,
         header_read_timeout: config.limits.header_read_timeout,
@@ -168,7 +176,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         addresses.push(listener.local_addr);
         tokio::spawn(crate::server::accept_loop(server.clone(), listener));
     }
-    tokio::spawn(crate::admin::serve(admin, health.clone()));
+    tokio::spawn(crate::admin::serve(
+        admin,
+        Arc::new(crate::admin::AdminState {
+            health: health.clone(),
+            metrics,
+        }),
+    ));
     tracing::info!(address = %admin_addr, "admin ready");
     health.set_ready(true);
 

@@ -379,11 +379,27 @@ fn evaluates_one_input_with_policy_eval() {
 fn answers_health_and_readiness_and_exits_0_on_sigterm() {
     let tg = Tollgate::start("listeners: [{name: agents, address: '127.0.0.1:0'}]\n");
     for path in ["/healthz", "/readyz"] {
-        let out = curl(&["-s", "--max-time", "10", "-w", " %{http_code}", &tg.admin_url(path)]);
+        let out = curl(&[
+            "-s",
+            "--max-time",
+            "10",
+            "-w",
+            " %{http_code}",
+            &tg.admin_url(path),
+        ]);
         let text = text(&out.stdout);
         assert!(text.ends_with(" 200"), "{path}: {text}");
     }
-    let out = curl(&["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", &tg.admin_url("/nope")]);
+    let out = curl(&[
+        "-s",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &tg.admin_url("/nope"),
+    ]);
     assert_eq!(text(&out.stdout), "404");
     let status = tg.terminate(std::time::Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));

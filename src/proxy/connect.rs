@@ -33,6 +33,7 @@ pub async fn handle_connect(
 ) -> Response<ResponseBody> {
     let mut record = Recorder::start(
         proxy.decision_log.clone(),
+        proxy.metrics.clone(),
         conn.listener.clone(),
         conn.peer,
         conn.caller.spiffe_id().cloned(),
@@ -168,10 +169,12 @@ async fn intercept(
     let start = match tokio::time::timeout(proxy.header_read_timeout, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
+            proxy.metrics.agent_tls_error();
             tracing::info!(error = %e, host = %authority.host, "TLS handshake inside the tunnel failed");
             return;
         }
         Err(_) => {
+            proxy.metrics.agent_tls_error();
             tracing::info!(host = %authority.host, "TLS handshake inside the tunnel timed out");
             return;
         }
@@ -197,6 +200,7 @@ async fn intercept(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            proxy.metrics.agent_tls_error();
             tracing::info!(error = %e, host = %authority.host, "TLS handshake inside the tunnel failed");
             return;
         }

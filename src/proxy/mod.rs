@@ -38,6 +38,7 @@ use crate::policy::input::{
 };
 use crate::server::framing::FramingViolation;
 use crate::telemetry::decision_log::DecisionLog;
+use crate::telemetry::metrics::Metrics;
 use crate::tls::intercept::InterceptAuthority;
 use crate::upstream::{ResolveError, Upstream, UpstreamError};
 
@@ -53,6 +54,7 @@ pub struct Proxy {
     pub upstream: Upstream,
     pub intercept: InterceptAuthority,
     pub decision_log: DecisionLog,
+    pub metrics: Arc<Metrics>,
     pub dry_run: bool,
     pub max_header_bytes: usize,
     pub header_read_timeout: std::time::Duration,
@@ -91,6 +93,7 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let mut record = Recorder::start(
         proxy.decision_log.clone(),
+        proxy.metrics.clone(),
         conn.listener.clone(),
         conn.peer,
         conn.caller.spiffe_id().cloned(),
@@ -184,11 +187,13 @@ async fn stages(
 
     // 6. inject + forward
     let upstream_request = forward::upstream_request(request, &target, &permit)?;
-    proxy
-        .upstream
-        .send(upstream_request)
-        .await
-        .map_err(ProxyError::from)
+    let sent = std::time::Instant::now();
+    let result = proxy.upstream.send(upstream_request).await;
+    proxy.metrics.observe_upstream(sent.elapsed().as_secs_f64());
+    if let Err(UpstreamError::Tls(_)) = &result {
+        proxy.metrics.origin_tls_error();
+    }
+    result.map_err(ProxyError::from)
 }
 
 /// Resolves the destination. Non-public addresses are refused here, before the policy runs;

@@ -8,12 +8,14 @@ use crate::identity::SpiffeId;
 use crate::telemetry::decision_log::{
     DecisionLog, DecisionRecord, IntentRecord, RequestRecord, SourceRecord, VerdictRecord,
 };
+use crate::telemetry::metrics::{Metrics, Outcome};
 
 use super::target::Target;
 
 /// Facts gathered while a request moves through the stages; logged on drop.
 pub struct Recorder {
     log: DecisionLog,
+    metrics: Arc<Metrics>,
     started: Instant,
     time: SystemTime,
     pub decision_id: String,
@@ -42,6 +44,7 @@ impl Recorder {
     /// Starts timing a request.
     pub fn start(
         log: DecisionLog,
+        metrics: Arc<Metrics>,
         listener: Arc<str>,
         peer: std::net::SocketAddr,
         spiffe_id: Option<SpiffeId>,
@@ -49,6 +52,7 @@ impl Recorder {
     ) -> Recorder {
         Recorder {
             log,
+            metrics,
             started: Instant::now(),
             time: SystemTime::now(),
             decision_id: uuid::Uuid::now_v7().to_string(),
@@ -90,6 +94,21 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         let reason = self.reason.as_deref().or(self.error).unwrap_or("");
+        let seconds = self.started.elapsed().as_secs_f64();
+        let outcome = match (self.allow, self.error) {
+            // Allowed by the policy but not completed: an upstream or internal failure.
+            (true, Some(error)) => (Outcome::Error, error),
+            (true, None) => (Outcome::Allow, reason),
+            // Denied (in a dry run, counted as what the policy decided).
+            (false, _) => (Outcome::Deny, reason),
+        };
+        self.metrics.record_request(
+            &self.listener,
+            outcome.0,
+            outcome.1,
+            self.host.as_deref(),
+            seconds,
+        );
         let (intent_name, intent_task, verified) = match &self.intent {
             Some((name, task, verified)) => (name.as_deref(), task.as_deref(), *verified),
             None => (None, None, false),
@@ -125,7 +144,7 @@ impl Drop for Recorder {
             engine: self.engine,
             eval_us: self.eval_us,
             upstream_status: self.upstream_status,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: seconds * 1000.0,
         };
         self.log.record(&record);
     }

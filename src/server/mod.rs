@@ -89,6 +89,7 @@ async fn serve_agent_connection(
     peer: SocketAddr,
 ) {
     let proxy = server.proxy.clone();
+    let _open = proxy.metrics.connection_opened(&name);
     let conn = ConnCtx::new(
         name.clone(),
         listener.config.intercept,
@@ -101,10 +102,12 @@ async fn serve_agent_connection(
             match tokio::time::timeout(proxy.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve_http1(proxy, conn, tls).await,
                 Ok(Err(e)) => {
-                    tracing::info!(listener = %name, %peer, error = %e, "TLS handshake with agent failed")
+                    proxy.metrics.agent_tls_error();
+                    tracing::info!(listener = %name, %peer, error = %e, "TLS handshake with agent failed");
                 }
                 Err(_) => {
-                    tracing::info!(listener = %name, %peer, "TLS handshake with agent timed out")
+                    proxy.metrics.agent_tls_error();
+                    tracing::info!(listener = %name, %peer, "TLS handshake with agent timed out");
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! per line; operational events go to stderr through `tracing`.
 
 pub mod decision_log;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,462 @@
+//! Prometheus metrics (SPEC §8, docs/METRICS.md): one registry, built at start-up.
+//!
+//! Every time series the request path touches is created up front — per listener, per
+//! decision, per closed reason — and kept in maps that are never written after start-up, so
+//! recording is a lookup plus an atomic add: no lock on the request path. (The prometheus
+//! crate's `*Vec::with_label_values` takes a read lock per call; it is used only for series
+//! whose labels cannot be known in advance — destination hosts when
+//! `telemetry.metrics_label_destination` is on, credential names — and for rare events.)
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Reasons that may appear as the `reason` label of a deny; anything else is `policy_denied`.
+pub const DENY_REASONS: &[&str] = &[
+    "unauthenticated",
+    "unknown_agent",
+    "destination_not_allowed",
+    "port_not_allowed",
+    "method_not_allowed",
+    "path_not_allowed",
+    "intent_required",
+    "intent_not_allowed",
+    "verified_intent_required",
+    "invalid_input",
+    "policy_error",
+    "policy_timeout",
+    "policy_denied",
+    "killed",
+    "bad_request",
+    "bad_intent",
+    "ambiguous_framing",
+    "headers_too_large",
+    "host_mismatch",
+    "private_destination",
+    "overloaded",
+];
+
+/// Reasons of an `error` decision: allowed, but tollgate could not complete the call.
+pub const ERROR_REASONS: &[&str] = &[
+    "dns_error",
+    "upstream_connect",
+    "upstream_tls",
+    "upstream_timeout",
+    "upstream_protocol",
+    "internal",
+];
+
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+const POLICY_BUCKETS: &[f64] = &[
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.1,
+];
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// How a request ended, for `tollgate_requests_total{decision}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    Error,
+}
+
+/// Request counters of one listener, created at start-up (without destination labels).
+struct RequestSeries {
+    allowed: IntCounter,
+    denied: HashMap<&'static str, IntCounter>,
+    errors: HashMap<&'static str, IntCounter>,
+}
+
+/// Series of one listener, created at start-up.
+struct ListenerSeries {
+    requests: Option<RequestSeries>,
+    duration: Histogram,
+    active: IntGauge,
+}
+
+/// The metrics registry and the handles the request path records into.
+pub struct Metrics {
+    registry: Registry,
+    listeners: HashMap<String, ListenerSeries>,
+    /// Set when requests carry a `destination` label (then looked up per request).
+    by_destination: Option<IntCounterVec>,
+    policy_eval_rego: Histogram,
+    upstream_duration: Histogram,
+    reload_success: IntCounter,
+    reload_failure: IntCounter,
+    policy_info: IntGaugeVec,
+    /// `tollgate_credential_issued_total{credential,kind}` (credentials release).
+    pub credential_issued: IntCounterVec,
+    /// `tollgate_credential_cache_hits_total{credential}` (credentials release).
+    pub credential_cache_hits: IntCounterVec,
+    /// `tollgate_credential_errors_total{credential}` (credentials release).
+    pub credential_errors: IntCounterVec,
+    /// `tollgate_identity_rejections_total{reason}` (identity release).
+    pub identity_rejections: IntCounterVec,
+    tls_errors_agent: IntCounter,
+    tls_errors_origin: IntCounter,
+    /// `tollgate_kills_active`.
+    pub kills_active: IntGauge,
+}
+
+/// A metric could not be registered (a programming error, caught at start-up).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the metrics registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+fn closed(reason: &str, set: &[&'static str]) -> Option<&'static str> {
+    set.iter().copied().find(|known| *known == reason)
+}
+
+impl Metrics {
+    /// Builds every series for these listeners.
+    pub fn new(
+        listener_names: &[String],
+        label_destination: bool,
+    ) -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let mut request_labels = vec!["listener", "decision", "reason"];
+        if label_destination {
+            request_labels.push("destination");
+        }
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_requests_total",
+                "Decisions made, by outcome and closed reason.",
+            ),
+            &request_labels,
+        )?;
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "End-to-end request time, until the response body ends.",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["listener"],
+        )?;
+        let active = IntGaugeVec::new(
+            Opts::new("tollgate_active_connections", "Agent connections open now."),
+            &["listener"],
+        )?;
+        let policy_eval = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_policy_eval_duration_seconds",
+                "One policy evaluation.",
+            )
+            .buckets(POLICY_BUCKETS.to_vec()),
+            &["engine"],
+        )?;
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_upstream_duration_seconds",
+                "From sending to the origin until its response head.",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_policy_reloads_total",
+                "Policy reloads, by result.",
+            ),
+            &["result"],
+        )?;
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_policy_info",
+                "The policy revision in force (value 1).",
+            ),
+            &["revision", "engine"],
+        )?;
+        let credential_issued = IntCounterVec::new(
+            Opts::new(
+                "tollgate_credential_issued_total",
+                "Credentials fetched or minted.",
+            ),
+            &["credential", "kind"],
+        )?;
+        let credential_cache_hits = IntCounterVec::new(
+            Opts::new(
+                "tollgate_credential_cache_hits_total",
+                "Credentials served from the cache.",
+            ),
+            &["credential"],
+        )?;
+        let credential_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_credential_errors_total",
+                "Credential provider failures.",
+            ),
+            &["credential"],
+        )?;
+        let identity_rejections = IntCounterVec::new(
+            Opts::new(
+                "tollgate_identity_rejections_total",
+                "Peers refused during identity checks.",
+            ),
+            &["reason"],
+        )?;
+        let tls_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tls_handshake_errors_total",
+                "Failed TLS handshakes, by side.",
+            ),
+            &["side"],
+        )?;
+        let kills_active = IntGauge::new("tollgate_kills_active", "Kills in force.")?;
+
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(durations.clone()),
+            Box::new(active.clone()),
+            Box::new(policy_eval.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(reloads.clone()),
+            Box::new(policy_info.clone()),
+            Box::new(credential_issued.clone()),
+            Box::new(credential_cache_hits.clone()),
+            Box::new(credential_errors.clone()),
+            Box::new(identity_rejections.clone()),
+            Box::new(tls_errors.clone()),
+            Box::new(kills_active.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+
+        let mut listeners = HashMap::new();
+        for name in listener_names {
+            let counter = |decision: &str, reason: &str| {
+                requests.with_label_values(&[name.as_str(), decision, reason])
+            };
+            // With destination labels the series depend on the traffic and are made on demand.
+            let series = ListenerSeries {
+                requests: (!label_destination).then(|| RequestSeries {
+                    allowed: counter("allow", "allowed"),
+                    denied: DENY_REASONS
+                        .iter()
+                        .map(|r| (*r, counter("deny", r)))
+                        .collect(),
+                    errors: ERROR_REASONS
+                        .iter()
+                        .map(|r| (*r, counter("error", r)))
+                        .collect(),
+                }),
+                duration: durations.with_label_values(&[name.as_str()]),
+                active: active.with_label_values(&[name.as_str()]),
+            };
+            listeners.insert(name.clone(), series);
+        }
+        Ok(Metrics {
+            registry,
+            listeners,
+            by_destination: label_destination.then_some(requests),
+            policy_eval_rego: policy_eval.with_label_values(&["rego"]),
+            upstream_duration,
+            reload_success: reloads.with_label_values(&["success"]),
+            reload_failure: reloads.with_label_values(&["failure"]),
+            policy_info,
+            credential_issued,
+            credential_cache_hits,
+            credential_errors,
+            identity_rejections,
+            tls_errors_agent: tls_errors.with_label_values(&["agent"]),
+            tls_errors_origin: tls_errors.with_label_values(&["origin"]),
+            kills_active,
+        })
+    }
+
+    /// Records one decision-log line: its outcome, closed reason and duration.
+    pub fn record_request(
+        &self,
+        listener: &str,
+        outcome: Outcome,
+        reason: &str,
+        destination: Option<&str>,
+        seconds: f64,
+    ) {
+        let Some(series) = self.listeners.get(listener) else {
+            return;
+        };
+        series.duration.observe(seconds);
+        let (decision, label) = match outcome {
+            Outcome::Allow => ("allow", "allowed"),
+            Outcome::Deny => (
+                "deny",
+                closed(reason, DENY_REASONS).unwrap_or("policy_denied"),
+            ),
+            Outcome::Error => ("error", closed(reason, ERROR_REASONS).unwrap_or("internal")),
+        };
+        if let Some(vec) = &self.by_destination {
+            // Only destinations the policy let through are labelled: anyone can ask for random
+            // hosts, and denied ones must not grow the series without bound.
+            let destination = match outcome {
+                Outcome::Deny => "",
+                Outcome::Allow | Outcome::Error => destination.unwrap_or(""),
+            };
+            vec.with_label_values(&[listener, decision, label, destination])
+                .inc();
+            return;
+        }
+        let Some(requests) = &series.requests else {
+            return;
+        };
+        let counter = match outcome {
+            Outcome::Allow => Some(&requests.allowed),
+            Outcome::Deny => requests.denied.get(label),
+            Outcome::Error => requests.errors.get(label),
+        };
+        if let Some(counter) = counter {
+            counter.inc();
+        }
+    }
+
+    /// One policy evaluation took `micros`.
+    pub fn observe_policy_eval(&self, micros: u64) {
+        self.policy_eval_rego.observe(micros as f64 / 1_000_000.0);
+    }
+
+    /// The origin answered (or failed) after `seconds`.
+    pub fn observe_upstream(&self, seconds: f64) {
+        self.upstream_duration.observe(seconds);
+    }
+
+    /// A policy reload ended.
+    pub fn policy_reloaded(&self, success: bool) {
+        if success {
+            self.reload_success.inc();
+        } else {
+            self.reload_failure.inc();
+        }
+    }
+
+    /// Publishes the revision in force (and only it).
+    pub fn set_policy_info(&self, revision: &str, engine: &str) {
+        self.policy_info.reset();
+        self.policy_info
+            .with_label_values(&[revision, engine])
+            .set(1);
+    }
+
+    /// A TLS handshake with an agent failed.
+    pub fn agent_tls_error(&self) {
+        self.tls_errors_agent.inc();
+    }
+
+    /// A TLS handshake with an origin failed.
+    pub fn origin_tls_error(&self) {
+        self.tls_errors_origin.inc();
+    }
+
+    /// Counts an agent connection as open until the guard drops.
+    pub fn connection_opened(&self, listener: &str) -> Option<ConnectionGauge> {
+        self.listeners.get(listener).map(|series| {
+            series.active.inc();
+            ConnectionGauge(series.active.clone())
+        })
+    }
+
+    /// The text exposition for `GET /metrics`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Decrements `tollgate_active_connections` when the connection ends.
+pub struct ConnectionGauge(IntGauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.encode()).unwrap()
+    }
+
+    #[test]
+    fn counts_outcomes_under_closed_reasons() {
+        let m = Metrics::new(&["agents".to_string()], false).unwrap();
+        m.record_request("agents", Outcome::Allow, "allowed by rule x", None, 0.01);
+        m.record_request("agents", Outcome::Deny, "method_not_allowed", None, 0.01);
+        m.record_request(
+            "agents",
+            Outcome::Deny,
+            "a custom policy's free text",
+            None,
+            0.01,
+        );
+        m.record_request("agents", Outcome::Error, "upstream_timeout", None, 0.01);
+        let t = text(&m);
+        assert!(
+            t.contains(
+                r#"tollgate_requests_total{decision="allow",listener="agents",reason="allowed"} 1"#
+            ),
+            "{t}"
+        );
+        assert!(t.contains(r#"tollgate_requests_total{decision="deny",listener="agents",reason="method_not_allowed"} 1"#));
+        assert!(t.contains(
+            r#"tollgate_requests_total{decision="deny",listener="agents",reason="policy_denied"} 1"#
+        ));
+        assert!(t.contains(r#"tollgate_requests_total{decision="error",listener="agents",reason="upstream_timeout"} 1"#));
+        assert!(!t.contains("free text"));
+        assert!(t.contains("tollgate_request_duration_seconds_count{listener=\"agents\"} 4"));
+    }
+
+    #[test]
+    fn labels_destination_only_when_asked() {
+        let m = Metrics::new(&["agents".to_string()], true).unwrap();
+        m.record_request("agents", Outcome::Allow, "x", Some("api.github.com"), 0.01);
+        m.record_request(
+            "agents",
+            Outcome::Deny,
+            "destination_not_allowed",
+            Some("random-1.example"),
+            0.01,
+        );
+        let t = text(&m);
+        assert!(t.contains(r#"destination="api.github.com""#), "{t}");
+        assert!(
+            !t.contains("random-1.example"),
+            "denied destinations are not labelled: {t}"
+        );
+        let m = Metrics::new(&["agents".to_string()], false).unwrap();
+        m.record_request("agents", Outcome::Allow, "x", Some("api.github.com"), 0.01);
+        assert!(!text(&m).contains("destination=\""));
+    }
+
+    #[test]
+    fn tracks_active_connections_with_a_guard() {
+        let m = Metrics::new(&["agents".to_string()], false).unwrap();
+        let guard = m.connection_opened("agents");
+        assert!(text(&m).contains("tollgate_active_connections{listener=\"agents\"} 1"));
+        drop(guard);
+        assert!(text(&m).contains("tollgate_active_connections{listener=\"agents\"} 0"));
+    }
+
+    #[test]
+    fn shows_only_the_revision_in_force() {
+        let m = Metrics::new(&["agents".to_string()], false).unwrap();
+        m.set_policy_info("aaa", "rego");
+        m.set_policy_info("bbb", "rego");
+        let t = text(&m);
+        assert!(t.contains(r#"tollgate_policy_info{engine="rego",revision="bbb"} 1"#));
+        assert!(!t.contains("aaa"));
+    }
+}
