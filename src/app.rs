@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -120,12 +121,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     metrics.set_policy_info(&revision_id, "rego");
     let dry_run = options.dry_run || config.policy.dry_run;
     let ca_path = intercept.ca_cert_path.clone();
+    let (drain, lifecycle) = crate::server::lifecycle::lifecycle();
+    let decision_log_handle = decision_log.clone();
     let proxy = Arc::new(Proxy {
         policy: PolicyStore::new(revision),
         upstream,
         intercept,
         decision_log,
         metrics: metrics.clone(),
+        lifecycle,
         dry_run,
         max_header_bytes: config.limits.max_header_bytes,
         header_read_timeout: config.limits.header_read_timeout,
@@ -188,7 +192,19 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
 
     wait_for_shutdown().await;
     health.set_ready(false);
-    tracing::info!("shutting down");
+    let deadline = config.limits.drain_timeout;
+    tracing::info!(
+        deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        "draining: no new connections; finishing requests in flight"
+    );
+    let unfinished = drain.drain(deadline).await;
+    if unfinished > 0 {
+        tracing::warn!(unfinished, "drain deadline passed; closing what is left");
+    }
+    if !decision_log_handle.flush(Duration::from_secs(5)).await {
+        tracing::error!("the decision log could not be flushed before exit");
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -150,6 +150,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub drain_timeout: Duration,
 }
 
 /// Where decision-log lines go.
@@ -537,6 +539,9 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
             .header_read_timeout
             .map_or(Duration::from_secs(10), |d| d.0),
         max_connections: usize::try_from(max_connections).unwrap_or(10_000),
+        drain_timeout: raw_limits
+            .drain_timeout
+            .map_or(Duration::from_secs(30), |d| d.0),
     };
     if limits.header_read_timeout.is_zero() {
         problems.add("limits.header_read_timeout", "must be greater than zero");

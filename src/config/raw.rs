@@ -123,6 +123,8 @@ pub struct RawLimits {
     pub header_read_timeout: Option<ConfigDuration>,
     #[serde(default)]
     pub max_connections: Option<u64>,
+    #[serde(default)]
+    pub drain_timeout: Option<ConfigDuration>,
 }
 
 /// `telemetry`.

@@ -48,8 +48,9 @@ pub async fn handle_connect(
             if let Some(framing) = &conn.framing {
                 framing.stop_tracking();
             }
+            let tasks = proxy.lifecycle.clone();
             let proxy = proxy.clone();
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 match hyper::upgrade::on(request).await {
                     Ok(upgraded) => match mode {
                         ConnectionMode::Tunnel => {

@@ -55,6 +55,8 @@ pub struct Proxy {
     pub intercept: InterceptAuthority,
     pub decision_log: DecisionLog,
     pub metrics: Arc<Metrics>,
+    /// Tracks every task serving agent traffic, for the graceful drain.
+    pub lifecycle: crate::server::lifecycle::Lifecycle,
     pub dry_run: bool,
     pub max_header_bytes: usize,
     pub header_read_timeout: std::time::Duration,

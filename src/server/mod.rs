@@ -6,6 +6,7 @@
 
 pub mod framing;
 pub mod io;
+pub mod lifecycle;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,8 +57,15 @@ fn http1_builder(proxy: &Proxy) -> hyper::server::conn::http1::Builder {
 pub async fn accept_loop(server: Arc<ServerContext>, listener: BoundListener) {
     let name: Arc<str> = Arc::from(listener.config.name.as_str());
     let listener = Arc::new(listener);
+    let lifecycle = server.proxy.lifecycle.clone();
     loop {
-        let (stream, peer) = match listener.tcp.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.tcp.accept() => accepted,
+            // Draining: stop accepting; the socket closes when this loop returns, so new
+            // connections are refused.
+            () = lifecycle.draining() => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -74,7 +82,7 @@ pub async fn accept_loop(server: Arc<ServerContext>, listener: BoundListener) {
         let server = server.clone();
         let listener = listener.clone();
         let name = name.clone();
-        tokio::spawn(async move {
+        lifecycle.spawn(async move {
             let _permit = permit;
             serve_agent_connection(server, listener, name, stream, peer).await;
         });
@@ -128,7 +136,16 @@ where
     let connection = http1_builder(&proxy)
         .serve_connection(TokioIo::new(guarded), service)
         .with_upgrades();
-    if let Err(e) = connection.await {
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = proxy.lifecycle.draining() => {
+            // Finish the exchange in flight, then close.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "agent connection ended with an error");
     }
 }
@@ -167,10 +184,17 @@ where
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(proxy.max_header_bytes).unwrap_or(u32::MAX));
-        if let Err(e) = builder
-            .serve_connection(TokioIo::new(guarded), service)
-            .await
-        {
+        let connection = builder.serve_connection(TokioIo::new(guarded), service);
+        let mut connection = std::pin::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = proxy.lifecycle.draining() => {
+                // HTTP/1.1: finish the exchange in flight; HTTP/2: GOAWAY, finish open streams.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, "tunneled connection ended with an error");
         }
     })

@@ -72,10 +72,17 @@ pub struct VerdictRecord<'a> {
     pub enforced: bool,
 }
 
+/// What the writer thread receives.
+enum Message {
+    Line(Vec<u8>),
+    /// Write and flush everything queued before this, then acknowledge.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 /// Handle to the decision-log writer; cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
-    sender: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    sender: Option<mpsc::UnboundedSender<Message>>,
 }
 
 impl DecisionLog {
@@ -95,13 +102,28 @@ impl DecisionLog {
         })
     }
 
+    /// Writes out everything queued so far (at shutdown: no decision is lost). Waits at most
+    /// `timeout`; returns whether the writer confirmed.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let Some(sender) = &self.sender else {
+            return true;
+        };
+        let (ack, done) = std::sync::mpsc::channel();
+        if sender.send(Message::Flush(ack)).is_err() {
+            return false;
+        }
+        tokio::task::spawn_blocking(move || done.recv_timeout(timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
     /// Queues one record; never blocks.
     pub fn record(&self, record: &DecisionRecord<'_>) {
         let Some(sender) = &self.sender else { return };
         match serde_json::to_vec(record) {
             Ok(mut line) => {
                 line.push(b'\n');
-                let _ = sender.send(line);
+                let _ = sender.send(Message::Line(line));
             }
             Err(e) => tracing::error!(error = %e, "cannot serialize a decision record"),
         }
@@ -118,21 +140,33 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn write_loop(sink: Box<dyn Write + Send>, mut receiver: mpsc::UnboundedReceiver<Vec<u8>>) {
+fn write_loop(sink: Box<dyn Write + Send>, mut receiver: mpsc::UnboundedReceiver<Message>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    while let Some(line) = receiver.blocking_recv() {
-        // While this thread sleeps no waker is registered, so senders do not pay for a wakeup.
-        std::thread::sleep(BATCH_WINDOW);
-        let mut result = out.write_all(&line);
-        // Drain what is already queued, then flush once.
-        while result.is_ok() {
-            match receiver.try_recv() {
-                Ok(more) => result = out.write_all(&more),
-                Err(_) => break,
+    while let Some(first) = receiver.blocking_recv() {
+        if matches!(first, Message::Line(_)) {
+            // While this thread sleeps no waker is registered, so senders do not pay for a wakeup.
+            std::thread::sleep(BATCH_WINDOW);
+        }
+        let mut acks = Vec::new();
+        let mut result = Ok(());
+        let mut next = Some(first);
+        // Take what is already queued, then flush once.
+        while let Some(message) = next {
+            match message {
+                Message::Line(line) => {
+                    if result.is_ok() {
+                        result = out.write_all(&line);
+                    }
+                }
+                Message::Flush(ack) => acks.push(ack),
             }
+            next = receiver.try_recv().ok();
         }
         if let Err(e) = result.and_then(|()| out.flush()) {
             tracing::error!(error = %e, "cannot write the decision log");
+        }
+        for ack in acks {
+            let _ = ack.send(());
         }
     }
     let _ = out.flush();
