@@ -1,5 +1,8 @@
-//! The admin listener (SPEC §7): liveness, readiness and metrics. The rest of the admin API
-//! (reload, kill switch, tasks, decisions, JWKS) answers 404 until it arrives.
+//! The admin listener (SPEC §7): health, readiness, metrics, reload, the kill switch, tasks,
+//! recent decisions and the JWKS of `jwt` credentials. Bound to loopback (a non-loopback
+//! address is refused at configuration time until admin mTLS exists).
+//!
+//! Every route answers JSON (`/metrics` excepted); errors carry `error` and `message`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -7,12 +10,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-/// Readiness: listeners up and a policy loaded.
+use crate::kill::KillSwitch;
+use crate::telemetry::decision_log::{RECENT_CAPACITY, Recent};
+use crate::telemetry::metrics::Metrics;
+
+/// Largest admin request body read (kill requests are tiny).
+const MAX_BODY: usize = 64 * 1024;
+/// `GET /v1/decisions` without `limit`.
+const DEFAULT_DECISIONS: usize = 100;
+
+/// Readiness: listeners up and a policy loaded; false while draining.
 #[derive(Default)]
 pub struct Health {
     ready: AtomicBool,
@@ -30,7 +43,22 @@ impl Health {
     }
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+/// Reloads configuration and policy (`POST /v1/reload`, SIGHUP).
+pub trait Reload: Send + Sync {
+    /// Reloads; `Ok(revision in force)` or `Err(why the running state was kept)`.
+    fn reload(&self) -> Result<String, String>;
+}
+
+/// What the admin routes read and steer.
+pub struct AdminState {
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub kills: Arc<KillSwitch>,
+    pub recent: Arc<Recent>,
+    pub reloader: Arc<dyn Reload>,
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -40,18 +68,93 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     response
 }
 
-/// What the admin routes read and steer.
-pub struct AdminState {
-    pub health: Arc<Health>,
-    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"error": code, "message": message}))
+}
+
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "admin request bodies are limited to 64 KiB",
+        )),
+    }
+}
+
+/// Runs a kill-switch handler (which may fsync) off the async workers.
+async fn kill_call(
+    state: &Arc<AdminState>,
+    call: impl FnOnce(&KillSwitch) -> (StatusCode, Value) + Send + 'static,
+) -> Response<Full<Bytes>> {
+    let kills = state.kills.clone();
+    let result = tokio::task::spawn_blocking(move || call(&kills)).await;
+    state
+        .metrics
+        .kills_active
+        .set(i64::try_from(state.kills.active()).unwrap_or(i64::MAX));
+    match result {
+        Ok((status, body)) => json_response(status, &body),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the kill switch failed",
+        ),
+    }
+}
+
+fn decisions(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+    let mut limit = DEFAULT_DECISIONS;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("limit", value)) => match value.parse::<usize>() {
+                Ok(n) if n >= 1 => limit = n.min(RECENT_CAPACITY),
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "limit must be a whole number of at least 1",
+                    );
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the only parameter is limit",
+                );
+            }
+        }
+    }
+    let lines: Vec<Value> = state
+        .recent
+        .newest(limit)
+        .iter()
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect();
+    json_response(StatusCode::OK, &json!({ "decisions": lines }))
 }
 
 async fn route(
     state: Arc<AdminState>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let health = &state.health;
-    let response = match (request.method(), request.uri().path()) {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_owned);
+    let response = match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            if state.health.is_ready() {
+                json_response(StatusCode::OK, &json!({"status": "ready"}))
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "not ready"}),
+                )
+            }
+        }
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             response.headers_mut().insert(
@@ -60,21 +163,74 @@ async fn route(
             );
             response
         }
-        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => {
-            if health.is_ready() {
-                json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+        (&Method::POST, "/v1/reload") => {
+            let reloader = state.reloader.clone();
+            match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                Ok(Ok(revision)) => json_response(
+                    StatusCode::OK,
+                    &json!({"result": "success", "revision": revision}),
+                ),
+                Ok(Err(why)) => error(StatusCode::UNPROCESSABLE_ENTITY, "reload_failed", &why),
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "reload panicked",
+                ),
+            }
+        }
+        (&Method::GET, "/v1/kill") => kill_call(&state, |kills| kills.handle_list()).await,
+        (&Method::POST, "/v1/kill") => match read_body(request).await {
+            Ok(body) => kill_call(&state, move |kills| kills.handle_post(&body)).await,
+            Err(response) => response,
+        },
+        (&Method::DELETE, p) if p == "/v1/kill" || p.starts_with("/v1/kill/") => {
+            let rest = p["/v1/kill".len()..].to_string();
+            match read_body(request).await {
+                Ok(body) => kill_call(&state, move |kills| kills.handle_delete(&rest, &body)).await,
+                Err(response) => response,
+            }
+        }
+        (&Method::DELETE, p) if p.starts_with("/v1/tasks/") => {
+            let task = &p["/v1/tasks/".len()..];
+            let valid = !task.is_empty()
+                && task.len() <= 128
+                && task.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-')
+                });
+            if valid {
+                // No credential provider exists in this release, so a task holds nothing to
+                // drop or revoke.
+                json_response(
+                    StatusCode::OK,
+                    &json!({"task": task, "credentials_dropped": 0, "credentials_revoked": 0}),
+                )
             } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": "not ready"}),
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "a task is 1..128 bytes of A-Z a-z 0-9 . _ : / -",
                 )
             }
         }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found", "reason": "no such admin route in this version"}),
+        (&Method::GET, "/v1/decisions") => decisions(&state, query.as_deref()),
+        (&Method::GET, "/.well-known/jwks.json") => {
+            json_response(StatusCode::OK, &json!({"keys": []}))
+        }
+        (
+            _,
+            "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/v1/reload"
+            | "/v1/kill"
+            | "/v1/decisions"
+            | "/.well-known/jwks.json",
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
         ),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin route"),
     };
     Ok(response)
 }

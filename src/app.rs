@@ -38,6 +38,43 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Print the local-development banner (built-in configuration).
     pub banner: bool,
+    /// The configuration file (`None`: built-in), re-read on reload.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Reloads from the configuration file: a configuration or policy that does not load keeps the
+/// running revision and says why. Only the policy (path, data, entrypoint) takes effect on
+/// reload; listeners, limits and upstream settings need a restart.
+struct ConfigReloader {
+    config_path: Option<PathBuf>,
+    proxy: Arc<Proxy>,
+}
+
+impl crate::admin::Reload for ConfigReloader {
+    fn reload(&self) -> Result<String, String> {
+        let metrics = &self.proxy.metrics;
+        let loaded = match &self.config_path {
+            Some(path) => crate::config::load_file(path),
+            None => crate::config::builtin(),
+        }
+        .map_err(|errors| errors.to_string())
+        .and_then(|config| load_policy(&config).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(revision) => {
+                let id = revision.revision.to_string();
+                metrics.set_policy_info(&id, revision.engine.as_str());
+                self.proxy.policy.publish(revision);
+                metrics.policy_reloaded(true);
+                tracing::info!(revision = %id, "reloaded: policy revision in force");
+                Ok(id)
+            }
+            Err(why) => {
+                metrics.policy_reloaded(false);
+                tracing::warn!(error = %why, revision = %self.proxy.policy.current().revision, "reload failed; the running configuration and policy stay in force");
+                Err(why)
+            }
+        }
+    }
 }
 
 /// Where the development CA lives: `$TOLLGATE_STATE_DIR`, else `$XDG_STATE_HOME/tollgate`,
@@ -121,6 +158,19 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     metrics.set_policy_info(&revision_id, "rego");
     let dry_run = options.dry_run || config.policy.dry_run;
     let ca_path = intercept.ca_cert_path.clone();
+    let kills = Arc::new(
+        crate::kill::KillSwitch::open(config.admin.kill_file.clone())
+            .map_err(|e| StartError::Config(format!("{}: admin.kill_file: {e}", config.origin)))?,
+    );
+    metrics
+        .kills_active
+        .set(i64::try_from(kills.active()).unwrap_or(i64::MAX));
+    if kills.active() > 0 {
+        tracing::warn!(
+            kills = kills.active(),
+            "kills restored from admin.kill_file are in force"
+        );
+    }
     let (drain, lifecycle) = crate::server::lifecycle::lifecycle();
     let decision_log_handle = decision_log.clone();
     let proxy = Arc::new(Proxy {
@@ -129,10 +179,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         intercept,
         decision_log,
         metrics: metrics.clone(),
+        kills: kills.clone(),
         lifecycle,
         dry_run,
         max_header_bytes: config.limits.max_header_bytes,
         header_read_timeout: config.limits.header_read_timeout,
+    });
+    let reloader: Arc<dyn crate::admin::Reload> = Arc::new(ConfigReloader {
+        config_path: options.config_path.clone(),
+        proxy: proxy.clone(),
     });
     let default_caller = config
         .identity
@@ -185,12 +240,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         Arc::new(crate::admin::AdminState {
             health: health.clone(),
             metrics,
+            kills,
+            recent: decision_log_handle.recent.clone(),
+            reloader: reloader.clone(),
         }),
     ));
     tracing::info!(address = %admin_addr, "admin ready");
     health.set_ready(true);
 
-    wait_for_shutdown().await;
+    wait_for_shutdown(reloader.as_ref()).await;
     health.set_ready(false);
     let deadline = config.limits.drain_timeout;
     tracing::info!(
@@ -208,25 +266,25 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     Ok(())
 }
 
-async fn wait_for_shutdown() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+/// Waits for SIGTERM or SIGINT; SIGHUP reloads meanwhile.
+async fn wait_for_shutdown(reloader: &dyn crate::admin::Reload) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = tokio::task::block_in_place(|| reloader.reload());
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`config`]: YAML → validated configuration, every error at once
 //! - [`identity`]: SPIFFE IDs and callers
 //! - [`intent`]: the `X-Agent-*` headers
+//! - [`kill`]: the kill switch (persisted, lock-free to check)
 //! - [`policy`]: input and decision contracts, the Rego engine, revisions
 //! - [`proxy`]: the request path
 //! - [`server`]: listeners, connection limits, framing guard
@@ -27,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod intent;
+pub mod kill;
 pub mod policy;
 pub mod proxy;
 pub mod server;

@@ -182,6 +182,7 @@ fn run(path: Option<PathBuf>, dry_run: bool) -> Result<(), Failure> {
     let options = RunOptions {
         dry_run,
         banner: builtin,
+        config_path: path.clone(),
     };
     runtime
         .block_on(app::run(config, options))

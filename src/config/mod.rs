@@ -79,6 +79,8 @@ pub struct KeyPairPaths {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// Where kills are persisted so a restart keeps them; `None` keeps them in memory only.
+    pub kill_file: Option<PathBuf>,
 }
 
 /// `identity`.
@@ -448,9 +450,6 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
     let admin_address = raw_admin.address.as_deref().unwrap_or(DEFAULT_ADMIN);
     let admin_address = parse_address(admin_address, "admin.address", problems)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
-    if raw_admin.kill_file.is_some() {
-        problems.not_supported("admin.kill_file");
-    }
     if !raw_admin.allowed_spiffe_ids.is_empty() {
         problems.not_supported("admin.allowed_spiffe_ids");
     }
@@ -581,6 +580,7 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
         listeners,
         admin: AdminConfig {
             address: admin_address,
+            kill_file: raw_admin.kill_file.as_deref().map(|p| resolve(base, p)),
         },
         identity: IdentityConfig { workload_spiffe_id },
         intercept_ca,

@@ -40,6 +40,17 @@ pub fn authorize(
     subject: Subject,
     record: &mut Recorder,
 ) -> Result<Permit, ProxyError> {
+    // The kill switch comes first and does not depend on the policy: a kill survives reloads
+    // and cannot be undone by a policy that allows everything.
+    let spiffe_id = source.caller.spiffe_id().map(|id| id.as_str());
+    if let Some(kill) = proxy.kills.check(spiffe_id, intent.task.as_deref()) {
+        record.allow = false;
+        record.reason = Some("killed".to_string());
+        tracing::info!(decision_id = %record.decision_id, kill = %kill.id, "refused: caller or task is killed");
+        return Err(ProxyError::Denied {
+            reason: "killed".to_string(),
+        });
+    }
     let revision: std::sync::Arc<PolicyRevision> = proxy.policy.current();
     let input = PolicyInput {
         time: SystemTime::now(),

@@ -41,7 +41,7 @@ pub async fn handle_connect(
     );
     match authorize_connect(&proxy, &conn, &request, &mut record).await {
         Err(error) => error_response(&error, &mut record),
-        Ok((authority, ips, mode)) => {
+        Ok((authority, ips, mode, task)) => {
             let decision_id = record.decision_id.clone();
             drop(record);
             // The connection switches to tunnel bytes after this 200: stop reading them as HTTP.
@@ -54,7 +54,15 @@ pub async fn handle_connect(
                 match hyper::upgrade::on(request).await {
                     Ok(upgraded) => match mode {
                         ConnectionMode::Tunnel => {
-                            tunnel(&proxy, upgraded, &ips, authority.port).await
+                            tunnel(
+                                &proxy,
+                                &conn,
+                                task.as_deref(),
+                                upgraded,
+                                &ips,
+                                authority.port,
+                            )
+                            .await;
                         }
                         ConnectionMode::Intercept => {
                             intercept(proxy, conn, upgraded, authority, ips).await;
@@ -78,13 +86,22 @@ async fn authorize_connect(
     conn: &ConnCtx,
     request: &Request<Incoming>,
     record: &mut Recorder,
-) -> Result<(TunnelAuthority, Arc<[std::net::IpAddr]>, ConnectionMode), ProxyError> {
+) -> Result<
+    (
+        TunnelAuthority,
+        Arc<[std::net::IpAddr]>,
+        ConnectionMode,
+        Option<String>,
+    ),
+    ProxyError,
+> {
     let authority = connect_authority(request.uri())?;
     record.host = Some(authority.host.clone());
     record.port = Some(authority.port);
     let (ips, dns_failure) = super::resolve_destination(proxy, &authority.host).await?;
     // Intent headers on the CONNECT itself are optional context for the connection check.
     let intent: Intent = parse_intent(request.headers())?;
+    let task = intent.task.clone();
     record.intent = Some((intent.name.clone(), intent.task.clone(), intent.verified));
     let subject = Subject {
         request: None,
@@ -117,24 +134,47 @@ async fn authorize_connect(
             crate::upstream::UpstreamError::Resolve(failure),
         ));
     }
-    Ok((authority, ips, mode))
+    Ok((authority, ips, mode, task))
 }
 
-/// `mode: tunnel`: copy bytes both ways, unread.
+/// `mode: tunnel`: copy bytes both ways, unread — until either side closes or the caller (or
+/// the task the CONNECT declared) is killed.
 async fn tunnel(
     proxy: &Proxy,
+    conn: &ConnCtx,
+    task: Option<&str>,
     upgraded: hyper::upgrade::Upgraded,
     ips: &[std::net::IpAddr],
     port: u16,
 ) {
     let mut agent = TokioIo::new(upgraded);
-    match proxy.upstream.connect_tcp(ips, port).await {
-        Ok(mut origin) => {
-            if let Err(e) = tokio::io::copy_bidirectional(&mut agent, &mut origin).await {
+    let mut origin = match proxy.upstream.connect_tcp(ips, port).await {
+        Ok(origin) => origin,
+        Err(e) => {
+            tracing::info!(error = %e, "tunnel could not reach the origin");
+            return;
+        }
+    };
+    let spiffe_id = conn.caller.spiffe_id().map(|id| id.as_str());
+    let mut kills = proxy.kills.subscribe();
+    let killed = async {
+        loop {
+            if proxy.kills.check(spiffe_id, task).is_some() {
+                return;
+            }
+            if kills.changed().await.is_err() {
+                // The switch is gone (shutting down): never fire.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut agent, &mut origin) => {
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "tunnel closed with an error");
             }
         }
-        Err(e) => tracing::info!(error = %e, "tunnel could not reach the origin"),
+        () = killed => tracing::info!(listener = %conn.listener, "tunnel closed: caller or task killed"),
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Proxy {
     pub intercept: InterceptAuthority,
     pub decision_log: DecisionLog,
     pub metrics: Arc<Metrics>,
+    /// Kills in force: checked before the policy on every request.
+    pub kills: Arc<crate::kill::KillSwitch>,
     /// Tracks every task serving agent traffic, for the graceful drain.
     pub lifecycle: crate::server::lifecycle::Lifecycle,
     pub dry_run: bool,

@@ -6,8 +6,10 @@
 //! second instead of once per request (a wakeup per line cost ~8% of the proxy's CPU), and a
 //! lone decision is still visible within [`BATCH_WINDOW`]. No request waits on the sink.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -79,26 +81,69 @@ enum Message {
     Flush(std::sync::mpsc::Sender<()>),
 }
 
+/// How many recent decisions `GET /v1/decisions` can return.
+pub const RECENT_CAPACITY: usize = 1000;
+
+/// The most recent decision-log lines, kept by the writer thread (not the request path) for
+/// `GET /v1/decisions`.
+#[derive(Default)]
+pub struct Recent {
+    lines: Mutex<VecDeque<Vec<u8>>>,
+}
+
+impl Recent {
+    /// Up to `limit` lines, newest first.
+    pub fn newest(&self, limit: usize) -> Vec<Vec<u8>> {
+        match self.lines.lock() {
+            Ok(lines) => lines.iter().rev().take(limit).cloned().collect(),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .iter()
+                .rev()
+                .take(limit)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn push(&self, line: &[u8]) {
+        let mut lines = match self.lines.lock() {
+            Ok(lines) => lines,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if lines.len() == RECENT_CAPACITY {
+            lines.pop_front();
+        }
+        lines.push_back(line.strip_suffix(b"\n").unwrap_or(line).to_vec());
+    }
+}
+
 /// Handle to the decision-log writer; cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
     sender: Option<mpsc::UnboundedSender<Message>>,
+    /// The recent decisions, for the admin API.
+    pub recent: Arc<Recent>,
 }
 
 impl DecisionLog {
-    /// Starts the writer for `target`; `Off` discards records without serializing them.
+    /// Starts the writer for `target`. With `Off` nothing is written, but the recent
+    /// decisions are still kept for the admin API.
     pub fn start(target: &DecisionLogTarget) -> std::io::Result<DecisionLog> {
         let sink: Box<dyn Write + Send> = match target {
-            DecisionLogTarget::Off => return Ok(DecisionLog { sender: None }),
+            DecisionLogTarget::Off => Box::new(std::io::sink()),
             DecisionLogTarget::Stdout => Box::new(std::io::stdout()),
             DecisionLogTarget::File(path) => Box::new(open_append(path)?),
         };
+        let recent = Arc::new(Recent::default());
         let (sender, receiver) = mpsc::unbounded_channel();
+        let kept = recent.clone();
         std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || write_loop(sink, receiver))?;
+            .spawn(move || write_loop(sink, receiver, &kept))?;
         Ok(DecisionLog {
             sender: Some(sender),
+            recent,
         })
     }
 
@@ -140,7 +185,11 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn write_loop(sink: Box<dyn Write + Send>, mut receiver: mpsc::UnboundedReceiver<Message>) {
+fn write_loop(
+    sink: Box<dyn Write + Send>,
+    mut receiver: mpsc::UnboundedReceiver<Message>,
+    recent: &Recent,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     while let Some(first) = receiver.blocking_recv() {
         if matches!(first, Message::Line(_)) {
@@ -154,6 +203,7 @@ fn write_loop(sink: Box<dyn Write + Send>, mut receiver: mpsc::UnboundedReceiver
         while let Some(message) = next {
             match message {
                 Message::Line(line) => {
+                    recent.push(&line);
                     if result.is_ok() {
                         result = out.write_all(&line);
                     }

@@ -1,0 +1,421 @@
+//! The admin API (SPEC §7) and the kill switch: kills take effect on the next request of an
+//! open HTTP/1.1 keep-alive connection and of an open HTTP/2 connection, close blind tunnels,
+//! survive a restart through `admin.kill_file`, and lift with DELETE. Also reload (POST and
+//! SIGHUP; a broken policy keeps the running one), recent decisions, tasks and JWKS.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const CALLER: &str = "spiffe://tollgate.local/test/agent";
+
+fn config(kill_file: &Path, policy: &Path, extra: &str) -> String {
+    let root = repo_root();
+    format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+         admin: {{address: '127.0.0.1:0', kill_file: '{}'}}\n\
+         identity: {{workload_spiffe_id: '{CALLER}'}}\n\
+         policy: {{path: '{}', data: '{}'}}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n{extra}",
+        kill_file.display(),
+        policy.display(),
+        root.join("tests/fixtures/policy-data.json").display(),
+    )
+}
+
+fn tollgate(dir: &Path) -> Tollgate {
+    Tollgate::builder()
+        .config(config(
+            &dir.join("kills.json"),
+            &repo_root().join("policy-wasm"),
+            "",
+        ))
+        .config_as_is()
+        .start()
+}
+
+/// `curl` against the admin API: (status, JSON body).
+fn admin(tg: &Tollgate, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let url = tg.admin_url(path);
+    let mut args = vec![
+        "-s",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        url.as_str(),
+    ];
+    if let Some(body) = body {
+        args.extend(["-H", "content-type: application/json", "-d", body]);
+    }
+    let out = curl(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, status) = text.rsplit_once('\n').expect("status line");
+    (
+        status.parse().expect("status"),
+        serde_json::from_str(json).unwrap_or(Value::Null),
+    )
+}
+
+/// One HTTP/1.1 exchange on an open connection; returns (status, body).
+fn exchange(stream: &mut TcpStream, url: &str) -> (u16, String) {
+    write!(stream, "GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn kills_the_next_request_on_an_open_keep_alive_connection_and_lifts() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = tollgate(dir.path());
+    let origin = PyOrigin::start(None);
+    let url = origin.url("/echo");
+    let mut stream = TcpStream::connect(tg.proxy_addr("agents")).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(exchange(&mut stream, &url).0, 200);
+
+    let (status, body) = admin(
+        &tg,
+        "POST",
+        "/v1/kill",
+        Some(&format!(
+            r#"{{"spiffe_id": "{CALLER}", "reason": "incident 7"}}"#
+        )),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = exchange(&mut stream, &url);
+    assert_eq!(status, 403, "same connection, next request: {body}");
+    assert!(body.contains("\"reason\":\"killed\""), "{body}");
+    tg.wait_decision(|d| d["decision"]["reason"] == "killed", WAIT);
+    let metrics =
+        String::from_utf8_lossy(&curl(&["-s", &tg.admin_url("/metrics")]).stdout).into_owned();
+    assert!(metrics.contains("tollgate_kills_active 1"), "{metrics}");
+
+    let (status, listed) = admin(&tg, "GET", "/v1/kill", None);
+    assert_eq!(status, 200);
+    assert_eq!(listed["kills"][0]["target"]["spiffe_id"], CALLER);
+    let id = listed["kills"][0]["id"].as_str().unwrap().to_string();
+    let (status, _) = admin(&tg, "DELETE", &format!("/v1/kill/{id}"), None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        exchange(&mut stream, &url).0,
+        200,
+        "lifted: allowed again on the same connection"
+    );
+}
+
+#[test]
+fn kills_by_task_and_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = tollgate(dir.path());
+    let origin = PyOrigin::start(None);
+    let get = |task: Option<&str>| {
+        let mut request = AgentRequest::get(origin.url("/echo")).proxy(tg.proxy_url());
+        if let Some(task) = task {
+            request = request.header("X-Agent-Task", task);
+        }
+        python_agent(&request).status
+    };
+    assert_eq!(
+        admin(&tg, "POST", "/v1/kill", Some(r#"{"task": "t-42"}"#)).0,
+        201
+    );
+    assert_eq!(get(Some("t-42")), 403);
+    assert_eq!(get(Some("t-43")), 200);
+    assert_eq!(
+        admin(&tg, "POST", "/v1/kill", Some(r#"{"all": true}"#)).0,
+        201
+    );
+    assert_eq!(get(Some("t-43")), 403);
+    assert_eq!(get(None), 403);
+    assert_eq!(admin(&tg, "DELETE", "/v1/kill/all", None).0, 200);
+    assert_eq!(get(None), 200);
+    // Bad kill requests are refused precisely.
+    for bad in [
+        r#"{"task": "no spaces allowed"}"#,
+        r#"{"spiffe_id": "https://x"}"#,
+        "not json",
+        r#"{"task": "a", "all": true}"#,
+    ] {
+        let (status, body) = admin(&tg, "POST", "/v1/kill", Some(bad));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"], "bad_request");
+    }
+}
+
+#[test]
+fn kills_the_next_request_on_an_open_http2_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let nginx = Nginx::start(&NginxOptions::tls(&pki));
+    nginx.write_file("x.txt", b"x");
+    // tollgate trusts the origin CA (made with openssl) through upstream.ca.
+    let tg = Tollgate::builder()
+        .config(
+            config(
+                &dir.path().join("kills.json"),
+                &repo_root().join("policy-wasm"),
+                "",
+            )
+            .replace(
+                "upstream: {allow_private: [127.0.0.0/8]}",
+                &format!(
+                    "upstream: {{allow_private: [127.0.0.0/8], ca: '{}'}}",
+                    pki.ca_cert().display()
+                ),
+            ),
+        )
+        .config_as_is()
+        .start();
+    let ca = tg.dir().join("state/intercept-ca.pem");
+    let url = format!("https://127.0.0.1:{}/x.txt", nginx.tls_port().unwrap());
+    // One httpx client, one HTTP/2 connection through the tunnel, two requests with a kill
+    // in between (the script waits for a line on stdin before the second).
+    let script = r#"
+import sys, httpx
+client = httpx.Client(http2=True, proxy=sys.argv[1], verify=sys.argv[2])
+r = client.get(sys.argv[3]); print(r.http_version, r.status_code, flush=True)
+sys.stdin.readline()
+r = client.get(sys.argv[3]); print(r.http_version, r.status_code, r.json().get("reason"), flush=True)
+"#;
+    let mut child = command(python())
+        .args(["-c", script, &tg.proxy_url(), ca.to_str().unwrap(), &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _guard = ChildGuard::new(child);
+    assert_eq!(lines.next().unwrap().unwrap(), "HTTP/2 200");
+    assert_eq!(
+        admin(
+            &tg,
+            "POST",
+            "/v1/kill",
+            Some(&format!(r#"{{"spiffe_id": "{CALLER}"}}"#))
+        )
+        .0,
+        201
+    );
+    writeln!(stdin).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "HTTP/2 403 killed");
+}
+
+#[test]
+fn closes_a_blind_tunnel_of_a_killed_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = tollgate(dir.path());
+    let origin = PyOrigin::start(None);
+    // localhost is `mode: tunnel` in the test policy: bytes pass unread.
+    let mut stream = TcpStream::connect(tg.proxy_addr("agents")).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "CONNECT localhost:{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        origin.port()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut rest = vec![0u8; 4096];
+    let _ = stream.read(&mut rest);
+    // The tunnel is open: a plain request through it reaches the origin.
+    write!(stream, "GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let n = stream.read(&mut rest).unwrap();
+    assert!(
+        String::from_utf8_lossy(&rest[..n]).starts_with("HTTP/1.0 200")
+            || String::from_utf8_lossy(&rest[..n]).starts_with("HTTP/1.1 200")
+    );
+    // Drain whatever is left of that response, then kill: the tunnel must close.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while matches!(stream.read(&mut rest), Ok(n) if n > 0) {}
+    assert_eq!(
+        admin(
+            &tg,
+            "POST",
+            "/v1/kill",
+            Some(&format!(r#"{{"spiffe_id": "{CALLER}"}}"#))
+        )
+        .0,
+        201
+    );
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let n = stream.read(&mut rest).unwrap_or(0);
+    assert_eq!(n, 0, "the tunnel was closed");
+    tg.wait_log(
+        |l| l["message"] == "tunnel closed: caller or task killed",
+        WAIT,
+    );
+}
+
+#[test]
+fn keeps_kills_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = PyOrigin::start(None);
+    {
+        let tg = tollgate(dir.path());
+        assert_eq!(
+            admin(&tg, "POST", "/v1/kill", Some(r#"{"task": "t-9"}"#)).0,
+            201
+        );
+        assert_eq!(tg.terminate(WAIT).code(), Some(0));
+    }
+    let tg = tollgate(dir.path());
+    let (_, listed) = admin(&tg, "GET", "/v1/kill", None);
+    assert_eq!(listed["kills"][0]["target"]["task"], "t-9");
+    let killed = python_agent(
+        &AgentRequest::get(origin.url("/echo"))
+            .proxy(tg.proxy_url())
+            .header("X-Agent-Task", "t-9"),
+    );
+    assert_eq!(killed.status, 403);
+    assert_eq!(killed.json()["reason"], "killed");
+    assert_eq!(admin(&tg, "DELETE", "/v1/kill/task/t-9", None).0, 200);
+    let allowed = python_agent(
+        &AgentRequest::get(origin.url("/echo"))
+            .proxy(tg.proxy_url())
+            .header("X-Agent-Task", "t-9"),
+    );
+    assert_eq!(allowed.status, 200);
+}
+
+#[test]
+fn reloads_the_policy_and_keeps_the_running_one_when_the_new_one_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(
+        policy.join("p.rego"),
+        "package tollgate\ndecision := {\"allow\": true, \"reason\": \"v1\"}\n",
+    )
+    .unwrap();
+    let tg = Tollgate::builder()
+        .config(config(&dir.path().join("kills.json"), &policy, "").replace(
+            &format!(", data: '{}'", repo_root().join("tests/fixtures/policy-data.json").display()),
+            "",
+        ))
+        .config_as_is()
+        .start();
+    let origin = PyOrigin::start(None);
+    let reason = || {
+        let r = python_agent(&AgentRequest::get(origin.url("/echo")).proxy(tg.proxy_url()));
+        let id = r.header("x-tollgate-decision-id").unwrap().to_string();
+        tg.wait_decision(|d| d["decision_id"] == id, WAIT)["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(reason(), "v1");
+
+    std::fs::write(
+        policy.join("p.rego"),
+        "package tollgate\ndecision := {\"allow\": true, \"reason\": \"v2\"}\n",
+    )
+    .unwrap();
+    let (status, body) = admin(&tg, "POST", "/v1/reload", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(reason(), "v2");
+
+    std::fs::write(policy.join("p.rego"), "package tollgate\ndecision := {\n").unwrap();
+    let (status, body) = admin(&tg, "POST", "/v1/reload", None);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not compile"),
+        "{body}"
+    );
+    assert_eq!(reason(), "v2", "the last good revision stays in force");
+
+    std::fs::write(
+        policy.join("p.rego"),
+        "package tollgate\ndecision := {\"allow\": true, \"reason\": \"v3\"}\n",
+    )
+    .unwrap();
+    tg.signal("HUP");
+    tg.wait_log(
+        |l| l["message"] == "reloaded: policy revision in force",
+        WAIT,
+    );
+    assert_eq!(reason(), "v3");
+    let metrics =
+        String::from_utf8_lossy(&curl(&["-s", &tg.admin_url("/metrics")]).stdout).into_owned();
+    assert!(
+        metrics.contains("tollgate_policy_reloads_total{result=\"success\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_policy_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn lists_recent_decisions_newest_first_and_answers_tasks_and_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = tollgate(dir.path());
+    let origin = PyOrigin::start(None);
+    let mut ids = Vec::new();
+    for method in ["GET", "DELETE", "HEAD"] {
+        let r = python_agent(&AgentRequest::new(method, origin.url("/echo")).proxy(tg.proxy_url()));
+        ids.push(r.header("x-tollgate-decision-id").unwrap().to_string());
+    }
+    let last = ids[2].clone();
+    tg.wait_decision(|d| d["decision_id"] == last, WAIT);
+    let (status, body) = admin(&tg, "GET", "/v1/decisions?limit=2", None);
+    assert_eq!(status, 200);
+    let got: Vec<&str> = body["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["decision_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, vec![ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(admin(&tg, "GET", "/v1/decisions?limit=zero", None).0, 400);
+    let (status, body) = admin(&tg, "DELETE", "/v1/tasks/t-42", None);
+    assert_eq!(status, 200);
+    assert_eq!(body["task"], "t-42");
+    assert_eq!(admin(&tg, "DELETE", "/v1/tasks/bad%20task", None).0, 400);
+    let (status, body) = admin(&tg, "GET", "/.well-known/jwks.json", None);
+    assert_eq!(status, 200);
+    assert_eq!(body["keys"], serde_json::json!([]));
+    assert_eq!(admin(&tg, "GET", "/v1/nope", None).0, 404);
+}
