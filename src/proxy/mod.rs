@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::error::{Fault, ProxyError};
 use crate::intent::parse_intent;
@@ -103,7 +104,12 @@ pub async fn handle(
         conn.caller.spiffe_id().cloned(),
         request.method().as_str(),
     );
-    match stages(&proxy, &conn, request, &mut record).await {
+    // A span per request: every log line of this request names its decision.
+    let span = tracing::info_span!("request", decision_id = %record.decision_id);
+    let result = stages(&proxy, &conn, request, &mut record)
+        .instrument(span)
+        .await;
+    match result {
         Ok(mut response) => {
             let deadline = tokio::time::Instant::now()
                 + proxy

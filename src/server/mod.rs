@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::config::ListenerConfig;
 use crate::identity::Caller;
@@ -82,10 +83,20 @@ pub async fn accept_loop(server: Arc<ServerContext>, listener: BoundListener) {
         let server = server.clone();
         let listener = listener.clone();
         let name = name.clone();
-        lifecycle.spawn(async move {
-            let _permit = permit;
-            serve_agent_connection(server, listener, name, stream, peer).await;
-        });
+        // A span per connection: every log line of this connection names its listener, peer
+        // and caller.
+        let caller = server
+            .default_caller
+            .spiffe_id()
+            .map_or_else(|| "unauthenticated".to_string(), ToString::to_string);
+        let span = tracing::info_span!("connection", listener = %name, %peer, %caller);
+        lifecycle.spawn(
+            async move {
+                let _permit = permit;
+                serve_agent_connection(server, listener, name, stream, peer).await;
+            }
+            .instrument(span),
+        );
     }
 }
 
