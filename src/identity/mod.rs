@@ -5,6 +5,7 @@
 //! the configured `identity.workload_spiffe_id` or unauthenticated.
 
 mod spiffe_id;
+pub mod svid;
 
 pub use spiffe_id::{SpiffeId, SpiffeIdError};
 
