@@ -25,6 +25,10 @@
 //!    handshake's time and for client authentication (`expired`, `not_yet_valid`,
 //!    `bad_extended_key_usage`, `untrusted_chain`).
 //!
+//! A required verifier also refuses a client that sends no certificate (`no_certificate`, raised
+//! by rustls itself and recognised by [`rejection_of`]). Not enforced, like go-spiffe: keyUsage
+//! criticality, serverAuth in the EKU, and the SPIFFE IDs of signing certificates.
+//!
 //! The ID is checked before the chain so that a cross-domain forgery (a CA of `other.test`
 //! signing `spiffe://example.org/...`) is tried against `example.org`'s bundle and fails there.
 
@@ -218,6 +222,11 @@ pub enum SvidVerifierError {
         index: usize,
         reason: String,
     },
+    #[error("the trust bundle of {trust_domain} cannot be used: {reason}")]
+    UnusableBundle {
+        trust_domain: String,
+        reason: String,
+    },
 }
 
 /// A rustls client-certificate verifier that accepts only X.509-SVIDs, each checked against the
@@ -272,9 +281,8 @@ impl SpiffeClientVerifier {
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .clear_root_hint_subjects()
                     .build()
-                    .map_err(|e| SvidVerifierError::BadBundleCertificate {
+                    .map_err(|e| SvidVerifierError::UnusableBundle {
                         trust_domain: trust_domain.clone(),
-                        index: 1,
                         reason: e.to_string(),
                     })?;
             domains.insert(trust_domain.clone(), verifier);
