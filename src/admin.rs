@@ -49,6 +49,13 @@ pub trait Reload: Send + Sync {
     fn reload(&self) -> Result<String, String>;
 }
 
+/// mTLS on the admin listener: who may call it.
+pub struct AdminTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// SPIFFE IDs allowed to use the API (empty: any verified SVID).
+    pub allowed: Vec<crate::identity::SpiffeId>,
+}
+
 /// What the admin routes read and steer.
 pub struct AdminState {
     pub health: Arc<Health>,
@@ -235,20 +242,80 @@ async fn route(
     Ok(response)
 }
 
-/// Serves the admin API until the process stops.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+/// Answers every request of a caller that is not allowed.
+async fn refuse(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    drop(request);
+    Ok(error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this SPIFFE ID is not in admin.allowed_spiffe_ids",
+    ))
+}
+
+async fn serve_http<IO>(io: IO, state: Arc<AdminState>, allowed: bool)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    let io = TokioIo::new(io);
+    let _ = if allowed {
+        let service = hyper::service::service_fn(move |request| route(state.clone(), request));
+        builder.serve_connection(io, service).await
+    } else {
+        builder
+            .serve_connection(io, hyper::service::service_fn(refuse))
+            .await
+    };
+}
+
+/// Serves the admin API until the process stops; with `tls`, every caller must present an
+/// X.509-SVID (verified against `identity.trust_domains`) and, when an allow-list is set, be on it.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, tls: Option<Arc<AdminTls>>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| route(state.clone(), request));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let Some(tls) = tls else {
+                serve_http(stream, state, true).await;
+                return;
+            };
+            let accepted = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tls.acceptor.accept(stream),
+            )
+            .await;
+            let stream = match accepted {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    let reason = crate::identity::svid::rejection_of_io(&e)
+                        .map_or("tls_error", |r| r.reason().as_str());
+                    if reason != "tls_error" {
+                        state
+                            .metrics
+                            .identity_rejections
+                            .with_label_values(&[reason])
+                            .inc();
+                    }
+                    tracing::warn!(%peer, reason, "admin caller refused during the TLS handshake");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let caller = crate::identity::svid::peer_spiffe_id(stream.get_ref().1);
+            let allowed = match &caller {
+                Some(id) => tls.allowed.is_empty() || tls.allowed.contains(id),
+                None => false,
+            };
+            if !allowed {
+                tracing::warn!(%peer, caller = ?caller.as_ref().map(|id| id.as_str()), "admin caller not in admin.allowed_spiffe_ids");
+            }
+            serve_http(stream, state, allowed).await;
         });
     }
 }

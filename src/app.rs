@@ -92,6 +92,39 @@ pub fn state_dir() -> PathBuf {
     home.join(".local/state/tollgate")
 }
 
+/// Loads the trust bundle of every configured trust domain (also used by `tollgate check`).
+pub fn trust_bundles(config: &Config) -> Result<crate::identity::svid::TrustBundles, StartError> {
+    let mut bundles = crate::identity::svid::TrustBundles::new();
+    for (domain, path) in &config.identity.trust_domains {
+        let certs = crate::identity::svid::load_bundle(path).map_err(|e| {
+            StartError::Config(format!(
+                "{}: identity.trust_domains.{domain}.bundle: {e}",
+                config.origin
+            ))
+        })?;
+        bundles.insert(domain.clone(), certs);
+    }
+    Ok(bundles)
+}
+
+/// The SVID verifier for a listener's `client_auth` (none: no client certificates asked).
+pub fn client_verifier(
+    config: &Config,
+    bundles: &crate::identity::svid::TrustBundles,
+    mode: crate::config::ClientAuth,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, StartError> {
+    use crate::identity::svid::{ClientAuthMode, SpiffeClientVerifier};
+    let mode = match mode {
+        crate::config::ClientAuth::None => return Ok(None),
+        crate::config::ClientAuth::Optional => ClientAuthMode::Optional,
+        crate::config::ClientAuth::Required => ClientAuthMode::Required,
+    };
+    let verifier = SpiffeClientVerifier::new(bundles, mode).map_err(|e| {
+        StartError::Config(format!("{}: identity.trust_domains: {e}", config.origin))
+    })?;
+    Ok(Some(Arc::new(verifier)))
+}
+
 /// Loads the policy named by the configuration (also used by `tollgate check`).
 pub fn load_policy(config: &Config) -> Result<PolicyRevision, StartError> {
     PolicyRevision::load(&config.policy)
@@ -114,16 +147,20 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let decision_log = DecisionLog::start(&config.telemetry.decision_log)
         .map_err(|e| StartError::Runtime(format!("telemetry.decision_log: {e}")))?;
 
+    let bundles = trust_bundles(&config)?;
     let mut bound = Vec::new();
     for listener in &config.listeners {
+        let verifier = client_verifier(&config, &bundles, listener.client_auth)?;
         let tls = match &listener.tls {
             Some(paths) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::tls::listener_server_config(&paths.cert, &paths.key).map_err(|e| {
-                    StartError::Config(format!(
-                        "{}: listeners.{}.tls: {e}",
-                        config.origin, listener.name
-                    ))
-                })?,
+                crate::tls::listener_server_config(&paths.cert, &paths.key, verifier).map_err(
+                    |e| {
+                        StartError::Config(format!(
+                            "{}: listeners.{}.tls: {e}",
+                            config.origin, listener.name
+                        ))
+                    },
+                )?,
             )),
             None => None,
         };
@@ -235,6 +272,25 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         addresses.push(listener.local_addr);
         tokio::spawn(crate::server::accept_loop(server.clone(), listener));
     }
+    let admin_tls = match &config.admin.tls {
+        None => None,
+        Some(paths) => {
+            let verifier = client_verifier(&config, &bundles, crate::config::ClientAuth::Required)?;
+            let server = crate::tls::listener_server_config(&paths.cert, &paths.key, verifier)
+                .map_err(|e| StartError::Config(format!("{}: admin.tls: {e}", config.origin)))?;
+            let allowed: Vec<String> = config
+                .admin
+                .allowed_spiffe_ids
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            tracing::info!(address = %admin_addr, allowed_spiffe_ids = ?allowed, "admin API requires mTLS with an X.509-SVID");
+            Some(Arc::new(crate::admin::AdminTls {
+                acceptor: tokio_rustls::TlsAcceptor::from(server),
+                allowed: config.admin.allowed_spiffe_ids.clone(),
+            }))
+        }
+    };
     tokio::spawn(crate::admin::serve(
         admin,
         Arc::new(crate::admin::AdminState {
@@ -244,6 +300,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
             recent: decision_log_handle.recent.clone(),
             reloader: reloader.clone(),
         }),
+        admin_tls,
     ));
     tracing::info!(address = %admin_addr, "admin ready");
     health.set_ready(true);

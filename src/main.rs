@@ -206,7 +206,13 @@ fn check(path: &Path) -> Result<(), Failure> {
     }
     for listener in &config.listeners {
         if let Some(tls) = &listener.tls
-            && let Err(e) = tollgate::tls::listener_server_config(&tls.cert, &tls.key)
+            && let Err(e) = app::trust_bundles(&config)
+                .and_then(|bundles| app::client_verifier(&config, &bundles, listener.client_auth))
+                .map_err(|e| e.to_string())
+                .and_then(|verifier| {
+                    tollgate::tls::listener_server_config(&tls.cert, &tls.key, verifier)
+                        .map_err(|e| e.to_string())
+                })
         {
             problems.push(format!(
                 "{}: listeners.{}.tls: {e}",

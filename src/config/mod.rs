@@ -65,7 +65,17 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub mode: ListenerMode,
     pub tls: Option<KeyPairPaths>,
+    /// Whether agents must (or may) present an X.509-SVID on the listener's TLS.
+    pub client_auth: ClientAuth,
     pub intercept: bool,
+}
+
+/// `listeners[].tls.client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
 }
 
 /// A PEM certificate (chain) and its private key.
@@ -79,6 +89,10 @@ pub struct KeyPairPaths {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// TLS (with SVID client authentication) for a non-loopback admin address.
+    pub tls: Option<KeyPairPaths>,
+    /// Callers allowed on a non-loopback admin address.
+    pub allowed_spiffe_ids: Vec<SpiffeId>,
     /// Where kills are persisted so a restart keeps them; `None` keeps them in memory only.
     pub kill_file: Option<PathBuf>,
 }
@@ -88,6 +102,8 @@ pub struct AdminConfig {
 pub struct IdentityConfig {
     /// Identity assumed for callers without a client certificate.
     pub workload_spiffe_id: Option<SpiffeId>,
+    /// Trust bundle file of each trust domain, for SVID verification.
+    pub trust_domains: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Which policy engine evaluates decisions.
@@ -450,19 +466,65 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
     let admin_address = raw_admin.address.as_deref().unwrap_or(DEFAULT_ADMIN);
     let admin_address = parse_address(admin_address, "admin.address", problems)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
-    if !raw_admin.allowed_spiffe_ids.is_empty() {
-        problems.not_supported("admin.allowed_spiffe_ids");
-    }
-    if !admin_address.ip().is_loopback() {
-        problems.add(
-            "admin.address",
-            "a non-loopback admin address needs mTLS and admin.allowed_spiffe_ids, which are not supported yet",
-        );
-    }
+    let allowed_spiffe_ids: Vec<SpiffeId> = raw_admin
+        .allowed_spiffe_ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            SpiffeId::parse(text)
+                .map_err(|e| problems.add(format!("admin.allowed_spiffe_ids[{i}]"), e.to_string()))
+                .ok()
+        })
+        .collect();
+    let admin_tls = raw_admin.tls.as_ref().map(|pair| KeyPairPaths {
+        cert: require_file(base, &pair.cert, "admin.tls.cert", problems),
+        key: require_file(base, &pair.key, "admin.tls.key", problems),
+    });
 
     let raw_identity = sections.identity.unwrap_or_default();
-    if !raw_identity.trust_domains.is_empty() {
-        problems.not_supported("identity.trust_domains");
+    let mut trust_domains = std::collections::BTreeMap::new();
+    for (domain, trust) in &raw_identity.trust_domains {
+        let key = format!("identity.trust_domains.{domain}");
+        match SpiffeId::parse(&format!("spiffe://{domain}")) {
+            Ok(id) if id.path().is_empty() => {
+                trust_domains.insert(
+                    domain.clone(),
+                    require_file(base, &trust.bundle, &format!("{key}.bundle"), problems),
+                );
+            }
+            _ => problems.add(
+                key,
+                "is not a valid trust domain (lower-case letters, digits, '.', '-', '_')",
+            ),
+        }
+    }
+    if admin_tls.is_some() && trust_domains.is_empty() {
+        problems.add(
+            "admin.tls",
+            "admin mTLS verifies callers against identity.trust_domains, which is empty",
+        );
+    }
+    if !admin_address.ip().is_loopback() {
+        // Beyond loopback the admin API steers the proxy for anyone who can reach it: it
+        // needs mTLS and a list of who may use it.
+        if admin_tls.is_none() {
+            problems.add(
+                "admin.tls",
+                "a non-loopback admin.address needs admin.tls (cert and key) for mTLS",
+            );
+        }
+        if allowed_spiffe_ids.is_empty() {
+            problems.add(
+                "admin.allowed_spiffe_ids",
+                "a non-loopback admin.address needs at least one allowed SPIFFE ID",
+            );
+        }
+        if trust_domains.is_empty() {
+            problems.add(
+                "identity.trust_domains",
+                "a non-loopback admin.address needs trust bundles to verify callers",
+            );
+        }
     }
     if raw_identity.workload_api.is_some() {
         problems.not_supported("identity.workload_api");
@@ -472,6 +534,15 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
             .map_err(|e| problems.add("identity.workload_spiffe_id", e.to_string()))
             .ok()
     });
+
+    for (i, listener) in listeners.iter().enumerate() {
+        if listener.client_auth != ClientAuth::None && trust_domains.is_empty() {
+            problems.add(
+                format!("listeners[{i}].tls.client_auth"),
+                "client certificates are verified against identity.trust_domains, which is empty",
+            );
+        }
+    }
 
     let intercept_ca = sections.intercept_ca.map(|pair| KeyPairPaths {
         cert: require_file(base, &pair.cert, "intercept_ca.cert", problems),
@@ -580,9 +651,14 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
         listeners,
         admin: AdminConfig {
             address: admin_address,
+            tls: admin_tls,
+            allowed_spiffe_ids,
             kill_file: raw_admin.kill_file.as_deref().map(|p| resolve(base, p)),
         },
-        identity: IdentityConfig { workload_spiffe_id },
+        identity: IdentityConfig {
+            workload_spiffe_id,
+            trust_domains,
+        },
         intercept_ca,
         policy,
         upstream,
@@ -637,17 +713,20 @@ fn validate_listeners(
                 ListenerMode::Forward
             }
         };
+        let mut client_auth = ClientAuth::None;
         let tls = listener.tls.map(|tls| {
-            match tls.client_auth.as_deref() {
-                None | Some("none") => {}
-                Some("required") | Some("optional") => {
-                    problems.not_supported(format!("{key}.tls.client_auth"));
+            client_auth = match tls.client_auth.as_deref() {
+                None | Some("none") => ClientAuth::None,
+                Some("required") => ClientAuth::Required,
+                Some("optional") => ClientAuth::Optional,
+                Some(other) => {
+                    problems.add(
+                        format!("{key}.tls.client_auth"),
+                        format!("`{other}` is not one of required, optional, none"),
+                    );
+                    ClientAuth::None
                 }
-                Some(other) => problems.add(
-                    format!("{key}.tls.client_auth"),
-                    format!("`{other}` is not one of required, optional, none"),
-                ),
-            }
+            };
             KeyPairPaths {
                 cert: require_file(base, &tls.cert, &format!("{key}.tls.cert"), problems),
                 key: require_file(base, &tls.key, &format!("{key}.tls.key"), problems),
@@ -659,6 +738,7 @@ fn validate_listeners(
                 address,
                 mode,
                 tls,
+                client_auth,
                 intercept: listener.intercept.unwrap_or(true),
             });
         }

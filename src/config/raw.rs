@@ -42,6 +42,9 @@ pub struct RawAdmin {
     pub kill_file: Option<PathBuf>,
     #[serde(default)]
     pub allowed_spiffe_ids: Vec<String>,
+    /// Extension to SPEC §2: the admin listener's own certificate when it is not on loopback.
+    #[serde(default)]
+    pub tls: Option<RawKeyPair>,
 }
 
 /// `identity`.

@@ -1,8 +1,8 @@
 //! Workload identity: SPIFFE IDs and who the caller of a request is.
 //!
-//! This module owns the *representation* of an identity. Establishing it from a TLS peer
-//! certificate (SVID verification) builds on it in a later release; today a caller is either
-//! the configured `identity.workload_spiffe_id` or unauthenticated.
+//! This module owns the representation of an identity ([`SpiffeId`], [`Caller`]) and its
+//! verification from a TLS peer certificate ([`svid`]). A caller is the verified X.509-SVID,
+//! else the configured `identity.workload_spiffe_id`, else unauthenticated.
 
 mod spiffe_id;
 pub mod svid;

@@ -109,18 +109,44 @@ async fn serve_agent_connection(
 ) {
     let proxy = server.proxy.clone();
     let _open = proxy.metrics.connection_opened(&name);
-    let conn = ConnCtx::new(
-        name.clone(),
-        listener.config.intercept,
-        peer,
-        server.default_caller.clone(),
-    );
+    let default_caller = server.default_caller.clone();
     match &listener.tls {
-        None => serve_http1(proxy, conn, stream).await,
+        None => {
+            let conn = ConnCtx::new(
+                name.clone(),
+                listener.config.intercept,
+                peer,
+                default_caller,
+            );
+            serve_http1(proxy, conn, stream).await;
+        }
         Some(acceptor) => {
             match tokio::time::timeout(proxy.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http1(proxy, conn, tls).await,
+                Ok(Ok(tls)) => {
+                    // A verified SVID names the caller; without one (client_auth: optional or
+                    // none) the configured workload identity does. Never a header.
+                    let caller = crate::identity::svid::peer_spiffe_id(tls.get_ref().1)
+                        .map_or(default_caller, Caller::Authenticated);
+                    if let Some(id) = caller.spiffe_id() {
+                        tracing::Span::current().record("caller", id.as_str());
+                    }
+                    let conn = ConnCtx::new(name.clone(), listener.config.intercept, peer, caller);
+                    serve_http1(proxy, conn, tls).await;
+                }
                 Ok(Err(e)) => {
+                    if let Some(rejection) = crate::identity::svid::rejection_of_io(&e) {
+                        proxy
+                            .metrics
+                            .identity_rejections
+                            .with_label_values(&[rejection.reason().as_str()])
+                            .inc();
+                        tracing::warn!(
+                            listener = %name,
+                            %peer,
+                            reason = rejection.reason().as_str(),
+                            "{rejection}"
+                        );
+                    }
                     proxy.metrics.agent_tls_error();
                     tracing::info!(listener = %name, %peer, error = %e, "TLS handshake with agent failed");
                 }

@@ -68,24 +68,31 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
 }
 
 /// Server config for a TLS listener ("HTTPS proxy"): the agent speaks HTTP/1.1 to the proxy.
+/// With a `client_verifier`, agents authenticate with X.509-SVIDs.
 pub fn listener_server_config(
     cert: &Path,
     key: &Path,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsFileError::Invalid {
             path: cert.to_path_buf(),
             message: e.to_string(),
-        })?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| TlsFileError::Invalid {
-            path: key.to_path_buf(),
-            message: format!("certificate and key do not form a usable pair: {e}"),
         })?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config =
+        builder
+            .with_single_cert(chain, key_der)
+            .map_err(|e| TlsFileError::Invalid {
+                path: key.to_path_buf(),
+                message: format!("certificate and key do not form a usable pair: {e}"),
+            })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

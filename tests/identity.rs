@@ -1,0 +1,262 @@
+//! Who is calling: X.509-SVIDs on a TLS listener (`client_auth: required` and `optional`),
+//! verified against `identity.trust_domains`, decide the caller the policy and the decision log
+//! see — never a header. The admin API bound beyond loopback requires mTLS and an allowed ID.
+//! SVIDs come from `tollgate certs` and from openssl (tests/svid_corpus.rs has the full
+//! bad-certificate corpus).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const AGENT: &str = "spiffe://tollgate.local/test/agent";
+const OTHER: &str = "spiffe://tollgate.local/test/other";
+
+struct Pkis {
+    dir: tempfile::TempDir,
+    listener: Pki,
+}
+
+impl Pkis {
+    fn new() -> Pkis {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Tollgate::run_cli(&[
+            "certs",
+            "init",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--trust-domain",
+            "tollgate.local",
+        ]);
+        assert!(out.status.success());
+        for (id, name) in [(AGENT, "agent"), (OTHER, "other")] {
+            let out = Tollgate::run_cli(&[
+                "certs",
+                "issue",
+                "--dir",
+                dir.path().to_str().unwrap(),
+                "--spiffe-id",
+                id,
+                "--name",
+                name,
+            ]);
+            assert!(out.status.success());
+        }
+        Pkis {
+            dir,
+            listener: Pki::new(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn bundle(&self) -> PathBuf {
+        self.path("tollgate.local.bundle.pem")
+    }
+}
+
+fn start(pkis: &Pkis, client_auth: &str, extra: &str) -> Tollgate {
+    let root = repo_root();
+    let leaf = pkis.listener.issue_leaf("proxy", &["IP:127.0.0.1"]);
+    Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0', tls: {{cert: '{}', key: '{}', client_auth: {client_auth}}}}}]\n\
+         identity: {{trust_domains: {{tollgate.local: {{bundle: '{}'}}}}}}\n\
+         policy: {{path: '{}', data: '{}'}}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n{extra}",
+        leaf.cert.display(),
+        leaf.key.display(),
+        pkis.bundle().display(),
+        root.join("policy-wasm").display(),
+        root.join("tests/fixtures/policy-data.json").display(),
+    ))
+}
+
+fn via(
+    tg: &Tollgate,
+    pkis: &Pkis,
+    cert: Option<(&Path, &Path)>,
+    url: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<String> = [
+        "-s",
+        "--max-time",
+        "20",
+        "-x",
+        &tg.proxy_url(),
+        "--proxy-cacert",
+        pkis.listener.ca_cert().to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some((c, k)) = cert {
+        args.extend([
+            "--proxy-cert".into(),
+            c.display().to_string(),
+            "--proxy-key".into(),
+            k.display().to_string(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(url.to_string());
+    curl(&args)
+}
+
+#[test]
+fn takes_the_caller_from_the_verified_svid_not_from_headers() {
+    let pkis = Pkis::new();
+    let tg = start(&pkis, "required", "");
+    let origin = PyOrigin::start(None);
+    let url = origin.url("/echo");
+    let agent = (pkis.path("agent.pem"), pkis.path("agent-key.pem"));
+    let out = via(
+        &tg,
+        &pkis,
+        Some((&agent.0, &agent.1)),
+        &url,
+        &["-H", "X-Spiffe-Id: spiffe://tollgate.local/test/other"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let echoed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(echoed["headers"]["x-policy-header"], "set-by-policy");
+    let d = tg.wait_decision(|d| d["request"]["path"] == "/echo", WAIT);
+    assert_eq!(
+        d["source"]["spiffe_id"], AGENT,
+        "the SVID decides, not the header"
+    );
+
+    // Another valid SVID of the trust domain is a different caller: the policy does not know it.
+    let other = (pkis.path("other.pem"), pkis.path("other-key.pem"));
+    let out = via(&tg, &pkis, Some((&other.0, &other.1)), &url, &[]);
+    let body: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(body["reason"], "unknown_agent", "{body}");
+}
+
+#[test]
+fn refuses_agents_without_a_trusted_svid_when_required_and_counts_why() {
+    let pkis = Pkis::new();
+    let tg = start(&pkis, "required", "");
+    let origin = PyOrigin::start(None);
+    let url = origin.url("/echo");
+    // No certificate at all.
+    let out = via(&tg, &pkis, None, &url, &[]);
+    assert!(!out.status.success());
+    // A certificate from a CA nobody configured (made with openssl).
+    let rogue_ca = Pki::new();
+    let rogue = rogue_ca.issue_leaf("rogue", &["URI:spiffe://tollgate.local/test/agent"]);
+    let out = via(&tg, &pkis, Some((&rogue.cert, &rogue.key)), &url, &[]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tg.wait_log(|l| l["reason"] == "untrusted_chain", WAIT);
+    let metrics =
+        String::from_utf8_lossy(&curl(&["-s", &tg.admin_url("/metrics")]).stdout).into_owned();
+    assert!(
+        metrics.contains("tollgate_identity_rejections_total{reason=\"untrusted_chain\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_identity_rejections_total{reason=\"no_certificate\"} 1"),
+        "{metrics}"
+    );
+    // The proxy keeps serving a valid caller.
+    let agent = (pkis.path("agent.pem"), pkis.path("agent-key.pem"));
+    assert!(
+        via(&tg, &pkis, Some((&agent.0, &agent.1)), &url, &[])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn falls_back_to_the_workload_identity_when_the_svid_is_optional() {
+    let pkis = Pkis::new();
+    let tg = start(&pkis, "optional", "");
+    let origin = PyOrigin::start(None);
+    let out = via(&tg, &pkis, None, &origin.url("/echo"), &[]);
+    let body: Value = serde_json::from_slice(&out.stdout).expect("json");
+    // No SVID and no workload_spiffe_id: unauthenticated.
+    assert_eq!(body["reason"], "unauthenticated", "{body}");
+    let d = tg.wait_decision(|d| d["request"]["path"] == "/echo", WAIT);
+    assert_eq!(d["source"]["spiffe_id"], Value::Null);
+}
+
+#[test]
+fn the_admin_api_beyond_loopback_requires_an_allowed_svid() {
+    let pkis = Pkis::new();
+    let admin_leaf = pkis.listener.issue_leaf("admin", &["IP:127.0.0.1"]);
+    let port = free_port();
+    let root = repo_root();
+    let tg = Tollgate::builder()
+        .config(format!(
+            "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+             admin: {{address: '0.0.0.0:{port}', tls: {{cert: '{}', key: '{}'}}, allowed_spiffe_ids: ['{AGENT}']}}\n\
+             identity: {{trust_domains: {{tollgate.local: {{bundle: '{}'}}}}}}\n\
+             policy: {{path: '{}'}}\n",
+            admin_leaf.cert.display(),
+            admin_leaf.key.display(),
+            pkis.bundle().display(),
+            root.join("policy-wasm").display(),
+        ))
+        .config_as_is()
+        .start();
+    tg.wait_log(
+        |l| l["message"] == "admin API requires mTLS with an X.509-SVID",
+        WAIT,
+    );
+    let url = format!("https://127.0.0.1:{port}/v1/kill");
+    let ca = pkis.listener.ca_cert();
+    let admin = |cert: Option<&str>| {
+        let mut args = vec![
+            "-s".to_string(),
+            "--max-time".into(),
+            "10".into(),
+            "--cacert".into(),
+            ca.display().to_string(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "-o".into(),
+            "/dev/null".into(),
+        ];
+        if let Some(name) = cert {
+            args.extend([
+                "--cert".into(),
+                pkis.path(&format!("{name}.pem")).display().to_string(),
+                "--key".into(),
+                pkis.path(&format!("{name}-key.pem")).display().to_string(),
+            ]);
+        }
+        args.push(url.clone());
+        let out = curl(&args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(admin(Some("agent")), "200", "allowed SVID");
+    assert_eq!(admin(Some("other")), "403", "trusted but not allowed");
+    assert_eq!(admin(None), "000", "no certificate: the handshake fails");
+    // Without mTLS configuration, a non-loopback admin address is a configuration error.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(
+        &file,
+        "listeners: [{name: a, address: '127.0.0.1:0'}]\nadmin: {address: '0.0.0.0:15999'}\n",
+    )
+    .unwrap();
+    let out = Tollgate::run_cli(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("admin.tls") && stderr.contains("admin.allowed_spiffe_ids"),
+        "{stderr}"
+    );
+}
