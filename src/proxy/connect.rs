@@ -50,27 +50,32 @@ pub async fn handle_connect(
             }
             let tasks = proxy.lifecycle.clone();
             let proxy = proxy.clone();
-            tasks.spawn(async move {
-                match hyper::upgrade::on(request).await {
-                    Ok(upgraded) => match mode {
-                        ConnectionMode::Tunnel => {
-                            tunnel(
-                                &proxy,
-                                &conn,
-                                task.as_deref(),
-                                upgraded,
-                                &ips,
-                                authority.port,
-                            )
-                            .await;
-                        }
-                        ConnectionMode::Intercept => {
-                            intercept(proxy, conn, upgraded, authority, ips).await;
-                        }
-                    },
-                    Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-                }
-            });
+            // The tunnel keeps the connection's span (listener, peer, caller) for its logs.
+            let span = tracing::Span::current();
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    match hyper::upgrade::on(request).await {
+                        Ok(upgraded) => match mode {
+                            ConnectionMode::Tunnel => {
+                                tunnel(
+                                    &proxy,
+                                    &conn,
+                                    task.as_deref(),
+                                    upgraded,
+                                    &ips,
+                                    authority.port,
+                                )
+                                .await;
+                            }
+                            ConnectionMode::Intercept => {
+                                intercept(proxy, conn, upgraded, authority, ips).await;
+                            }
+                        },
+                        Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                    }
+                },
+                span,
+            ));
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = StatusCode::OK;
             if let Ok(id) = HeaderValue::from_str(&decision_id) {

@@ -2,11 +2,12 @@
 //!
 //! Every time series the request path touches is created up front — per listener, per
 //! decision, per closed reason — and kept in maps that are never written after start-up, so
-//! recording is a lookup plus an atomic add: no lock on the request path. (The prometheus
-//! crate's `*Vec::with_label_values` takes a read lock per call; it is used only for series
-//! whose labels cannot be known in advance — destination hosts when
-//! `telemetry.metrics_label_destination` is on, credential names — and for rare events.)
+//! recording is a lookup plus an atomic add: no lock on the request path. Series whose labels
+//! cannot be known in advance (destination hosts, with `telemetry.metrics_label_destination`
+//! on) are made once through the prometheus crate's label lookup, which takes a read lock, and
+//! then kept in a per-thread cache of counter handles, so a request takes no lock either.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use prometheus::{
@@ -61,6 +62,16 @@ const UPSTREAM_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
+/// Per-thread handles of destination-labelled counters (bounded; a miss falls back to the
+/// registry's label lookup).
+type DestinationKey = (u64, String, &'static str, &'static str, String);
+static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+const DESTINATION_CACHE_LIMIT: usize = 4096;
+
+thread_local! {
+    static DESTINATION_COUNTERS: RefCell<HashMap<DestinationKey, IntCounter>> = RefCell::new(HashMap::new());
+}
+
 /// How a request ended, for `tollgate_requests_total{decision}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -85,6 +96,8 @@ struct ListenerSeries {
 
 /// The metrics registry and the handles the request path records into.
 pub struct Metrics {
+    /// Tells this registry's cached handles from another's (tests build several).
+    id: u64,
     registry: Registry,
     listeners: HashMap<String, ListenerSeries>,
     /// Set when requests carry a `destination` label (then looked up per request).
@@ -255,6 +268,7 @@ impl Metrics {
             listeners.insert(name.clone(), series);
         }
         Ok(Metrics {
+            id: NEXT_METRICS_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             registry,
             listeners,
             by_destination: label_destination.then_some(requests),
@@ -301,8 +315,25 @@ impl Metrics {
                 Outcome::Deny => "",
                 Outcome::Allow | Outcome::Error => destination.unwrap_or(""),
             };
-            vec.with_label_values(&[listener, decision, label, destination])
-                .inc();
+            let key = (
+                self.id,
+                listener.to_string(),
+                decision,
+                label,
+                destination.to_string(),
+            );
+            DESTINATION_COUNTERS.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                if let Some(counter) = cache.get(&key) {
+                    counter.inc();
+                    return;
+                }
+                let counter = vec.with_label_values(&[listener, decision, label, destination]);
+                counter.inc();
+                if cache.len() < DESTINATION_CACHE_LIMIT {
+                    cache.insert(key, counter);
+                }
+            });
             return;
         }
         let Some(requests) = &series.requests else {
