@@ -51,7 +51,8 @@ pub trait Reload: Send + Sync {
 
 /// mTLS on the admin listener: who may call it.
 pub struct AdminTls {
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Swapped when trust bundles rotate.
+    pub config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     /// SPIFFE IDs allowed to use the API (empty: any verified SVID).
     pub allowed: Vec<crate::identity::SpiffeId>,
 }
@@ -287,7 +288,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, tls: Option<Ar
             };
             let accepted = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
-                tls.acceptor.accept(stream),
+                tokio_rustls::TlsAcceptor::from(tls.config.load_full()).accept(stream),
             )
             .await;
             let stream = match accepted {

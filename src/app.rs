@@ -92,6 +92,65 @@ pub fn state_dir() -> PathBuf {
     home.join(".local/state/tollgate")
 }
 
+/// A TLS config that verifies SVIDs and must be rebuilt when trust bundles rotate.
+struct Rotating {
+    cert: PathBuf,
+    key: PathBuf,
+    mode: crate::config::ClientAuth,
+    config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+}
+
+/// Polls the trust-bundle files; on a change rebuilds every SVID-verifying TLS config for new
+/// handshakes. A broken bundle keeps the last good configs and is reported.
+async fn watch_bundles(
+    mut files: crate::identity::bundles::BundleFiles,
+    rotating: Vec<Rotating>,
+    origin: String,
+) {
+    let mut tick = tokio::time::interval(crate::identity::bundles::POLL_INTERVAL);
+    loop {
+        tick.tick().await;
+        let bundles = match files.poll() {
+            None => continue,
+            Some(Err(why)) => {
+                tracing::error!(error = %why, "trust bundle reload failed; the last good bundles stay in force");
+                continue;
+            }
+            Some(Ok(bundles)) => bundles,
+        };
+        let mut rebuilt = 0;
+        for target in &rotating {
+            let mode = match target.mode {
+                crate::config::ClientAuth::Optional => {
+                    crate::identity::svid::ClientAuthMode::Optional
+                }
+                _ => crate::identity::svid::ClientAuthMode::Required,
+            };
+            let built = crate::identity::svid::SpiffeClientVerifier::new(&bundles, mode)
+                .map_err(|e| e.to_string())
+                .and_then(|verifier| {
+                    crate::tls::listener_server_config(
+                        &target.cert,
+                        &target.key,
+                        Some(Arc::new(verifier)),
+                    )
+                    .map_err(|e| e.to_string())
+                });
+            match built {
+                Ok(server) => {
+                    target.config.store(server);
+                    rebuilt += 1;
+                }
+                Err(why) => {
+                    tracing::error!(error = %why, "{origin}: cannot rebuild a TLS config with the new trust bundles; keeping the last good one")
+                }
+            }
+        }
+        let domains: Vec<&String> = bundles.keys().collect();
+        tracing::info!(trust_domains = ?domains, tls_configs = rebuilt, "trust bundles reloaded");
+    }
+}
+
 /// Loads the trust bundle of every configured trust domain (also used by `tollgate check`).
 pub fn trust_bundles(config: &Config) -> Result<crate::identity::svid::TrustBundles, StartError> {
     let mut bundles = crate::identity::svid::TrustBundles::new();
@@ -148,20 +207,30 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         .map_err(|e| StartError::Runtime(format!("telemetry.decision_log: {e}")))?;
 
     let bundles = trust_bundles(&config)?;
+    let mut rotating: Vec<Rotating> = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
         let verifier = client_verifier(&config, &bundles, listener.client_auth)?;
         let tls = match &listener.tls {
-            Some(paths) => Some(tokio_rustls::TlsAcceptor::from(
-                crate::tls::listener_server_config(&paths.cert, &paths.key, verifier).map_err(
-                    |e| {
+            Some(paths) => {
+                let server = crate::tls::listener_server_config(&paths.cert, &paths.key, verifier)
+                    .map_err(|e| {
                         StartError::Config(format!(
                             "{}: listeners.{}.tls: {e}",
                             config.origin, listener.name
                         ))
-                    },
-                )?,
-            )),
+                    })?;
+                let swappable = Arc::new(arc_swap::ArcSwap::new(server));
+                if listener.client_auth != crate::config::ClientAuth::None {
+                    rotating.push(Rotating {
+                        cert: paths.cert.clone(),
+                        key: paths.key.clone(),
+                        mode: listener.client_auth,
+                        config: swappable.clone(),
+                    });
+                }
+                Some(swappable)
+            }
             None => None,
         };
         let tcp = TcpListener::bind(listener.address).await.map_err(|e| {
@@ -285,12 +354,24 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
                 .map(ToString::to_string)
                 .collect();
             tracing::info!(address = %admin_addr, allowed_spiffe_ids = ?allowed, "admin API requires mTLS with an X.509-SVID");
+            let swappable = Arc::new(arc_swap::ArcSwap::new(server));
+            rotating.push(Rotating {
+                cert: paths.cert.clone(),
+                key: paths.key.clone(),
+                mode: crate::config::ClientAuth::Required,
+                config: swappable.clone(),
+            });
             Some(Arc::new(crate::admin::AdminTls {
-                acceptor: tokio_rustls::TlsAcceptor::from(server),
+                config: swappable,
                 allowed: config.admin.allowed_spiffe_ids.clone(),
             }))
         }
     };
+    if !rotating.is_empty() {
+        let files =
+            crate::identity::bundles::BundleFiles::new(config.identity.trust_domains.clone());
+        tokio::spawn(watch_bundles(files, rotating, config.origin.clone()));
+    }
     tokio::spawn(crate::admin::serve(
         admin,
         Arc::new(crate::admin::AdminState {

@@ -260,3 +260,105 @@ fn the_admin_api_beyond_loopback_requires_an_allowed_svid() {
         "{stderr}"
     );
 }
+
+/// Keeps one TLS connection (with a client SVID) to the proxy open and sends an absolute-form
+/// GET each time a line arrives on stdin, printing the status.
+const KEEP_ALIVE_AGENT: &str = r#"
+import socket, ssl, sys
+proxy_port, ca, cert, key, url = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(proxy_port))), server_hostname="127.0.0.1")
+reader = sock.makefile("rb")
+for _ in sys.stdin:
+    sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    status = reader.readline().split()[1].decode()
+    length = 0
+    while True:
+        line = reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    reader.read(length)
+    print(status, flush=True)
+"#;
+
+#[test]
+fn rotates_the_trust_bundle_without_a_restart_or_a_lost_connection() {
+    use std::io::{BufRead, BufReader, Write};
+    let ca1 = Pkis::new();
+    let ca2 = Pkis::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::copy(ca1.bundle(), &bundle).unwrap();
+    let root = repo_root();
+    let leaf = ca1.listener.issue_leaf("proxy", &["IP:127.0.0.1"]);
+    let tg = Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0', tls: {{cert: '{}', key: '{}', client_auth: required}}}}]\n\
+         identity: {{trust_domains: {{tollgate.local: {{bundle: '{}'}}}}}}\n\
+         policy: {{path: '{}', data: '{}'}}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n",
+        leaf.cert.display(),
+        leaf.key.display(),
+        bundle.display(),
+        root.join("policy-wasm").display(),
+        root.join("tests/fixtures/policy-data.json").display(),
+    ));
+    let origin = PyOrigin::start(None);
+    let url = origin.url("/echo");
+    let svid = |pkis: &Pkis| (pkis.path("agent.pem"), pkis.path("agent-key.pem"));
+    let works = |pkis: &Pkis| {
+        let (c, k) = svid(pkis);
+        via(&tg, &ca1, Some((&c, &k)), &url, &[]).status.success()
+    };
+    assert!(works(&ca1));
+    assert!(!works(&ca2));
+
+    // A keep-alive connection authenticated with the CA1 SVID, open across the rotation.
+    let (c1, k1) = svid(&ca1);
+    let port = tg.proxy_addr("agents").port().to_string();
+    let mut child = command(python())
+        .args([
+            "-c",
+            KEEP_ALIVE_AGENT,
+            &port,
+            ca1.listener.ca_cert().to_str().unwrap(),
+            c1.to_str().unwrap(),
+            k1.to_str().unwrap(),
+            &url,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _guard = ChildGuard::new(child);
+    writeln!(stdin).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "200");
+
+    // Rotate: CA2 replaces CA1 (atomically, as a secret mount would).
+    let staged = dir.path().join("bundle.pem.new");
+    std::fs::copy(ca2.bundle(), &staged).unwrap();
+    std::fs::rename(&staged, &bundle).unwrap();
+    tg.wait_log(|l| l["message"] == "trust bundles reloaded", WAIT);
+    assert!(works(&ca2), "the new CA is accepted");
+    assert!(!works(&ca1), "the removed CA is refused on new handshakes");
+    writeln!(stdin).unwrap();
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "200",
+        "the connection opened before the rotation goes on"
+    );
+
+    // A broken bundle keeps the last good one.
+    std::fs::write(&bundle, "not a certificate").unwrap();
+    tg.wait_log(
+        |l| l["message"] == "trust bundle reload failed; the last good bundles stay in force",
+        WAIT,
+    );
+    assert!(works(&ca2));
+    assert!(tg.is_running());
+}

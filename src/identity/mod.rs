@@ -4,6 +4,7 @@
 //! verification from a TLS peer certificate ([`svid`]). A caller is the verified X.509-SVID,
 //! else the configured `identity.workload_spiffe_id`, else unauthenticated.
 
+pub mod bundles;
 mod spiffe_id;
 pub mod svid;
 

@@ -30,7 +30,8 @@ use framing::FramingGuard;
 pub struct BoundListener {
     pub config: ListenerConfig,
     pub tcp: TcpListener,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The listener's TLS config; swapped when trust bundles rotate (new handshakes only).
+    pub tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     pub local_addr: SocketAddr,
 }
 
@@ -120,7 +121,8 @@ async fn serve_agent_connection(
             );
             serve_http1(proxy, conn, stream).await;
         }
-        Some(acceptor) => {
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
             match tokio::time::timeout(proxy.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     // A verified SVID names the caller; without one (client_auth: optional or
