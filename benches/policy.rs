@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
         engine: EngineKind::Rego,
         entrypoint: "tollgate/decision".into(),
         dry_run: false,
+        watch: false,
     })
     .expect("bundled policy loads");
     let headers = headers();

@@ -92,6 +92,61 @@ pub fn state_dir() -> PathBuf {
     home.join(".local/state/tollgate")
 }
 
+/// The files a policy revision is made of, with size and modification time.
+fn policy_stamps(
+    policy: &crate::config::PolicyConfig,
+) -> Vec<(PathBuf, Option<(u64, std::time::SystemTime)>)> {
+    fn walk(path: &std::path::Path, out: &mut Vec<PathBuf>) {
+        if path.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(path) {
+                for entry in entries.flatten() {
+                    walk(&entry.path(), out);
+                }
+            }
+        } else {
+            out.push(path.to_path_buf());
+        }
+    }
+    let mut files = Vec::new();
+    if let crate::config::PolicySource::Path(path) = &policy.source {
+        walk(path, &mut files);
+    }
+    if let crate::config::DataSource::File(path) = &policy.data {
+        files.push(path.clone());
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let stamp = std::fs::metadata(&file)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (file, stamp)
+        })
+        .collect()
+}
+
+/// `policy.watch`: polls the policy folder and data file; any change (a file edited, added or
+/// removed) reloads like `POST /v1/reload`. A broken update keeps the running revision.
+async fn watch_policy(
+    policy: crate::config::PolicyConfig,
+    reloader: Arc<dyn crate::admin::Reload>,
+) {
+    let mut last = policy_stamps(&policy);
+    let mut tick = tokio::time::interval(crate::identity::bundles::POLL_INTERVAL);
+    loop {
+        tick.tick().await;
+        let now = policy_stamps(&policy);
+        if now == last {
+            continue;
+        }
+        last = now;
+        tracing::info!("policy files changed: reloading");
+        let reloader = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+    }
+}
+
 /// A TLS config that verifies SVIDs and must be rebuilt when trust bundles rotate.
 struct Rotating {
     cert: PathBuf,
@@ -295,6 +350,9 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         config_path: options.config_path.clone(),
         proxy: proxy.clone(),
     });
+    if config.policy.watch {
+        tokio::spawn(watch_policy(config.policy.clone(), reloader.clone()));
+    }
     let default_caller = config
         .identity
         .workload_spiffe_id

@@ -419,3 +419,69 @@ fn lists_recent_decisions_newest_first_and_answers_tasks_and_jwks() {
     assert_eq!(body["keys"], serde_json::json!([]));
     assert_eq!(admin(&tg, "GET", "/v1/nope", None).0, 404);
 }
+
+#[test]
+fn reloads_on_policy_and_data_file_changes_when_watching() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(
+        policy.join("p.rego"),
+        "package tollgate\ndecision := {\"allow\": true, \"reason\": data.label}\n",
+    )
+    .unwrap();
+    std::fs::write(policy.join("data.json"), r#"{"label": "d1"}"#).unwrap();
+    let tg = Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+         identity: {{workload_spiffe_id: '{CALLER}'}}\n\
+         policy: {{path: '{}', watch: true}}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n",
+        policy.display()
+    ));
+    let origin = PyOrigin::start(None);
+    let reason = || {
+        let r = python_agent(&AgentRequest::get(origin.url("/echo")).proxy(tg.proxy_url()));
+        let id = r.header("x-tollgate-decision-id").unwrap().to_string();
+        tg.wait_decision(|d| d["decision_id"] == id, WAIT)["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(reason(), "d1");
+    let reloaded = |count: usize| {
+        let deadline = std::time::Instant::now() + WAIT;
+        while tg
+            .logs()
+            .iter()
+            .filter(|l| l["message"] == "reloaded: policy revision in force")
+            .count()
+            < count
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload #{count}:\n{}",
+                tg.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A data-only change.
+    std::fs::write(policy.join("data.json"), r#"{"label": "d2"}"#).unwrap();
+    reloaded(1);
+    assert_eq!(reason(), "d2");
+    // A broken policy keeps the running revision.
+    std::fs::write(policy.join("p.rego"), "package tollgate\ndecision := {\n").unwrap();
+    tg.wait_log(
+        |l| l["message"] == "reload failed; the running configuration and policy stay in force",
+        WAIT,
+    );
+    assert_eq!(reason(), "d2");
+    // Fixed again.
+    std::fs::write(
+        policy.join("p.rego"),
+        "package tollgate\ndecision := {\"allow\": true, \"reason\": \"fixed\"}\n",
+    )
+    .unwrap();
+    reloaded(2);
+    assert_eq!(reason(), "fixed");
+}

@@ -151,6 +151,8 @@ pub struct PolicyConfig {
     /// Rule path such as `tollgate/decision`.
     pub entrypoint: String,
     pub dry_run: bool,
+    /// Reload when the policy or data files change.
+    pub watch: bool,
 }
 
 /// `upstream`.
@@ -761,9 +763,6 @@ fn validate_policy(raw: raw::RawPolicy, base: &Path, problems: &mut Problems) ->
             EngineKind::Rego
         }
     };
-    if raw.watch == Some(true) {
-        problems.not_supported("policy.watch");
-    }
     let source = match raw.path {
         None => PolicySource::Bundled,
         Some(path) => {
@@ -804,6 +803,7 @@ fn validate_policy(raw: raw::RawPolicy, base: &Path, problems: &mut Problems) ->
         engine,
         entrypoint,
         dry_run: raw.dry_run.unwrap_or(false),
+        watch: raw.watch.unwrap_or(false),
     }
 }
 
