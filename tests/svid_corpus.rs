@@ -16,12 +16,15 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use support::{Pki, command, python, require_tool, run_with_timeout};
+use support::{
+    Pki, PyOrigin, Tollgate, command, python, repo_root, require_tool, run_with_timeout,
+};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -799,6 +802,386 @@ async fn assert_verdict(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The real binary: `tollgate run` with a `client_auth: required` TLS listener
+// ---------------------------------------------------------------------------------------------
+
+/// The valid SVID used to show the proxy keeps serving.
+const VALID: &str = "valid-direct";
+const VALID_ID: &str = "spiffe://example.org/ns/agents/sa/triage";
+
+/// How long to wait for a decision-log line or a metric to show up.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The response header that carries the decision ID back to the agent.
+const DECISION_ID: &str = "x-tollgate-decision-id";
+
+/// The header the policy sets on every allowed corpus request: the origin sees which agent
+/// the policy matched.
+const CALLER_HEADER: &str = "x-corpus-caller";
+
+/// Data for the bundled policy: every SPIFFE ID the corpus accepts may `GET` anything on
+/// 127.0.0.1, any port, only with a proven identity, and the policy tags the request with
+/// [`CALLER_HEADER`].
+fn corpus_policy_data() -> serde_json::Value {
+    let mut agents = serde_json::Map::new();
+    for case in cases() {
+        if let Verdict::Accept(id) = case.verdict {
+            agents.insert(
+                id.to_string(),
+                serde_json::json!({
+                    "description": format!("corpus case {}", case.name),
+                    "require_authenticated": true,
+                    "rules": [{
+                        "id": "corpus-local-read",
+                        "hosts": ["127.0.0.1"],
+                        "ports": ["*"],
+                        "methods": ["GET"],
+                        "headers": {"set": {CALLER_HEADER: id}},
+                    }],
+                }),
+            );
+        }
+    }
+    serde_json::json!({"tollgate_config": {"agents": agents}})
+}
+
+/// The tollgate binary with one TLS listener (`client_auth: required`), the corpus' two trust
+/// domains, the bundled policy with [`corpus_policy_data`], and a Python origin; plus the
+/// `tollgate_identity_rejections_total` series the test expects so far.
+struct RealProxy {
+    corpus: Corpus,
+    tg: Tollgate,
+    origin: PyOrigin,
+    /// The listener's PKI: `--proxy-cacert` for the agents (made with openssl by the harness).
+    listener_pki: Pki,
+    /// `reason` → the count `/metrics` must show, across the whole test.
+    expected_rejections: BTreeMap<String, u64>,
+}
+
+/// What an agent got through the proxy.
+#[derive(Debug)]
+struct ProxyReply {
+    /// The client's exit code (curl), or `None` for the Python client.
+    exit: Option<i32>,
+    /// The HTTP status, when a response arrived.
+    status: Option<u16>,
+    decision_id: Option<String>,
+    body: String,
+    /// The client's error output (curl's stderr, Python's exception).
+    error: String,
+}
+
+impl RealProxy {
+    fn start(corpus: Corpus) -> RealProxy {
+        let data = corpus.path("policy-data.json");
+        std::fs::write(
+            &data,
+            serde_json::to_vec_pretty(&corpus_policy_data()).expect("policy data json"),
+        )
+        .expect("write policy data");
+        let listener_pki = Pki::with_ca_name("svid corpus tollgate listener CA");
+        let listener = listener_pki.issue_leaf("proxy", &["IP:127.0.0.1"]);
+        let root = repo_root();
+        let tg = Tollgate::start(&format!(
+            "listeners:\n\
+             - name: agents\n  address: '127.0.0.1:0'\n  tls: {{cert: '{}', key: '{}', client_auth: required}}\n\
+             identity:\n  trust_domains:\n\
+             \x20   example.org: {{bundle: '{}'}}\n\
+             \x20   other.test: {{bundle: '{}'}}\n\
+             policy: {{path: '{}', data: '{}'}}\n\
+             upstream: {{allow_private: [127.0.0.0/8]}}\n",
+            listener.cert.display(),
+            listener.key.display(),
+            corpus.path("example/ca.pem").display(),
+            corpus.path("other/ca.pem").display(),
+            root.join("policy-wasm").display(),
+            data.display(),
+        ));
+        let origin = PyOrigin::start(None);
+        let proxy = RealProxy {
+            corpus,
+            tg,
+            origin,
+            listener_pki,
+            expected_rejections: BTreeMap::new(),
+        };
+        proxy.assert_rejections();
+        proxy
+    }
+
+    /// `curl -x https://127.0.0.1:PORT --proxy-cert … http://127.0.0.1:ORIGIN/echo`; the
+    /// proxy certificate file holds the intermediate after the leaf for `with_chain` cases,
+    /// and curl sends the whole chain.
+    fn curl(&self, cert: Option<(PathBuf, PathBuf)>) -> ProxyReply {
+        let mut args: Vec<String> = vec![
+            "-sS".into(),
+            "-i".into(),
+            "--max-time".into(),
+            "10".into(),
+            "-x".into(),
+            self.tg.proxy_url(),
+            "--proxy-cacert".into(),
+            s(&self.listener_pki.ca_cert()).into(),
+        ];
+        if let Some((cert, key)) = cert {
+            args.extend([
+                "--proxy-cert".into(),
+                s(&cert).into(),
+                "--proxy-key".into(),
+                s(&key).into(),
+            ]);
+        }
+        args.push(self.origin.url("/echo"));
+        let out = support::curl(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (status, decision_id, body) = parse_response(&stdout);
+        ProxyReply {
+            exit: out.status.code(),
+            status,
+            decision_id,
+            body,
+            error: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+    }
+
+    /// [`PY_PROXY_CLIENT`]: Python's `ssl` to the proxy with the client certificate, then an
+    /// absolute-form `GET`. `max_version` is `"1.2"` or `"1.3"`.
+    fn python(&self, cert: &Path, key: &Path, max_version: &str) -> ProxyReply {
+        let port = self.tg.proxy_addr("agents").port().to_string();
+        let out = run_with_timeout(
+            command(python()).args([
+                "-c",
+                PY_PROXY_CLIENT,
+                &port,
+                s(&self.listener_pki.ca_cert()),
+                s(cert),
+                s(key),
+                max_version,
+                &self.origin.url("/echo"),
+            ]),
+            Duration::from_secs(30),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "python proxy client printed no JSON ({e}): stdout {stdout}, stderr {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        if let Some(version) = json["version"].as_str() {
+            let want = if max_version == "1.2" {
+                "TLSv1.2"
+            } else {
+                "TLSv1.3"
+            };
+            assert_eq!(version, want, "python negotiated {version}: {json}");
+        }
+        let (status, decision_id, body) = parse_response(json["response"].as_str().unwrap_or(""));
+        ProxyReply {
+            exit: None,
+            status,
+            decision_id,
+            body,
+            error: json["error"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+
+    /// An accepted case: 200 from the origin, the decision log names exactly `id` as the
+    /// caller, and the policy matched `id`'s entry (the origin got its header).
+    fn assert_accepted(&self, client: &str, name: &str, id: &str, reply: &ProxyReply) {
+        assert_eq!(
+            reply.status,
+            Some(200),
+            "{client}: {name} must be accepted as {id}; got {reply:?}"
+        );
+        let decision_id = reply
+            .decision_id
+            .as_deref()
+            .unwrap_or_else(|| panic!("{client}: {name}: no {DECISION_ID} header: {reply:?}"));
+        let d = self
+            .tg
+            .wait_decision(|d| d["decision_id"] == decision_id, WAIT);
+        assert_eq!(
+            d["source"]["spiffe_id"], id,
+            "{client}: {name}: the caller in the decision log: {d}"
+        );
+        assert_eq!(d["decision"]["allow"], true, "{client}: {name}: {d}");
+        assert_eq!(d["request"]["method"], "GET", "{client}: {name}: {d}");
+        assert_eq!(d["request"]["path"], "/echo", "{client}: {name}: {d}");
+        let echoed: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_else(|e| {
+            panic!("{client}: {name}: origin body is not JSON ({e}): {reply:?}")
+        });
+        assert_eq!(
+            echoed["headers"][CALLER_HEADER], id,
+            "{client}: {name}: the policy matched another agent: {echoed}"
+        );
+    }
+
+    /// A refused case: no HTTP response at all (the handshake failed), and
+    /// `tollgate_identity_rejections_total{reason}` went up by exactly one, nothing else moved.
+    fn assert_refused(&mut self, client: &str, name: &str, reason: &str, reply: &ProxyReply) {
+        assert_eq!(
+            reply.status, None,
+            "{client}: {name} must be refused ({reason}), but got a response: {reply:?}"
+        );
+        if let Some(code) = reply.exit {
+            // 35: TLS handshake error; 56: failure receiving (the alert after a TLS 1.3
+            // client Finished). Not 28: a timeout would mean the proxy hung, not refused.
+            assert!(
+                code == 35 || code == 56,
+                "{client}: {name}: curl exit code {code}, expected 35 or 56: {reply:?}"
+            );
+        } else {
+            assert!(
+                !reply.error.is_empty(),
+                "{client}: {name}: refused without an error: {reply:?}"
+            );
+        }
+        *self
+            .expected_rejections
+            .entry(reason.to_string())
+            .or_default() += 1;
+        self.wait_rejections(&format!("{client}: {name}"));
+    }
+
+    /// One valid request after a refusal: the proxy keeps serving.
+    fn assert_still_serving(&self, after: &str) {
+        assert!(self.tg.is_running(), "tollgate exited after {after}");
+        let reply = self.curl_case(VALID);
+        self.assert_accepted(&format!("curl after {after}"), VALID, VALID_ID, &reply);
+        // A valid request counts no rejection.
+        self.assert_rejections();
+    }
+
+    /// [`curl`](Self::curl) with the corpus case's certificate (chain) and key.
+    fn curl_case(&self, name: &str) -> ProxyReply {
+        self.curl(Some((self.corpus.cert(name), self.corpus.key(name))))
+    }
+
+    /// [`python`](Self::python) with the corpus case's certificate (chain) and key.
+    fn python_case(&self, name: &str, max_version: &str) -> ProxyReply {
+        self.python(&self.corpus.cert(name), &self.corpus.key(name), max_version)
+    }
+
+    /// Asserts `reply` is what the corpus says of case `name`; after a refusal, shows the
+    /// proxy still serves a valid agent.
+    fn assert_verdict(&mut self, client: &str, name: &str, verdict: Verdict, reply: &ProxyReply) {
+        match verdict {
+            Verdict::Accept(id) => self.assert_accepted(client, name, id, reply),
+            Verdict::Reject(reason) => {
+                self.assert_refused(client, name, reason.as_str(), reply);
+                self.assert_still_serving(&format!("{client}: {name}"));
+            }
+        }
+    }
+
+    /// `tollgate_identity_rejections_total` by reason, as `/metrics` shows it now.
+    fn rejections(&self) -> BTreeMap<String, u64> {
+        let out = support::curl(&["-sS", "--max-time", "10", &self.tg.admin_url("/metrics")]);
+        assert!(
+            out.status.success(),
+            "GET /metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_rejections(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Waits until `/metrics` shows exactly the expected rejections; fails at once if any
+    /// series went beyond them (a refusal counted twice, or under another reason).
+    fn wait_rejections(&self, what: &str) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let now = self.rejections();
+            if now == self.expected_rejections {
+                return;
+            }
+            let over = now
+                .iter()
+                .any(|(k, v)| *v > self.expected_rejections.get(k).copied().unwrap_or(0));
+            assert!(
+                !over && std::time::Instant::now() < deadline,
+                "{what}: tollgate_identity_rejections_total is {now:?}, expected {:?}",
+                self.expected_rejections
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn assert_rejections(&self) {
+        assert_eq!(
+            self.rejections(),
+            self.expected_rejections,
+            "tollgate_identity_rejections_total"
+        );
+    }
+}
+
+/// Splits a raw HTTP/1.1 response (`curl -i`, or what Python read) into the status, the
+/// decision ID header and the body. Empty input: no response.
+fn parse_response(raw: &str) -> (Option<u16>, Option<String>, String) {
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
+        return (None, None, String::new());
+    };
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok());
+    let decision_id = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case(DECISION_ID)
+            .then(|| value.trim().to_string())
+    });
+    (status, decision_id, body.to_string())
+}
+
+/// `tollgate_identity_rejections_total{reason="…"} N` lines of a Prometheus text exposition.
+fn parse_rejections(metrics: &str) -> BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("tollgate_identity_rejections_total{reason=\"")?;
+            let (reason, rest) = rest.split_once("\"}")?;
+            let value: f64 = rest.trim().parse().ok()?;
+            Some((reason.to_string(), value as u64))
+        })
+        .collect()
+}
+
+/// Python's `ssl` through the HTTPS proxy: a TLS connection to the listener with the client
+/// certificate (chain), then one absolute-form `GET`; prints the raw response (read to EOF,
+/// `Connection: close`), the negotiated TLS version, or the error.
+const PY_PROXY_CLIENT: &str = r#"
+import json, socket, ssl, sys
+port, cafile, cert, key, max_version, url = sys.argv[1:7]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(cafile)
+ctx.load_cert_chain(cert, key)
+if max_version == "1.2":
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+host = url.split("/")[2]
+out = {"response": "", "error": None, "version": None}
+data = b""
+try:
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            out["version"] = tls.version()
+            tls.sendall(f"GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            while True:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    if not data:
+        out["error"] = "connection closed without a response"
+except (ssl.SSLError, OSError) as e:
+    out["error"] = f"{type(e).__name__}: {e}"
+out["response"] = data.decode("latin-1")
+print(json.dumps(out))
+"#;
+
+// ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
 
@@ -969,4 +1352,91 @@ fn generalized_time_matches_known_dates() {
     assert_eq!(generalized_time(0), "19700101000000Z");
     assert_eq!(generalized_time(951_782_400), "20000229000000Z");
     assert_eq!(generalized_time(1_700_000_000), "20231114221320Z");
+}
+
+#[test]
+fn the_tollgate_binary_accepts_and_refuses_every_corpus_certificate_through_curl() {
+    let started = Instant::now();
+    let mut proxy = RealProxy::start(Corpus::generate());
+    let ready = started.elapsed();
+    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+    for case in cases() {
+        let t = Instant::now();
+        let reply = proxy.curl_case(case.name);
+        proxy.assert_verdict("curl via tollgate", case.name, case.verdict, &reply);
+        if let Verdict::Reject(reason) = case.verdict {
+            *counted.entry(reason.as_str().to_string()).or_default() += 1;
+        }
+        eprintln!(
+            "curl via tollgate: {:<34} {:<22} exit {:?}, status {:?}, {} ms",
+            case.name,
+            verdict_label(case.verdict),
+            reply.exit,
+            reply.status,
+            t.elapsed().as_millis()
+        );
+    }
+    // No certificate at all: refused before any SVID rule applies.
+    let reply = proxy.curl(None);
+    let no_cert = SvidRejection::NoCertificate.as_str();
+    proxy.assert_refused("curl via tollgate", "no certificate", no_cert, &reply);
+    proxy.assert_still_serving("no certificate");
+    *counted.entry(no_cert.to_string()).or_default() += 1;
+    // Every refusal of the run, each under its own reason, and nothing else.
+    assert_eq!(proxy.rejections(), counted);
+    assert!(proxy.tg.is_running(), "tollgate exited");
+    eprintln!(
+        "curl via tollgate: corpus + tollgate ready in {} ms, whole test {} ms",
+        ready.as_millis(),
+        started.elapsed().as_millis()
+    );
+}
+
+#[test]
+fn the_tollgate_binary_accepts_and_refuses_through_python_ssl() {
+    let started = Instant::now();
+    let mut proxy = RealProxy::start(Corpus::generate());
+    let all = cases();
+    for (name, version) in [
+        ("valid-direct", "1.3"),
+        ("valid-via-intermediate", "1.2"),
+        ("valid-other-domain", "1.3"),
+        ("cross-domain-forgery", "1.3"),
+        ("cross-domain-forgery", "1.2"),
+        ("expired", "1.2"),
+        ("not-yet-valid", "1.3"),
+        ("ca-as-leaf", "1.3"),
+        ("ca-as-leaf", "1.2"),
+        ("intermediate-missing", "1.3"),
+        ("two-uri-sans", "1.2"),
+    ] {
+        let verdict = all
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no corpus case {name}"))
+            .verdict;
+        let t = Instant::now();
+        let reply = proxy.python_case(name, version);
+        let client = format!("python ssl {version} via tollgate");
+        proxy.assert_verdict(&client, name, verdict, &reply);
+        eprintln!(
+            "{client}: {name:<24} {:<22} status {:?}, error {:?}, {} ms",
+            verdict_label(verdict),
+            reply.status,
+            reply.error,
+            t.elapsed().as_millis()
+        );
+    }
+    assert!(proxy.tg.is_running(), "tollgate exited");
+    eprintln!(
+        "python ssl via tollgate: whole test {} ms",
+        started.elapsed().as_millis()
+    );
+}
+
+fn verdict_label(verdict: Verdict) -> String {
+    match verdict {
+        Verdict::Accept(_) => "accept".to_string(),
+        Verdict::Reject(reason) => format!("reject {}", reason.as_str()),
+    }
 }

@@ -1,0 +1,236 @@
+//! Policy reload under load: while agents keep sending requests through tollgate, the policy
+//! is rewritten 20 times (every fifth rewrite broken) and reloaded. Every request is answered,
+//! none with a 5xx; each decision is made by exactly one revision, its reason matches that
+//! revision, and the switch happens at the reload boundaries.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const CLIENTS: usize = 4;
+const REWRITES: usize = 20;
+
+fn policy_text(n: usize) -> String {
+    format!("package tollgate\ndecision := {{\"allow\": true, \"reason\": \"rev-{n}\"}}\n")
+}
+
+/// One keep-alive agent: GETs until `stop`, returns the status of every response.
+fn agent(proxy: std::net::SocketAddr, url: String, stop: Arc<AtomicBool>) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    let mut stream = TcpStream::connect(proxy).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let request = format!("GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // Bounded in count and time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && statuses.len() < 100_000 && Instant::now() < deadline {
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("a response for every request");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).unwrap();
+        statuses.push(status);
+    }
+    statuses
+}
+
+fn millis_since_epoch(text: &str) -> u128 {
+    let t = humantime_parse(text);
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+fn humantime_parse(text: &str) -> SystemTime {
+    // RFC 3339 UTC with milliseconds, as tollgate writes it.
+    let (date, time) = text.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (hms, ms) = time.split_once('.').unwrap();
+    let t: Vec<i64> = hms.split(':').map(|p| p.parse().unwrap()).collect();
+    // Days from civil (Howard Hinnant).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2];
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(secs as u64)
+        + Duration::from_millis(ms.parse().unwrap())
+}
+
+#[test]
+fn answers_every_request_while_the_policy_is_reloaded_20_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(policy.join("p.rego"), policy_text(0)).unwrap();
+    let tg = Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+         identity: {{workload_spiffe_id: 'spiffe://tollgate.local/test/agent'}}\n\
+         policy: {{path: '{}'}}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n",
+        policy.display()
+    ));
+    let nginx = Nginx::start(&NginxOptions::plain());
+    let url = nginx.url("/hello");
+    let stop = Arc::new(AtomicBool::new(false));
+    let agents: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (proxy, url, stop) = (tg.proxy_addr("agents"), url.clone(), stop.clone());
+            std::thread::spawn(move || agent(proxy, url, stop))
+        })
+        .collect();
+
+    // Rewrite and reload; remember when each good revision was in force.
+    let mut boundaries: Vec<(usize, String, u128)> = Vec::new(); // (n, revision, ms when POST returned)
+    let mut failures = 0;
+    for n in 1..=REWRITES {
+        let broken = n % 5 == 0;
+        let text = if broken {
+            "package tollgate\ndecision := {\n".to_string()
+        } else {
+            policy_text(n)
+        };
+        std::fs::write(policy.join("p.rego"), text).unwrap();
+        let out = curl(&[
+            "-s",
+            "--max-time",
+            "10",
+            "-X",
+            "POST",
+            "-w",
+            "\n%{http_code}",
+            &tg.admin_url("/v1/reload"),
+        ]);
+        let returned = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        let body: Value = serde_json::from_str(body).unwrap();
+        if broken {
+            assert_eq!(status, "422", "{body}");
+            failures += 1;
+        } else {
+            assert_eq!(status, "200", "{body}");
+            boundaries.push((n, body["revision"].as_str().unwrap().to_string(), returned));
+        }
+        // Let traffic run on this revision for a little while (bounded).
+        let until = Instant::now() + Duration::from_millis(50);
+        while Instant::now() < until {
+            std::thread::yield_now();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let statuses: Vec<u16> = agents
+        .into_iter()
+        .flat_map(|a| a.join().expect("agent thread"))
+        .collect();
+    assert_eq!(failures, REWRITES / 5);
+    assert!(statuses.len() > 200, "only {} requests", statuses.len());
+    let bad: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        bad.is_empty(),
+        "{} of {} requests were not 200: {:?}",
+        bad.len(),
+        statuses.len(),
+        &bad[..bad.len().min(10)]
+    );
+
+    // The decision log: one line per request, each decided by exactly one revision whose
+    // reason is that revision's, switching at the reload boundaries.
+    let deadline = Instant::now() + WAIT;
+    while tg.decisions().len() < statuses.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} decisions for {} requests",
+            tg.decisions().len(),
+            statuses.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let decisions = tg.decisions();
+    assert_eq!(decisions.len(), statuses.len());
+    let mut reason_of: HashMap<String, String> = HashMap::new();
+    for d in &decisions {
+        let revision = d["policy_revision"]
+            .as_str()
+            .expect("a revision")
+            .to_string();
+        let reason = d["decision"]["reason"].as_str().unwrap().to_string();
+        let known = reason_of
+            .entry(revision.clone())
+            .or_insert_with(|| reason.clone());
+        assert_eq!(
+            *known, reason,
+            "revision {revision} decided with two different reasons"
+        );
+    }
+    // Every good revision's reason is rev-N with its N; broken rewrites never decided anything.
+    for (n, revision, _) in &boundaries {
+        if let Some(reason) = reason_of.get(revision) {
+            assert_eq!(reason, &format!("rev-{n}"));
+        }
+    }
+    assert!(
+        reason_of.len() >= 2,
+        "traffic saw several revisions: {reason_of:?}"
+    );
+    // A request that started after a reload returned is decided by that revision or a later one.
+    let index_of: HashMap<&str, usize> = boundaries
+        .iter()
+        .map(|(n, r, _)| (r.as_str(), *n))
+        .collect();
+    for d in &decisions {
+        let started = millis_since_epoch(d["time"].as_str().unwrap());
+        let n = index_of
+            .get(d["policy_revision"].as_str().unwrap())
+            .copied()
+            .unwrap_or(0);
+        for (m, _, returned) in &boundaries {
+            if started > *returned + 5 {
+                assert!(
+                    n >= *m,
+                    "a request started at {started} after reload {m} returned at {returned} was decided by rev-{n}"
+                );
+            }
+        }
+    }
+}
