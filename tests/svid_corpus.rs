@@ -13,6 +13,16 @@
 //! receives, the reason the server got back from the handshake error (`rejection_of_io`) and,
 //! when accepted, the SPIFFE ID the server read with `peer_spiffe_id`. The same server serves
 //! every case of a test, so each test also shows that it keeps serving after refusals.
+//!
+//! The `the_tollgate_binary_…` tests run the same corpus through the real `tollgate` binary:
+//! one TLS listener with `client_auth: required`, both trust domains, the bundled policy with
+//! data allowing the corpus' valid IDs to `GET` 127.0.0.1, and a Python origin. curl
+//! (`--proxy-cert`, every case) and Python's `ssl` (a subset, TLS 1.3 and 1.2) send an
+//! absolute-form `GET` through the HTTPS proxy. An accepted case gets 200 and its decision-log
+//! line names the leaf's SPIFFE ID; a refused one fails the handshake with a
+//! `certificate_unknown` alert, `tollgate_identity_rejections_total{reason}` goes up by exactly
+//! one under the expected reason (every series is compared after every request), and a valid
+//! request right after it still succeeds.
 
 mod support;
 
@@ -848,12 +858,15 @@ fn corpus_policy_data() -> serde_json::Value {
 /// The tollgate binary with one TLS listener (`client_auth: required`), the corpus' two trust
 /// domains, the bundled policy with [`corpus_policy_data`], and a Python origin; plus the
 /// `tollgate_identity_rejections_total` series the test expects so far.
+///
+/// Fields drop in order: tollgate stops before the corpus directory (its trust bundles and
+/// policy data, which it watches) is removed.
 struct RealProxy {
-    corpus: Corpus,
     tg: Tollgate,
     origin: PyOrigin,
     /// The listener's PKI: `--proxy-cacert` for the agents (made with openssl by the harness).
     listener_pki: Pki,
+    corpus: Corpus,
     /// `reason` → the count `/metrics` must show, across the whole test.
     expected_rejections: BTreeMap<String, u64>,
 }
@@ -899,10 +912,10 @@ impl RealProxy {
         ));
         let origin = PyOrigin::start(None);
         let proxy = RealProxy {
-            corpus,
             tg,
             origin,
             listener_pki,
+            corpus,
             expected_rejections: BTreeMap::new(),
         };
         proxy.assert_rejections();
@@ -1025,18 +1038,19 @@ impl RealProxy {
             "{client}: {name} must be refused ({reason}), but got a response: {reply:?}"
         );
         if let Some(code) = reply.exit {
-            // 35: TLS handshake error; 56: failure receiving (the alert after a TLS 1.3
-            // client Finished). Not 28: a timeout would mean the proxy hung, not refused.
+            // 35: TLS handshake error; 56: failure receiving (with TLS 1.3 the client has sent
+            // its Finished and its request when the alert arrives). Not 28: a timeout would
+            // mean the proxy hung instead of refusing.
             assert!(
                 code == 35 || code == 56,
                 "{client}: {name}: curl exit code {code}, expected 35 or 56: {reply:?}"
             );
-        } else {
-            assert!(
-                !reply.error.is_empty(),
-                "{client}: {name}: refused without an error: {reply:?}"
-            );
         }
+        // The refusal is a TLS alert, not a dropped connection.
+        assert!(
+            reply.error.to_ascii_lowercase().contains("alert"),
+            "{client}: {name}: expected a TLS alert: {reply:?}"
+        );
         *self
             .expected_rejections
             .entry(reason.to_string())
@@ -1069,6 +1083,11 @@ impl RealProxy {
         match verdict {
             Verdict::Accept(id) => self.assert_accepted(client, name, id, reply),
             Verdict::Reject(reason) => {
+                // rustls answers every verifier error with `certificate_unknown`.
+                assert!(
+                    got_certificate_unknown_alert(&reply.error),
+                    "{client}: {name}: expected a certificate_unknown alert: {reply:?}"
+                );
                 self.assert_refused(client, name, reason.as_str(), reply);
                 self.assert_still_serving(&format!("{client}: {name}"));
             }
@@ -1368,18 +1387,27 @@ fn the_tollgate_binary_accepts_and_refuses_every_corpus_certificate_through_curl
             *counted.entry(reason.as_str().to_string()).or_default() += 1;
         }
         eprintln!(
-            "curl via tollgate: {:<34} {:<22} exit {:?}, status {:?}, {} ms",
+            "curl via tollgate: {:<34} {:<27} exit {:?}, status {:?}, {} ms {}",
             case.name,
             verdict_label(case.verdict),
             reply.exit,
             reply.status,
-            t.elapsed().as_millis()
+            t.elapsed().as_millis(),
+            reply.error
         );
     }
     // No certificate at all: refused before any SVID rule applies.
     let reply = proxy.curl(None);
     let no_cert = SvidRejection::NoCertificate.as_str();
     proxy.assert_refused("curl via tollgate", "no certificate", no_cert, &reply);
+    eprintln!(
+        "curl via tollgate: {:<34} {:<27} exit {:?}, status {:?} {}",
+        "(no client certificate)",
+        format!("reject {no_cert}"),
+        reply.exit,
+        reply.status,
+        reply.error
+    );
     proxy.assert_still_serving("no certificate");
     *counted.entry(no_cert.to_string()).or_default() += 1;
     // Every refusal of the run, each under its own reason, and nothing else.
@@ -1420,11 +1448,11 @@ fn the_tollgate_binary_accepts_and_refuses_through_python_ssl() {
         let client = format!("python ssl {version} via tollgate");
         proxy.assert_verdict(&client, name, verdict, &reply);
         eprintln!(
-            "{client}: {name:<24} {:<22} status {:?}, error {:?}, {} ms",
+            "{client}: {name:<24} {:<27} status {:?}, {} ms {}",
             verdict_label(verdict),
             reply.status,
-            reply.error,
-            t.elapsed().as_millis()
+            t.elapsed().as_millis(),
+            reply.error
         );
     }
     assert!(proxy.tg.is_running(), "tollgate exited");
