@@ -147,6 +147,25 @@ async fn watch_policy(
     }
 }
 
+/// Re-reads intent-token JWKS files when they change; a broken file keeps the last good keys.
+async fn watch_jwks(issuers: Arc<crate::intent_token::IntentIssuers>) {
+    let mut tick = tokio::time::interval(crate::intent_token::POLL_INTERVAL);
+    loop {
+        tick.tick().await;
+        let issuers = issuers.clone();
+        match tokio::task::spawn_blocking(move || issuers.reload_if_changed()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(reloaded)) => tracing::info!(reloaded, "intent-token key sets reloaded"),
+            Ok(Err(errors)) => {
+                for error in errors {
+                    tracing::error!(error = %error, "intent-token key set not reloaded; the last good keys stay in force");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// A TLS config that verifies SVIDs and must be rebuilt when trust bundles rotate.
 struct Rotating {
     cert: PathBuf,
@@ -333,6 +352,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         );
     }
     let (drain, lifecycle) = crate::server::lifecycle::lifecycle();
+    let intent_issuers = Arc::new(
+        crate::intent_token::IntentIssuers::load(&config.intent_issuers).map_err(|errors| {
+            let lines: Vec<String> = errors
+                .iter()
+                .map(|e| format!("{}: {e}", config.origin))
+                .collect();
+            StartError::Config(lines.join("\n"))
+        })?,
+    );
+    if !intent_issuers.is_empty() {
+        tokio::spawn(watch_jwks(intent_issuers.clone()));
+    }
     let decision_log_handle = decision_log.clone();
     let proxy = Arc::new(Proxy {
         policy: PolicyStore::new(revision),
@@ -341,6 +372,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         decision_log,
         metrics: metrics.clone(),
         kills: kills.clone(),
+        intent_issuers,
         lifecycle,
         dry_run,
         max_header_bytes: config.limits.max_header_bytes,

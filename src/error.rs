@@ -39,6 +39,8 @@ pub enum ProxyError {
     HostMismatch { expected: String, found: String },
     #[error("{reason}")]
     Denied { reason: String },
+    #[error("the intent token was refused: {0}")]
+    IntentToken(crate::intent_token::TokenError),
     #[error("the policy could not decide: {}", .0.detail())]
     Policy(PolicyFailure),
     #[error("{0}")]
@@ -61,6 +63,7 @@ impl ProxyError {
             | ProxyError::HostMismatch { .. } => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::Denied { .. }
+            | ProxyError::IntentToken(_)
             | ProxyError::Policy(_)
             | ProxyError::PrivateDestination(_) => StatusCode::FORBIDDEN,
             ProxyError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -83,6 +86,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => "headers_too_large",
             ProxyError::HostMismatch { .. } => "host_mismatch",
             ProxyError::Denied { .. } => "policy_denied",
+            ProxyError::IntentToken(e) => e.reason(),
             ProxyError::Policy(failure) => failure.reason(),
             ProxyError::PrivateDestination(_) => "private_destination",
             ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
@@ -107,6 +111,7 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge(_)
             | ProxyError::HostMismatch { .. }
             | ProxyError::Denied { .. }
+            | ProxyError::IntentToken(_)
             | ProxyError::PrivateDestination(_) => Fault::Caller,
             ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
                 Fault::Caller

@@ -1,10 +1,8 @@
 //! The intent an agent declares (SPEC §3.2): plain `X-Agent-*` headers, validated.
 //!
 //! This module owns parsing and validating the headers into an [`Intent`]; removing them
-//! before the request goes upstream is the forward stage's job. Signed intent tokens
-//! (`X-Agent-Intent-Token`) arrive with the identity release: until then a request carrying one
-//! is refused (never silently treated as unsigned), so no agent comes to depend on it being
-//! ignored.
+//! before the request goes upstream is the forward stage's job, and verifying a signed intent
+//! token (`X-Agent-Intent-Token`) is [`crate::intent_token`]'s.
 
 use http::HeaderMap;
 
@@ -20,6 +18,8 @@ pub struct Intent {
     /// True only when a signed intent token vouched for it.
     pub verified: bool,
     pub issuer: Option<String>,
+    /// The signed token's claims (`input.intent.claims`); empty without a token.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A header that breaks its SPEC §3.2 limits; answered with 400.
@@ -35,10 +35,8 @@ pub enum IntentError {
     Repeated { header: &'static str },
     #[error("X-Agent-Intent-Token is longer than 8 KiB")]
     TokenTooLong,
-    #[error(
-        "X-Agent-Intent-Token is not supported yet: no intent_tokens issuers can be configured in this version"
-    )]
-    TokenNotSupported,
+    #[error("X-Agent-Intent-Token must be a compact JWS (ASCII)")]
+    TokenNotAscii,
 }
 
 /// Header names, lower-case as `http` stores them.
@@ -68,12 +66,6 @@ pub fn parse_intent(headers: &HeaderMap) -> Result<Intent, IntentError> {
         Some(value) => delegation_field(value)?,
         None => Vec::new(),
     };
-    if let Some(token) = single(headers, INTENT_TOKEN, "X-Agent-Intent-Token")? {
-        if token.len() > MAX_INTENT_TOKEN {
-            return Err(IntentError::TokenTooLong);
-        }
-        return Err(IntentError::TokenNotSupported);
-    }
     Ok(Intent {
         name,
         task,
@@ -81,7 +73,22 @@ pub fn parse_intent(headers: &HeaderMap) -> Result<Intent, IntentError> {
         delegation,
         verified: false,
         issuer: None,
+        claims: serde_json::Map::new(),
     })
+}
+
+/// The `X-Agent-Intent-Token` header, if any: one value, at most 8 KiB, ASCII. Verifying it is
+/// [`crate::intent_token`]'s job.
+pub fn intent_token(headers: &HeaderMap) -> Result<Option<&str>, IntentError> {
+    let Some(token) = single(headers, INTENT_TOKEN, "X-Agent-Intent-Token")? else {
+        return Ok(None);
+    };
+    if token.len() > MAX_INTENT_TOKEN {
+        return Err(IntentError::TokenTooLong);
+    }
+    std::str::from_utf8(token)
+        .map(Some)
+        .map_err(|_| IntentError::TokenNotAscii)
 }
 
 fn single<'a>(
@@ -228,10 +235,21 @@ mod tests {
     }
 
     #[test]
-    fn rejects_intent_tokens_until_supported() {
+    fn reads_one_intent_token_within_its_limits() {
         assert_eq!(
-            parse_intent(&headers(&[(INTENT_TOKEN, b"e30.e30.sig")])),
-            Err(IntentError::TokenNotSupported)
+            intent_token(&headers(&[(INTENT_TOKEN, b"e30.e30.sig")])),
+            Ok(Some("e30.e30.sig"))
+        );
+        assert_eq!(intent_token(&HeaderMap::new()), Ok(None));
+        assert_eq!(
+            intent_token(&headers(&[(INTENT_TOKEN, &[b'a'; 8 * 1024 + 1])])),
+            Err(IntentError::TokenTooLong)
+        );
+        assert_eq!(
+            intent_token(&headers(&[(INTENT_TOKEN, b"a"), (INTENT_TOKEN, b"b")])),
+            Err(IntentError::Repeated {
+                header: "X-Agent-Intent-Token"
+            })
         );
     }
 }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod intent;
+pub mod intent_token;
 pub mod kill;
 pub mod policy;
 pub mod proxy;

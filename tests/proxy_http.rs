@@ -318,7 +318,7 @@ fn rejects_malformed_intent_headers_with_400() {
         ("X-Agent-Delegation", nine.as_str(), "X-Agent-Delegation"),
         (
             "X-Agent-Intent-Token",
-            "eyJhbGciOiJub25lIn0.e30.",
+            &"a".repeat(8 * 1024 + 1),
             "X-Agent-Intent-Token",
         ),
     ] {
@@ -337,6 +337,16 @@ fn rejects_malformed_intent_headers_with_400() {
         );
         assert!(body["decision_id"].is_string());
     }
+    // An unsigned token is not a malformed header but a refused intent: 403 with the token's
+    // reason, never a fall-back to the plain headers.
+    let unsigned = python_agent(
+        &AgentRequest::get(origin.url("/echo"))
+            .proxy(tg.proxy_url())
+            .header("X-Agent-Intent", "files.read")
+            .header("X-Agent-Intent-Token", "eyJhbGciOiJub25lIn0.e30."),
+    );
+    assert_eq!(unsigned.status, 403, "{:?}", unsigned.raw);
+    assert_eq!(unsigned.json()["reason"], "token_alg_not_allowed");
     let ok = python_agent(&AgentRequest::get(origin.url("/echo")).proxy(tg.proxy_url()));
     assert_eq!(ok.status, 200, "the proxy keeps serving");
 }

@@ -38,6 +38,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub limits: Limits,
     pub telemetry: TelemetryConfig,
+    /// Issuers of signed intent tokens (`intent_tokens.issuers`).
+    pub intent_issuers: Vec<crate::intent_token::IssuerConfig>,
     /// Where the configuration came from, for messages ("built-in" or the file path).
     pub origin: String,
 }
@@ -553,11 +555,30 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
 
     let policy = validate_policy(sections.policy.unwrap_or_default(), base, problems);
 
-    if sections
+    let intent_issuers: Vec<crate::intent_token::IssuerConfig> = sections
         .intent_tokens
-        .is_some_and(|t| !t.issuers.is_empty())
-    {
-        problems.not_supported("intent_tokens");
+        .map(|t| t.issuers)
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| crate::intent_token::IssuerConfig {
+            issuer: raw.issuer,
+            jwks: require_file(
+                base,
+                &raw.jwks,
+                &format!("intent_tokens.issuers[{i}].jwks"),
+                problems,
+            ),
+            audience: raw.audience,
+        })
+        .collect();
+    if problems.0.is_empty() && !intent_issuers.is_empty() {
+        // Parse the key sets now, so `check` and start-up report a broken JWKS with its key.
+        if let Err(errors) = crate::intent_token::IntentIssuers::load(&intent_issuers) {
+            for error in errors {
+                problems.add(error.key, error.message);
+            }
+        }
     }
     if sections.credentials.is_some_and(|c| !c.is_empty()) {
         problems.not_supported("credentials");
@@ -666,6 +687,7 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
         upstream,
         limits,
         telemetry,
+        intent_issuers,
         origin: origin.to_string(),
     }
 }
@@ -907,7 +929,6 @@ mod tests {
         .unwrap_err();
         let text = errors.to_string();
         assert!(text.contains("credentials: not supported yet"), "{text}");
-        assert!(text.contains("intent_tokens: not supported yet"), "{text}");
         assert!(text.contains("transparent: not supported yet"), "{text}");
         assert!(text.contains("wasm: not supported yet"), "{text}");
     }

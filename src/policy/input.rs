@@ -164,7 +164,7 @@ impl PolicyInput {
             ),
             (&k.verified, Value::from(self.intent.verified)),
             (&k.issuer, opt_str(self.intent.issuer.as_deref())),
-            (&k.claims, Value::new_object()),
+            (&k.claims, claims_value(&self.intent.claims)),
         ]);
         let request = match &self.request {
             None => Value::Null,
@@ -211,6 +211,14 @@ impl PolicyInput {
             (&k.connection, connection),
         ])
     }
+}
+
+/// A verified token's claims as an engine value (empty object without a token).
+fn claims_value(claims: &serde_json::Map<String, serde_json::Value>) -> Value {
+    if claims.is_empty() {
+        return Value::new_object();
+    }
+    Value::from(serde_json::Value::Object(claims.clone()))
 }
 
 /// RFC 3339 UTC with milliseconds, as in SPEC §4.1 (`2026-11-22T10:00:00.123Z`).

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 
 use crate::error::ProxyError;
-use crate::intent::{Intent, parse_intent};
+use crate::intent::Intent;
 use crate::policy::ConnectionMode;
 use crate::policy::input::{ConnectionFacts, DestinationFacts, SourceFacts};
 use crate::server::io::Prefixed;
@@ -105,7 +105,7 @@ async fn authorize_connect(
     record.port = Some(authority.port);
     let (ips, dns_failure) = super::resolve_destination(proxy, &authority.host).await?;
     // Intent headers on the CONNECT itself are optional context for the connection check.
-    let intent: Intent = parse_intent(request.headers())?;
+    let intent: Intent = super::resolve_intent(proxy, conn, request.headers())?;
     let task = intent.task.clone();
     record.intent = Some((intent.name.clone(), intent.task.clone(), intent.verified));
     let subject = Subject {

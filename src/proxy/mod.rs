@@ -56,6 +56,8 @@ pub struct Proxy {
     pub intercept: InterceptAuthority,
     pub decision_log: DecisionLog,
     pub metrics: Arc<Metrics>,
+    /// Issuers of signed intent tokens; their key sets reload when the JWKS files change.
+    pub intent_issuers: Arc<crate::intent_token::IntentIssuers>,
     /// Kills in force: checked before the policy on every request.
     pub kills: Arc<crate::kill::KillSwitch>,
     /// Tracks every task serving agent traffic, for the graceful drain.
@@ -167,8 +169,9 @@ async fn stages(
         _ => resolve_destination(proxy, &target.host).await?,
     };
 
-    // 4. intent
-    let intent = parse_intent(request.headers())?;
+    // 4. intent: plain headers, then a signed token that (when valid) wins over them; an
+    // invalid token is a deny, never a fall-back to the plain headers.
+    let intent = resolve_intent(proxy, conn, request.headers())?;
     record.intent = Some((intent.name.clone(), intent.task.clone(), intent.verified));
 
     // 5. authorize
@@ -204,6 +207,28 @@ async fn stages(
         proxy.metrics.origin_tls_error();
     }
     result.map_err(ProxyError::from)
+}
+
+/// The declared intent of a request: plain `X-Agent-*` headers, overridden by a valid signed
+/// intent token bound to the caller.
+pub fn resolve_intent(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    headers: &http::HeaderMap,
+) -> Result<crate::intent::Intent, ProxyError> {
+    let plain = parse_intent(headers)?;
+    match crate::intent::intent_token(headers)? {
+        None => Ok(plain),
+        Some(token) => proxy
+            .intent_issuers
+            .apply(
+                token,
+                conn.caller.spiffe_id(),
+                std::time::SystemTime::now(),
+                plain,
+            )
+            .map_err(ProxyError::IntentToken),
+    }
 }
 
 /// Resolves the destination. Non-public addresses are refused here, before the policy runs;

@@ -38,6 +38,18 @@ pub const DENY_REASONS: &[&str] = &[
     "host_mismatch",
     "private_destination",
     "overloaded",
+    "token_too_large",
+    "token_malformed",
+    "token_alg_not_allowed",
+    "token_missing_claim",
+    "token_invalid_claim",
+    "token_unknown_issuer",
+    "token_unknown_key",
+    "token_bad_signature",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_wrong_audience",
+    "token_subject_mismatch",
 ];
 
 /// Reasons of an `error` decision: allowed, but tollgate could not complete the call.
