@@ -7,6 +7,7 @@
 pub mod bundles;
 mod spiffe_id;
 pub mod svid;
+pub mod workload_api;
 
 pub use spiffe_id::{SpiffeId, SpiffeIdError};
 
