@@ -174,24 +174,57 @@ struct Rotating {
     config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
 }
 
-/// Polls the trust-bundle files; on a change rebuilds every SVID-verifying TLS config for new
-/// handshakes. A broken bundle keeps the last good configs and is reported.
+/// File bundles, plus the Workload API's for trust domains the files do not name (a bundle
+/// an operator pinned in a file wins).
+fn merge_bundles(
+    files: &crate::identity::svid::TrustBundles,
+    workload_api: Option<&crate::identity::workload_api::WorkloadApiSource>,
+) -> crate::identity::svid::TrustBundles {
+    let mut merged = files.clone();
+    if let Some(source) = workload_api {
+        for (domain, certs) in source.bundles() {
+            merged.entry(domain).or_insert(certs);
+        }
+    }
+    merged
+}
+
+/// Watches the trust bundles — files polled, Workload API pushes — and on a change rebuilds
+/// every SVID-verifying TLS config for new handshakes. A broken bundle file keeps the last good
+/// configs and is reported.
 async fn watch_bundles(
     mut files: crate::identity::bundles::BundleFiles,
+    mut file_bundles: crate::identity::svid::TrustBundles,
+    workload_api: Option<Arc<crate::identity::workload_api::WorkloadApiSource>>,
     rotating: Vec<Rotating>,
     origin: String,
 ) {
     let mut tick = tokio::time::interval(crate::identity::bundles::POLL_INTERVAL);
+    let mut pushes = workload_api.as_ref().map(|source| source.subscribe());
     loop {
-        tick.tick().await;
-        let bundles = match files.poll() {
-            None => continue,
-            Some(Err(why)) => {
-                tracing::error!(error = %why, "trust bundle reload failed; the last good bundles stay in force");
-                continue;
-            }
-            Some(Ok(bundles)) => bundles,
+        let changed = tokio::select! {
+            _ = tick.tick() => match files.poll() {
+                None => false,
+                Some(Err(why)) => {
+                    tracing::error!(error = %why, "trust bundle reload failed; the last good bundles stay in force");
+                    false
+                }
+                Some(Ok(bundles)) => {
+                    file_bundles = bundles;
+                    true
+                }
+            },
+            pushed = async {
+                match pushes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => pushed,
         };
+        if !changed {
+            continue;
+        }
+        let bundles = merge_bundles(&file_bundles, workload_api.as_deref());
         let mut rebuilt = 0;
         for target in &rotating {
             let mode = match target.mode {
@@ -280,7 +313,18 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let decision_log = DecisionLog::start(&config.telemetry.decision_log)
         .map_err(|e| StartError::Runtime(format!("telemetry.decision_log: {e}")))?;
 
-    let bundles = trust_bundles(&config)?;
+    let file_bundles = trust_bundles(&config)?;
+    let workload_api = match &config.identity.workload_api {
+        None => None,
+        Some(endpoint) => {
+            let source = crate::identity::workload_api::WorkloadApiSource::connect(endpoint)
+                .await
+                .map_err(|e| StartError::Runtime(format!("identity.workload_api: {e}")))?;
+            tracing::info!(endpoint = %endpoint, trust_domains = source.bundles().len(), "connected to the SPIFFE Workload API");
+            Some(Arc::new(source))
+        }
+    };
+    let bundles = merge_bundles(&file_bundles, workload_api.as_deref());
     let mut rotating: Vec<Rotating> = Vec::new();
     let mut bound = Vec::new();
     for listener in &config.listeners {
@@ -460,7 +504,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     if !rotating.is_empty() {
         let files =
             crate::identity::bundles::BundleFiles::new(config.identity.trust_domains.clone());
-        tokio::spawn(watch_bundles(files, rotating, config.origin.clone()));
+        tokio::spawn(watch_bundles(
+            files,
+            file_bundles,
+            workload_api,
+            rotating,
+            config.origin.clone(),
+        ));
     }
     tokio::spawn(crate::admin::serve(
         admin,

@@ -304,3 +304,78 @@ async fn refuses_endpoints_other_than_an_absolute_unix_path() {
         );
     }
 }
+
+/// Through the real proxy: `identity.workload_api` supplies the trust bundle that verifies
+/// agents' SVIDs on a `client_auth: required` listener, and a bundle the agent pushes later
+/// takes effect for new handshakes without a restart.
+#[test]
+fn the_proxy_verifies_agents_with_bundles_pushed_over_the_workload_api() {
+    let ca_a = Pki::with_ca_name("workload-api-ca-a");
+    let ca_b = Pki::with_ca_name("workload-api-ca-b");
+    let inputs = Inputs::new();
+    inputs.set_svid(&ca_a.issue_leaf("tollgate", &[&format!("URI:{ID}")]));
+    inputs.set_bundle(&ca_a.ca_cert());
+    let server = start_server(&inputs);
+    let agent_a = ca_a.issue_leaf("agent-a", &["URI:spiffe://example.org/agent"]);
+    let agent_b = ca_b.issue_leaf("agent-b", &["URI:spiffe://example.org/agent"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package tollgate\ndecision := {\"allow\": input.source.authenticated}\n",
+    )
+    .unwrap();
+    let listener = Pki::new();
+    let leaf = listener.issue_leaf("proxy", &["IP:127.0.0.1"]);
+    let tg = Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0', tls: {{cert: '{}', key: '{}', client_auth: required}}}}]\n\
+         identity: {{workload_api: 'unix://{}'}}\n\
+         policy: {{path: '{}'}}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n",
+        leaf.cert.display(),
+        leaf.key.display(),
+        inputs.socket().display(),
+        dir.path().display(),
+    ));
+    tg.wait_log(
+        |l| l["message"] == "connected to the SPIFFE Workload API",
+        Duration::from_secs(20),
+    );
+    let origin = PyOrigin::start(None);
+    let works = |svid: &TlsFiles| {
+        curl(&[
+            "-s",
+            "--max-time",
+            "10",
+            "-x",
+            &tg.proxy_url(),
+            "--proxy-cacert",
+            listener.ca_cert().to_str().unwrap(),
+            "--proxy-cert",
+            svid.cert.to_str().unwrap(),
+            "--proxy-key",
+            svid.key.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &origin.url("/echo"),
+        ])
+        .stdout
+            == b"200"
+    };
+    assert!(works(&agent_a), "CA A comes from the Workload API");
+    assert!(!works(&agent_b));
+
+    inputs.set_bundle(&ca_b.ca_cert());
+    rotate(&server, 2);
+    tg.wait_log(
+        |l| l["message"] == "trust bundles reloaded",
+        Duration::from_secs(20),
+    );
+    assert!(works(&agent_b), "the pushed bundle is in force");
+    assert!(
+        !works(&agent_a),
+        "the withdrawn CA is refused on new handshakes"
+    );
+}

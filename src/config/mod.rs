@@ -106,6 +106,8 @@ pub struct IdentityConfig {
     pub workload_spiffe_id: Option<SpiffeId>,
     /// Trust bundle file of each trust domain, for SVID verification.
     pub trust_domains: std::collections::BTreeMap<String, PathBuf>,
+    /// SPIFFE Workload API endpoint (`unix:///…`): X.509 bundles of every trust domain, pushed.
+    pub workload_api: Option<String>,
 }
 
 /// Which policy engine evaluates decisions.
@@ -502,7 +504,7 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
             ),
         }
     }
-    if admin_tls.is_some() && trust_domains.is_empty() {
+    if admin_tls.is_some() && trust_domains.is_empty() && raw_identity.workload_api.is_none() {
         problems.add(
             "admin.tls",
             "admin mTLS verifies callers against identity.trust_domains, which is empty",
@@ -523,15 +525,21 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
                 "a non-loopback admin.address needs at least one allowed SPIFFE ID",
             );
         }
-        if trust_domains.is_empty() {
+        if trust_domains.is_empty() && raw_identity.workload_api.is_none() {
             problems.add(
                 "identity.trust_domains",
-                "a non-loopback admin.address needs trust bundles to verify callers",
+                "a non-loopback admin.address needs trust bundles (or identity.workload_api) to verify callers",
             );
         }
     }
-    if raw_identity.workload_api.is_some() {
-        problems.not_supported("identity.workload_api");
+    let workload_api = raw_identity.workload_api.clone();
+    if let Some(endpoint) = &workload_api
+        && !endpoint.starts_with("unix:///")
+    {
+        problems.add(
+            "identity.workload_api",
+            format!("`{endpoint}` is not a unix:///absolute/path endpoint"),
+        );
     }
     let workload_spiffe_id = raw_identity.workload_spiffe_id.as_deref().and_then(|text| {
         SpiffeId::parse(text)
@@ -540,7 +548,10 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
     });
 
     for (i, listener) in listeners.iter().enumerate() {
-        if listener.client_auth != ClientAuth::None && trust_domains.is_empty() {
+        if listener.client_auth != ClientAuth::None
+            && trust_domains.is_empty()
+            && raw_identity.workload_api.is_none()
+        {
             problems.add(
                 format!("listeners[{i}].tls.client_auth"),
                 "client certificates are verified against identity.trust_domains, which is empty",
@@ -681,6 +692,7 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
         identity: IdentityConfig {
             workload_spiffe_id,
             trust_domains,
+            workload_api,
         },
         intercept_ca,
         policy,
