@@ -336,6 +336,18 @@ const DENY_REASONS: &[&str] = &[
     "host_mismatch",
     "private_destination",
     "overloaded",
+    "token_too_large",
+    "token_malformed",
+    "token_alg_not_allowed",
+    "token_missing_claim",
+    "token_invalid_claim",
+    "token_unknown_issuer",
+    "token_unknown_key",
+    "token_bad_signature",
+    "token_expired",
+    "token_not_yet_valid",
+    "token_wrong_audience",
+    "token_subject_mismatch",
 ];
 const ERROR_REASONS: &[&str] = &[
     "dns_error",
