@@ -24,10 +24,30 @@
 # rule stopped matching: what the agent's developer has to change. Rules still left after the
 # last check allow; the first of them in list order decides credential, headers and mode.
 #
-# Performance: the caller's entry is found by key, so the cost does not grow with the number
-# of agents, only with the caller's own rules. Matching is written as comprehensions over
-# builtins rather than calls to helper functions: on regorus' RVM a user-function call costs
-# about as much as a dozen builtin calls.
+# Performance. The policy runs on every request, on regorus' RVM, where every instruction
+# costs tens of nanoseconds and rule and function calls cost several times more. So:
+#   - The caller's entry is found by key: the cost does not grow with the number of agents,
+#     only with the caller's own rules.
+#   - A request is decided in two passes. The quick pass runs every check with tests that
+#     are cheap because they are sufficient but not necessary: the rule names the request's
+#     host, method and intent verbatim (as data usually does), and a field left out takes its
+#     default. The first rule that passes them, rules[first], allows the request unless a rule
+#     before it does. Only those rules (none, when first is 0) are then checked in full:
+#     case-folded and glob host patterns, lower-case methods, explicit [] lists, intent
+#     globs. When no rule passes the quick pass, every rule is checked in full, which also
+#     gives the deny reason. glob.match (costly: it compiles the pattern) only ever runs in
+#     the full checks.
+#   - Checks are written inline, as comprehensions over builtins and `x in list` tests;
+#     "or" is object.get({true: true}, a, b), which is true when a is true, else b.
+# RVM pitfalls to keep clear of (regorus 0.14.1), found while writing this; the unit tests
+# and a differential test against the interpreter are the safety net:
+#   - A comprehension must start with `some x in ...`: a condition that fails before the
+#     first loop of a comprehension derails the rest of the rule body.
+#   - `x := <undefined>` does not fail a body: test every variable that can be undefined
+#     (is_object(d), is_number(i), ...) before the body ends or uses it under `not`.
+#   - A failing `some` loop at the top level of an else-branch body stops the else chain.
+#   - An error in a builtin (lower(5), `some x in "s"`) is an error in the interpreter but
+#     silently undefined in the RVM: guard types (is_string, is_array) before such calls.
 #
 # Portability: only builtins that regorus (interpreter and RVM) and OPA's Wasm target both
 # implement natively. No http.send, io.jwt.*, regex.*, time.now_ns.
@@ -36,7 +56,60 @@ package tollgate
 # Backstop: only reached if every branch below is undefined, which should never happen.
 default decision := {"allow": false, "reason": "default_deny"}
 
-decision := deny("invalid_input") if {
+decision := d if {
+	# A well-formed request from an authenticated caller with an entry: nearly every request.
+	# Anything else goes down the chain below, which reaches the same answers the long way.
+	req := input.request
+	method := req.method
+	is_string(method)
+	host := req.host
+	is_string(host)
+	port := req.port
+	is_number(port)
+	path := req.path
+	is_string(path)
+	startswith(path, "/")
+	caller := input.source.spiffe_id
+	is_string(caller)
+	input.source.authenticated == true
+	rs := data.tollgate_config.agents[caller].rules
+	is_array(rs)
+	default_port := {"https": 443, "http": 80}[req.scheme]
+	is_number(default_port)
+
+	# The quick pass (see the header): quick holds the rules that pass it.
+	port_default := object.get({true: [port]}, port == default_port, [])
+	path_slash := concat("", [path, "/"])
+	name := object.get(input, ["intent", "name"], null)
+	named := is_string(name)
+	verified := [named, object.get(input, ["intent", "verified"], false)] == [true, true]
+	quick := {i |
+		some i, rule in rs
+		host in rule.hosts
+		is_array(rule.hosts)
+		methods := object.get(rule, "methods", ["*"])
+		is_array(methods)
+		object.get({true: true}, method in methods, "*" in methods)
+		ports := object.get(rule, "ports", port_default)
+		is_array(ports)
+		object.get({true: true}, port in ports, "*" in ports)
+		object.get({true: true}, object.get(rule, "require_verified_intent", false) == false, verified)
+		intents := object.get(rule, "intents", [])
+		is_array(intents)
+		object.get({true: true}, intents == [], [named, name in intents] == [true, true])
+		paths := object.get(rule, "paths", ["/"])
+		is_array(paths)
+		some prefix in paths
+		is_string(prefix)
+		startswith(path_slash, concat("", [trim_suffix(prefix, "/"), "/"]))
+	}
+	d := request_decision(rs, min(quick | {count(rs)}), host)
+	is_object(d)
+} else := d if {
+	# The same for a connection-level check.
+	d := connection_quick
+	is_object(d)
+} else := deny("invalid_input") if {
 	not valid_input
 } else := deny("unauthenticated") if {
 	not caller_id
@@ -45,23 +118,46 @@ decision := deny("invalid_input") if {
 } else := deny("unauthenticated") if {
 	agent.require_authenticated
 	not input.source.authenticated == true
-} else := deny("destination_not_allowed") if {
-	count(host_idx) == 0
-} else := deny("port_not_allowed") if {
-	count(port_idx) == 0
-} else := deny("method_not_allowed") if {
-	count(method_idx) == 0
-} else := deny("path_not_allowed") if {
-	count(path_idx) == 0
-} else := deny("intent_required") if {
-	count(intent_present_idx) == 0
-} else := deny("intent_not_allowed") if {
-	count(intent_allowed_idx) == 0
-} else := deny("verified_intent_required") if {
-	count(verified_idx) == 0
-} else := allow_decision
+} else := connection_decision(rules, count(rules), input.destination.host) if {
+	connection_level
+} else := request_decision(rules, count(rules), input.request.host)
 
 deny(reason) := {"allow": false, "reason": reason}
+
+# The fast path of a connection-level check: as for a request, without methods and paths.
+# (A rule of its own: the RVM gives each rule at most 255 registers, too few for both paths.)
+connection_quick := d if {
+	input.request == null
+	host := input.destination.host
+	is_string(host)
+	port := input.destination.port
+	is_number(port)
+	caller := input.source.spiffe_id
+	is_string(caller)
+	input.source.authenticated == true
+	rs := data.tollgate_config.agents[caller].rules
+	is_array(rs)
+
+	port_default := object.get({true: [port]}, port in {80, 443}, [])
+	name := object.get(input, ["intent", "name"], null)
+	named := is_string(name)
+	verified := [named, object.get(input, ["intent", "verified"], false)] == [true, true]
+	quick := {i |
+		some i, rule in rs
+		host in rule.hosts
+		is_array(rule.hosts)
+		ports := object.get(rule, "ports", port_default)
+		is_array(ports)
+		object.get({true: true}, port in ports, "*" in ports)
+		intents := object.get(rule, "intents", [])
+		object.get({true: true}, object.get(rule, "mode", null) != "tunnel", [
+			object.get({true: true}, object.get(rule, "require_verified_intent", false) == false, verified),
+			object.get({true: true}, intents == [], [named, is_array(intents), name in intents] == [true, true, true]),
+		] == [true, true])
+	}
+	d := connection_decision(rs, min(quick | {count(rs)}), host)
+	is_object(d)
+}
 
 # --- input ---------------------------------------------------------------------------------
 
@@ -84,37 +180,7 @@ valid_input if {
 	is_string(input.request.path)
 }
 
-# What is matched against hosts and ports: the connection's destination, or the authority
-# the request goes to.
-target := input.destination if {
-	connection_level
-} else := input.request
-
-# Host names compare case-insensitively and without a trailing root dot.
-target_host := trim_suffix(lower(target.host), ".")
-
-target_port := target.port
-
-# The ports a rule without `ports` accepts. A connection does not know its scheme yet, so both
-# defaults pass there; each request inside is then held to its own scheme's port.
-default_ports := {80, 443} if {
-	connection_level
-} else := {443} if {
-	input.request.scheme == "https"
-} else := {80} if {
-	input.request.scheme == "http"
-} else := set()
-
-port_keys := {target_port, "*"}
-
-method_keys := {upper(input.request.method), "*"}
-
-# The path with a "/" appended, so that prefixes compare on segment boundaries (below).
-path_slash := concat("", [input.request.path, "/"])
-
 caller_id := input.source.spiffe_id if is_string(input.source.spiffe_id)
-
-intent_name := input.intent.name if is_string(input.intent.name)
 
 # --- the caller's rules --------------------------------------------------------------------
 
@@ -125,162 +191,195 @@ rules := agent.rules if {
 	is_array(agent.rules)
 } else := []
 
-# Each check keeps the indices, ascending (list order), of the rules that still match.
-# A list field that is absent or [] does not restrict; any other value that is not a list
-# matches nothing, so a malformed rule fails closed. (`some x in v` is an evaluation error
-# when v is a string or null, hence the is_array guards.)
+# --- the full checks -----------------------------------------------------------------------
 
-# `*` stands for exactly one DNS label and `**` for one or more; glob.match only sees patterns
-# with a wildcard, so IPv6 literals such as "[::1]" compare verbatim.
-host_idx := sort({i |
-	some i, rule in rules
-	is_array(rule.hosts)
-	some pattern in rule.hosts
+# The rules (indices into rs) with a host pattern that matches the host: host names compare
+# case-insensitively and without a trailing root dot. `*` stands for exactly one DNS label
+# and `**` for one or more; glob.match only sees patterns with a wildcard, so IPv6 literals
+# such as "[::1]" compare verbatim.
+host_matches(rs, host) := {i |
+	some i, rule in rs
+	hosts := rule.hosts
+	is_array(hosts)
+	some pattern in hosts
 	is_string(pattern)
-	trim_suffix(lower(pattern), ".") == target_host
+	trim_suffix(lower(pattern), ".") == th
 } | {i |
-	some i, rule in rules
-	is_array(rule.hosts)
-	some pattern in rule.hosts
+	some i, rule in rs
+	hosts := rule.hosts
+	is_array(hosts)
+	some pattern in hosts
 	is_string(pattern)
 	contains(pattern, "*")
-	glob.match(trim_suffix(lower(pattern), "."), ["."], target_host)
-})
-
-port_idx := sort({i |
-	some i in host_idx
-	object.get(rules[i], "ports", []) == []
-	target_port in default_ports
-} | {i |
-	some i in host_idx
-	is_array(rules[i].ports)
-	some port in rules[i].ports
-	port in port_keys
-})
-
-# Methods and paths belong to requests: a connection-level check passes them.
-method_idx := port_idx if {
-	connection_level
-} else := sort({i |
-	some i in port_idx
-	object.get(rules[i], "methods", []) == []
-} | {i |
-	some i in port_idx
-	is_array(rules[i].methods)
-	some method in rules[i].methods
-	is_string(method)
-	upper(method) in method_keys
-})
-
-# Prefixes match whole segments, and a trailing "/" on the prefix does not matter:
-# "/repos/acme" matches "/repos/acme" and "/repos/acme/app" but not "/repos/acmeevil";
-# "/" matches every path.
-path_idx := method_idx if {
-	connection_level
-} else := sort({i |
-	some i in method_idx
-	object.get(rules[i], "paths", []) == []
-} | {i |
-	some i in method_idx
-	is_array(rules[i].paths)
-	some prefix in rules[i].paths
-	prefix == "/"
-} | {i |
-	some i in method_idx
-	is_array(rules[i].paths)
-	some prefix in rules[i].paths
-	is_string(prefix)
-	startswith(path_slash, concat("", [trim_suffix(prefix, "/"), "/"]))
-})
-
-# Intent conditions are checked on every request. At connection level they are checked only
-# for `tunnel` rules: a tunnelled connection gets no per-request check afterwards, so the
-# intent declared on the CONNECT is the last chance to enforce them. Rules exempt here pass
-# the three intent checks.
-intent_exempt := {i |
-	some i in path_idx
-	not rules[i].mode == "tunnel"
+	glob.match(trim_suffix(lower(pattern), "."), ["."], th)
 } if {
-	connection_level
-} else := set()
+	th := trim_suffix(lower(host), ".")
+}
+
+# After the host, a rule is checked for port, method, path, intent present, intent allowed
+# and verified intent, in that order. A rule's stage is the number of these it passes before
+# the first it fails (6: it passes them all); the deny reason is that of the check after the
+# highest stage reached.
+check_names := {
+	0: "destination_not_allowed", 1: "port_not_allowed", 2: "method_not_allowed", 3: "path_not_allowed",
+	4: "intent_required", 5: "intent_not_allowed", 6: "verified_intent_required",
+}
+
+# A rule's stage for a request. A list field that is absent or [] does not restrict:
+# object.get({0: default}, count(list), list) stands in the default for an empty list. Any
+# other value that is not a list matches nothing ([null] stands in for it), so a malformed
+# rule fails closed.
+request_stage(rule) := 0 if {
+	# The ports a rule without `ports` accepts: the scheme's default port.
+	port := input.request.port
+	default_port := object.get({"https": 443, "http": 80}, input.request.scheme, null)
+	value := object.get(rule, "ports", [])
+	list := object.get({true: value}, is_array(value), [null])
+	ports := object.get({0: object.get({true: [port]}, port == default_port, [])}, count(list), list)
+	object.get({true: true}, port in ports, "*" in ports) == false
+} else := 1 if {
+	method_keys := {upper(input.request.method), "*"}
+	value := object.get(rule, "methods", [])
+	list := object.get({true: value}, is_array(value), [null])
+	[m | some m in object.get({0: ["*"]}, count(list), list); is_string(m); upper(m) in method_keys] == []
+} else := 2 if {
+	# Prefixes match whole segments, and a trailing "/" on the prefix does not matter:
+	# "/repos/acme" matches "/repos/acme" and "/repos/acme/app" but not "/repos/acmeevil";
+	# "/" matches every path.
+	path_slash := concat("", [input.request.path, "/"])
+	value := object.get(rule, "paths", [])
+	list := object.get({true: value}, is_array(value), [null])
+	[p |
+		some p in object.get({0: ["/"]}, count(list), list)
+		is_string(p)
+		startswith(path_slash, object.get({"/": ""}, p, concat("", [trim_suffix(p, "/"), "/"])))
+	] == []
+} else := intent_stage(rule)
+
+# A connection-level check: methods and paths belong to requests and pass. Intent conditions
+# are checked only for `tunnel` rules: a tunnelled connection gets no per-request check
+# afterwards, so the intent declared on the CONNECT is the last chance to enforce them. Rules
+# exempt here pass the three intent checks.
+connection_stage(rule) := 0 if {
+	# A connection does not know its scheme yet, so both default ports pass; each request
+	# inside is then held to its own scheme's port.
+	port := input.destination.port
+	value := object.get(rule, "ports", [])
+	list := object.get({true: value}, is_array(value), [null])
+	ports := object.get({0: object.get({true: [port]}, port in {80, 443}, [])}, count(list), list)
+	object.get({true: true}, port in ports, "*" in ports) == false
+} else := 6 if {
+	object.get(rule, "mode", null) != "tunnel"
+} else := intent_stage(rule)
 
 # A rule needs an intent when it lists `intents` or requires a verified one. Anything but an
 # absent or `false` require_verified_intent turns the requirement on: a typo fails closed.
-intent_present_idx := path_idx if {
-	intent_name
-} else := sort(intent_exempt | {i |
-	some i in path_idx
-	object.get(rules[i], "intents", []) == []
-	not rules[i].require_verified_intent
-})
+intent_stage(rule) := 3 if {
+	need := [object.get(rule, "intents", []), object.get(rule, "require_verified_intent", false)] != [[], false]
+	[is_string(object.get(input, ["intent", "name"], null)), need] == [false, true]
+} else := 4 if {
+	not intents_accept(object.get(rule, "intents", []), object.get(input, ["intent", "name"], null))
+} else := 5 if {
+	object.get(input, ["intent", "verified"], false) != true
+	object.get(rule, "require_verified_intent", false) != false
+} else := 6
 
-intent_allowed_idx := sort(intent_exempt | {i |
-	some i in intent_present_idx
-	object.get(rules[i], "intents", []) == []
-} | {i |
-	some i in intent_present_idx
-	is_array(rules[i].intents)
-	some pattern in rules[i].intents
-	pattern == intent_name
-} | {i |
-	some i in intent_present_idx
-	is_array(rules[i].intents)
-	some pattern in rules[i].intents
+intents_accept(intents, _) if intents == []
+
+intents_accept(intents, name) if {
+	is_string(name)
+	is_array(intents)
+	some pattern in intents
+	pattern == name
+}
+
+intents_accept(intents, name) if {
+	is_string(name)
+	is_array(intents)
+	some pattern in intents
 	is_string(pattern)
 	contains(pattern, "*")
-	glob.match(pattern, ["."], intent_name)
-})
+	glob.match(pattern, ["."], name)
+}
 
-verified_idx := intent_allowed_idx if {
-	input.intent.verified == true
-} else := sort(intent_exempt | {i |
-	some i in intent_allowed_idx
-	not rules[i].require_verified_intent
-})
+# --- the decision --------------------------------------------------------------------------
 
-# --- the allow decision --------------------------------------------------------------------
+# The decision for a request, given that rules[first] passes every check (unless first ==
+# count(rs)): the rules before it that match the host get the full checks. best is the
+# [-stage, index] of the first rule with the highest stage ([1, count(rs)] if none).
+request_decision(rs, first, host) := {"allow": true, "reason": allow_reason(rule, 0)} if {
+	# Nothing before rules[first] to check, and no credential or headers to add.
+	first == 0
+	rule := rs[0]
+	is_object(rule)
+	object.get(rule, "credential", null) == null
+	object.get(rule, "headers", null) == null
+} else := d if {
+	hs := host_matches(array.slice(rs, 0, first), host)
+	best := min({[0 - request_stage(rs[i]), i] | some i in hs} | {[1, count(rs)]})
+	i := object.get({-6: best[1]}, best[0], first)
+	d := array.concat(
+		[x | some _ in [0]; i < count(rs); x := request_allow(rs[i], i)],
+		[{"allow": false, "reason": object.get(check_names, 1 - best[0], null)}],
+	)[0]
+	is_object(d)
+}
 
-chosen_index := verified_idx[0]
+# The same for a connection-level check. The allow says how to carry the connection: the
+# rule's `mode` is passed through verbatim; anything but intercept/tunnel makes the decision
+# invalid, and tollgate then fails closed (policy_error).
+connection_decision(rs, first, host) := d if {
+	hs := host_matches(array.slice(rs, 0, first), host)
+	best := min({[0 - connection_stage(rs[i]), i] | some i in hs} | {[1, count(rs)]})
+	i := object.get({-6: best[1]}, best[0], first)
+	d := array.concat(
+		[x |
+			some _ in [0]
+			i < count(rs)
+			x := {"allow": true, "reason": allow_reason(rs[i], i), "mode": object.get(rs[i], "mode", "intercept")}
+		],
+		[{"allow": false, "reason": object.get(check_names, 1 - best[0], null)}],
+	)[0]
+	is_object(d)
+}
 
-chosen := rules[chosen_index]
+# The rule's reason; else "allowed by rule <id>"; else its index.
+allow_reason(rule, i) := concat("", ["allowed by rule ", rule.id]) if {
+	not is_string(rule.reason)
+	is_string(rule.id)
+} else := rule.reason if {
+	is_string(rule.reason)
+} else := concat("", ["allowed by rule rules[", format_int(i, 10), "]"])
 
-allow_reason := chosen.reason if {
-	is_string(chosen.reason)
-} else := concat("", ["allowed by rule ", chosen.id]) if {
-	is_string(chosen.id)
-} else := concat("", ["allowed by rule rules[", format_int(chosen_index, 10), "]"])
-
-# A connection-level allow says how to carry the connection. The rule's `mode` is passed
-# through verbatim: anything but intercept/tunnel makes the decision invalid, and tollgate
-# then fails closed (policy_error).
 # A per-request allow carries the rule's credential and header changes, when it has them.
-allow_decision := {"allow": true, "reason": allow_reason, "mode": object.get(chosen, "mode", "intercept")} if {
-	connection_level
-} else := object.union({"allow": true, "reason": allow_reason}, object.union(credential_part, headers_part))
-
-# Missing scopes/set/remove are filled in. A credential or headers value of the wrong type
-# is passed through as it is, so tollgate rejects the decision (policy_error) rather than
+# Missing scopes/set/remove are filled in. A credential or headers value of the wrong type is
+# passed through as it is, so tollgate rejects the decision (policy_error) rather than
 # forwarding the request without what the rule asked for.
-credential_part := {"credential": object.union(
-	{"name": object.get(chosen.credential, "name", null), "scopes": object.get(chosen.credential, "scopes", [])},
-	ttl_part,
+request_allow(rule, i) := object.union(
+	{"allow": true, "reason": allow_reason(rule, i)},
+	object.union(credential_part(rule), headers_part(rule)),
+)
+
+credential_part(rule) := {"credential": object.union(
+	{"name": object.get(rule.credential, "name", null), "scopes": object.get(rule.credential, "scopes", [])},
+	ttl_part(rule.credential),
 )} if {
-	is_object(chosen.credential)
-} else := {"credential": chosen.credential} if {
-	chosen.credential != null
+	is_object(rule.credential)
+} else := {"credential": rule.credential} if {
+	rule.credential != null
 } else := {}
 
-ttl_part := {"ttl": chosen.credential.ttl} if {
-	chosen.credential.ttl != null
+ttl_part(credential) := {"ttl": credential.ttl} if {
+	credential.ttl != null
 } else := {}
 
-headers_part := {"headers": {
-	"set": object.get(chosen.headers, "set", {}),
-	"remove": object.get(chosen.headers, "remove", []),
+headers_part(rule) := {"headers": {
+	"set": object.get(rule.headers, "set", {}),
+	"remove": object.get(rule.headers, "remove", []),
 }} if {
-	is_object(chosen.headers)
-} else := {"headers": chosen.headers} if {
-	chosen.headers != null
+	is_object(rule.headers)
+} else := {"headers": rule.headers} if {
+	rule.headers != null
 } else := {}
 
 # --- data checks ---------------------------------------------------------------------------

@@ -593,6 +593,81 @@ test_allows_when_a_later_rule_needs_no_intent if {
 	decide(get("api.github.com", "/repos/acme"), [strict, lenient]).reason == "allowed by rule lenient"
 }
 
+# --- the first matching rule wins, however it matches -------------------------------------
+#
+# The policy first looks for a rule that names the host, method and intent verbatim, then
+# checks the rules before it in full (case, trailing dots, globs, [] lists): a rule that only
+# the full checks accept still wins when it comes first.
+
+test_allows_by_earlier_rule_with_lower_case_method if {
+	earlier := object.union(github_read, {"id": "earlier", "methods": ["get"]})
+	later := object.union(github_read, {"id": "later"})
+	decide(get("api.github.com", "/repos/acme"), [earlier, later]).reason == "allowed by rule earlier"
+}
+
+test_allows_by_earlier_rule_with_host_in_other_case_and_root_dot if {
+	earlier := object.union(github_read, {"id": "earlier", "hosts": ["API.GitHub.com."]})
+	later := object.union(github_read, {"id": "later"})
+	decide(get("api.github.com", "/repos/acme"), [earlier, later]).reason == "allowed by rule earlier"
+}
+
+test_allows_by_earlier_rule_with_host_glob if {
+	earlier := object.union(github_read, {"id": "earlier", "hosts": ["*.github.com"]})
+	later := object.union(github_read, {"id": "later"})
+	decide(get("api.github.com", "/repos/acme"), [earlier, later]).reason == "allowed by rule earlier"
+}
+
+test_allows_by_earlier_rule_with_empty_lists if {
+	earlier := {"id": "earlier", "hosts": ["api.github.com"], "ports": [], "methods": [], "paths": [], "intents": []}
+	later := object.union(github_read, {"id": "later"})
+	decide(get("api.github.com", "/repos/acme"), [earlier, later]).reason == "allowed by rule earlier"
+}
+
+test_allows_by_earlier_rule_with_intent_glob if {
+	earlier := object.union(github_read, {"id": "earlier", "intents": ["issues.*"]})
+	later := object.union(github_read, {"id": "later"})
+	inp := with_intent(get("api.github.com", "/repos/acme"), "issues.read", false)
+	decide(inp, [earlier, later]).reason == "allowed by rule earlier"
+}
+
+test_allows_by_later_rule_when_earlier_rule_fails_a_check if {
+	earlier := object.union(github_read, {"id": "earlier", "hosts": ["API.GITHUB.COM"], "methods": ["post"]})
+	later := object.union(github_read, {"id": "later", "credential": {"name": "github"}})
+	d := decide(get("api.github.com", "/repos/acme"), [earlier, later])
+	d == {"allow": true, "reason": "allowed by rule later", "credential": {"name": "github", "scopes": []}}
+}
+
+test_allows_request_host_in_other_case if {
+	decide(get("API.GitHub.COM.", "/repos/acme"), [github_read]).reason == "allowed by rule github-read"
+}
+
+test_allows_request_path_without_leading_slash_for_prefix_slash if {
+	rule := object.union(github_read, {"methods": ["OPTIONS"], "paths": ["/"]})
+	decide(req("OPTIONS", "https", "api.github.com", 443, "*"), [rule]).allow == true
+}
+
+test_denies_with_reason_of_closest_rule_found_by_full_checks if {
+	# Neither rule names the host verbatim; the second gets further (to the intent).
+	near := object.union(github_read, {"id": "near", "hosts": ["API.GITHUB.COM"], "paths": ["/gists/"]})
+	nearer := object.union(github_read, {"id": "nearer", "hosts": ["*.github.com"], "intents": ["issues.read"]})
+	decide(get("api.github.com", "/repos/acme"), [near, nearer]) == deny("intent_required")
+}
+
+test_allows_connection_by_earlier_tunnel_rule_with_host_glob if {
+	earlier := {"id": "earlier", "hosts": ["*.example.org"], "ports": [5432], "mode": "tunnel", "intents": ["db.*"]}
+	later := {"id": "later", "hosts": ["db.example.org"], "ports": ["*"]}
+	inp := with_intent(conn("db.example.org", 5432), "db.query", false)
+	decide(inp, [earlier, later]) == {"allow": true, "reason": "allowed by rule earlier", "mode": "tunnel"}
+	decide(conn("db.example.org", 5432), [earlier, later]) == {"allow": true, "reason": "allowed by rule later", "mode": "intercept"}
+}
+
+test_denies_connection_to_tunnel_rule_without_verified_intent if {
+	rule := {"id": "db", "hosts": ["db.example.org"], "ports": [5432], "mode": "tunnel", "intents": ["db.query"], "require_verified_intent": true}
+	inp := with_intent(conn("db.example.org", 5432), "db.query", false)
+	decide(inp, [rule]) == deny("verified_intent_required")
+	decide(with_intent(conn("db.example.org", 5432), "db.query", true), [rule]).mode == "tunnel"
+}
+
 # --- malformed data fails closed -----------------------------------------------------------
 
 test_denies_every_method_when_methods_is_not_a_list if {
