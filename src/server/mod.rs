@@ -242,7 +242,7 @@ where
 /// Answers a connection over the limit with a JSON 503 and closes it.
 async fn refuse_overloaded(mut stream: TcpStream, plain: bool) {
     if plain {
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = crate::proxy::record::new_decision_id();
         let body = crate::error::ProxyError::Overloaded.body(&id).to_string();
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\nx-tollgate-decision-id: {id}\r\ncontent-length: {}\r\n\r\n{body}",
