@@ -172,6 +172,8 @@ struct Rotating {
     key: PathBuf,
     mode: crate::config::ClientAuth,
     config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    /// The optional-mode verifier used inside intercepted TLS (listeners only).
+    inner: Option<Arc<arc_swap::ArcSwap<crate::proxy::ctx::InnerVerifier>>>,
 }
 
 /// File bundles, plus the Workload API's for trust domains the files do not name (a bundle
@@ -243,6 +245,16 @@ async fn watch_bundles(
                     )
                     .map_err(|e| e.to_string())
                 });
+            if let Some(inner) = &target.inner
+                && let Ok(verifier) = crate::identity::svid::SpiffeClientVerifier::new(
+                    &bundles,
+                    crate::identity::svid::ClientAuthMode::Optional,
+                )
+            {
+                inner.store(Arc::new(crate::proxy::ctx::InnerVerifier(Arc::new(
+                    verifier,
+                ))));
+            }
             match built {
                 Ok(server) => {
                     target.config.store(server);
@@ -329,6 +341,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     let mut bound = Vec::new();
     for listener in &config.listeners {
         let verifier = client_verifier(&config, &bundles, listener.client_auth)?;
+        let mut inner_verifier = None;
         let tls = match &listener.tls {
             Some(paths) => {
                 let server = crate::tls::listener_server_config(&paths.cert, &paths.key, verifier)
@@ -340,11 +353,20 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
                     })?;
                 let swappable = Arc::new(arc_swap::ArcSwap::new(server));
                 if listener.client_auth != crate::config::ClientAuth::None {
+                    let inner =
+                        client_verifier(&config, &bundles, crate::config::ClientAuth::Optional)?
+                            .map(|v| {
+                                Arc::new(arc_swap::ArcSwap::from_pointee(
+                                    crate::proxy::ctx::InnerVerifier(v),
+                                ))
+                            });
+                    inner_verifier = inner.clone();
                     rotating.push(Rotating {
                         cert: paths.cert.clone(),
                         key: paths.key.clone(),
                         mode: listener.client_auth,
                         config: swappable.clone(),
+                        inner,
                     });
                 }
                 Some(swappable)
@@ -364,6 +386,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
             config: listener.clone(),
             tcp,
             tls,
+            inner_verifier,
             local_addr,
         });
     }
@@ -494,6 +517,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
                 key: paths.key.clone(),
                 mode: crate::config::ClientAuth::Required,
                 config: swappable.clone(),
+                inner: None,
             });
             Some(Arc::new(crate::admin::AdminTls {
                 config: swappable,

@@ -60,13 +60,28 @@ impl Pkis {
 }
 
 fn start(pkis: &Pkis, client_auth: &str, extra: &str) -> Tollgate {
+    start_with_identity(pkis, client_auth, "", extra)
+}
+
+/// `identity_extra` goes inside `identity:` (e.g. `, workload_spiffe_id: '…'`).
+fn start_with_identity(
+    pkis: &Pkis,
+    client_auth: &str,
+    identity_extra: &str,
+    extra: &str,
+) -> Tollgate {
     let root = repo_root();
     let leaf = pkis.listener.issue_leaf("proxy", &["IP:127.0.0.1"]);
+    // `extra` may bring its own upstream section.
+    let upstream = if extra.contains("upstream:") {
+        ""
+    } else {
+        "upstream: {allow_private: [127.0.0.0/8]}\n"
+    };
     Tollgate::start(&format!(
         "listeners: [{{name: agents, address: '127.0.0.1:0', tls: {{cert: '{}', key: '{}', client_auth: {client_auth}}}}}]\n\
-         identity: {{trust_domains: {{tollgate.local: {{bundle: '{}'}}}}}}\n\
-         policy: {{path: '{}', data: '{}'}}\n\
-         upstream: {{allow_private: [127.0.0.0/8]}}\n{extra}",
+         identity: {{trust_domains: {{tollgate.local: {{bundle: '{}'}}}}{identity_extra}}}\n\
+         policy: {{path: '{}', data: '{}'}}\n{upstream}{extra}",
         leaf.cert.display(),
         leaf.key.display(),
         pkis.bundle().display(),
@@ -361,4 +376,98 @@ fn rotates_the_trust_bundle_without_a_restart_or_a_lost_connection() {
     );
     assert!(works(&ca2));
     assert!(tg.is_running());
+}
+
+/// SPEC §3.1: the caller's SVID may also come "inside intercepted TLS when the listener requests
+/// client certificates": a listener with `tls.client_auth` asks for one in the TLS inside each
+/// CONNECT too. An inner SVID names the caller; it may not contradict the listener's.
+#[test]
+fn verifies_an_svid_presented_inside_intercepted_tls() {
+    let pkis = Pkis::new();
+    let origin_pki = Pki::new();
+    let origin = PyOrigin::start(Some(&origin_pki));
+    // The sidecar setting: the pod's identity is the default caller (so the CONNECT is decided
+    // for it); an SVID presented inside the tunnel replaces it.
+    let tg = start_with_identity(
+        &pkis,
+        "optional",
+        &format!(", workload_spiffe_id: '{AGENT}'"),
+        &format!(
+            "upstream: {{allow_private: [127.0.0.0/8], ca: '{}'}}\n",
+            origin_pki.ca_cert().display()
+        ),
+    );
+    let intercept_ca = tg.dir().join("state/intercept-ca.pem");
+    let url = format!("https://127.0.0.1:{}/echo", origin.port());
+    let inner = |cert: Option<(&Path, &Path)>, outer: Option<(&Path, &Path)>| {
+        let mut extra: Vec<String> = vec![
+            "-S".into(),
+            "--cacert".into(),
+            intercept_ca.display().to_string(),
+        ];
+        if let Some((c, k)) = cert {
+            extra.extend([
+                "--cert".into(),
+                c.display().to_string(),
+                "--key".into(),
+                k.display().to_string(),
+            ]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        via(&tg, &pkis, outer, &url, &extra)
+    };
+    let agent = (pkis.path("agent.pem"), pkis.path("agent-key.pem"));
+    let other = (pkis.path("other.pem"), pkis.path("other-key.pem"));
+
+    // The SVID inside the tunnel names the caller: `other` is a verified caller the policy
+    // does not know.
+    let out = inner(Some((&other.0, &other.1)), None);
+    let body: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(body["reason"], "unknown_agent", "{body}");
+    tg.wait_decision(
+        |d| d["request"]["scheme"] == "https" && d["source"]["spiffe_id"] == OTHER,
+        WAIT,
+    );
+    let out = inner(Some((&agent.0, &agent.1)), None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let echoed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(echoed["headers"]["x-policy-header"], "set-by-policy");
+
+    // Without one, the workload identity stays the caller.
+    let out = inner(None, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An untrusted SVID inside the tunnel fails the inner handshake and is counted.
+    let rogue_ca = Pki::new();
+    let rogue = rogue_ca.issue_leaf("rogue", &["URI:spiffe://tollgate.local/test/agent"]);
+    let out = inner(Some((&rogue.cert, &rogue.key)), None);
+    assert!(!out.status.success());
+    tg.wait_log(|l| l["reason"] == "untrusted_chain", WAIT);
+
+    // An inner SVID that contradicts the listener's is refused.
+    let out = inner(Some((&other.0, &other.1)), Some((&agent.0, &agent.1)));
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    tg.wait_log(
+        |l| l["message"] == "the SVID inside the tunnel differs from the listener's; closing",
+        WAIT,
+    );
+    // The same SVID inside and outside is fine.
+    let out = inner(Some((&agent.0, &agent.1)), Some((&agent.0, &agent.1)));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

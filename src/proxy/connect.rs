@@ -183,6 +183,12 @@ async fn tunnel(
     }
 }
 
+/// Whether the connection's caller came from a verified SVID on the listener (rather than
+/// the configured workload identity, which an inner SVID may replace).
+fn outer_is_verified(conn: &ConnCtx) -> bool {
+    conn.caller_verified
+}
+
 /// Interception: sniff TLS, terminate it with a leaf for the CONNECT host, and serve HTTP/1.1
 /// or HTTP/2 inside, each request authorized on its own.
 async fn intercept(
@@ -202,12 +208,15 @@ async fn intercept(
     let io = Prefixed::new(first.to_vec(), io);
     if first[0] != TLS_HANDSHAKE {
         // Plain HTTP inside the tunnel (e.g. CONNECT to port 80): authorize each request too.
-        let inner = conn.inside_tunnel(TunnelCtx {
-            authority,
-            scheme: "http",
-            sni: None,
-            ips,
-        });
+        let inner = conn.inside_tunnel(
+            TunnelCtx {
+                authority,
+                scheme: "http",
+                sni: None,
+                ips,
+            },
+            conn.caller.clone(),
+        );
         crate::server::serve_tunneled(proxy, Arc::new(inner), io).await;
         return;
     }
@@ -235,7 +244,13 @@ async fn intercept(
         tracing::warn!(sni = %sni, connect = %authority.host, "SNI does not match the CONNECT host; closing");
         return;
     }
-    let config = match proxy.intercept.server_config(&authority.host) {
+    let minted = match &conn.inner_verifier {
+        Some(verifier) => proxy
+            .intercept
+            .server_config_with_client_auth(&authority.host, verifier.load().0.clone()),
+        None => proxy.intercept.server_config(&authority.host),
+    };
+    let config = match minted {
         Ok(config) => config,
         Err(e) => {
             tracing::error!(error = %e, "cannot intercept");
@@ -246,17 +261,44 @@ async fn intercept(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            if let Some(rejection) = crate::identity::svid::rejection_of_io(&e) {
+                proxy
+                    .metrics
+                    .identity_rejections
+                    .with_label_values(&[rejection.reason().as_str()])
+                    .inc();
+                tracing::warn!(host = %authority.host, reason = rejection.reason().as_str(), "{rejection}");
+            }
             proxy.metrics.agent_tls_error();
             tracing::info!(error = %e, host = %authority.host, "TLS handshake inside the tunnel failed");
             return;
         }
         Err(_) => return,
     };
-    let inner = conn.inside_tunnel(TunnelCtx {
-        authority,
-        scheme: "https",
-        sni,
-        ips,
-    });
+    // An SVID presented inside the tunnel names the caller; it may not contradict the one the
+    // listener's own TLS established.
+    let caller = match crate::identity::svid::peer_spiffe_id(tls.get_ref().1) {
+        None => conn.caller.clone(),
+        Some(inner_id) => match conn.caller.spiffe_id() {
+            Some(outer)
+                if conn.inner_verifier.is_some()
+                    && *outer != inner_id
+                    && outer_is_verified(&conn) =>
+            {
+                tracing::warn!(outer = %outer, inner = %inner_id, "the SVID inside the tunnel differs from the listener's; closing");
+                return;
+            }
+            _ => crate::identity::Caller::Authenticated(inner_id),
+        },
+    };
+    let inner = conn.inside_tunnel(
+        TunnelCtx {
+            authority,
+            scheme: "https",
+            sni,
+            ips,
+        },
+        caller,
+    );
     crate::server::serve_tunneled(proxy, Arc::new(inner), tls).await;
 }

@@ -18,12 +18,20 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Established at connection time, never from a header.
     pub caller: Caller,
+    /// True when `caller` is a verified SVID (not the configured workload identity).
+    pub caller_verified: bool,
     /// Set for connections served inside an intercepted CONNECT tunnel.
     pub tunnel: Option<TunnelCtx>,
     /// Raw-byte framing verdicts of an HTTP/1 connection (request-smuggling defence).
     pub framing: Option<Arc<FramingVerdicts>>,
+    /// For listeners with `tls.client_auth`: the verifier that also asks for an SVID inside
+    /// intercepted TLS (optional mode; swapped when trust bundles rotate).
+    pub inner_verifier: Option<Arc<arc_swap::ArcSwap<InnerVerifier>>>,
     requests: AtomicU64,
 }
+
+/// An SVID verifier for the TLS inside CONNECT tunnels.
+pub struct InnerVerifier(pub Arc<dyn rustls::server::danger::ClientCertVerifier>);
 
 /// The tunnel a request arrived through.
 #[derive(Clone)]
@@ -44,21 +52,26 @@ impl ConnCtx {
             intercept,
             peer,
             caller,
+            caller_verified: false,
             tunnel: None,
             framing: None,
+            inner_verifier: None,
             requests: AtomicU64::new(0),
         }
     }
 
-    /// The connection served inside a tunnel opened from this one.
-    pub fn inside_tunnel(&self, tunnel: TunnelCtx) -> ConnCtx {
+    /// The connection served inside a tunnel opened from this one, by `caller` (this
+    /// connection's, or the SVID verified inside the tunnel).
+    pub fn inside_tunnel(&self, tunnel: TunnelCtx, caller: Caller) -> ConnCtx {
         ConnCtx {
             listener: self.listener.clone(),
             intercept: self.intercept,
             peer: self.peer,
-            caller: self.caller.clone(),
+            caller,
+            caller_verified: self.caller_verified,
             tunnel: Some(tunnel),
             framing: None,
+            inner_verifier: None,
             requests: AtomicU64::new(0),
         }
     }

@@ -32,6 +32,8 @@ pub struct BoundListener {
     pub tcp: TcpListener,
     /// The listener's TLS config; swapped when trust bundles rotate (new handshakes only).
     pub tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
+    /// With `tls.client_auth`: the SVID verifier also used inside intercepted TLS.
+    pub inner_verifier: Option<Arc<arc_swap::ArcSwap<crate::proxy::ctx::InnerVerifier>>>,
     pub local_addr: SocketAddr,
 }
 
@@ -127,12 +129,16 @@ async fn serve_agent_connection(
                 Ok(Ok(tls)) => {
                     // A verified SVID names the caller; without one (client_auth: optional or
                     // none) the configured workload identity does. Never a header.
-                    let caller = crate::identity::svid::peer_spiffe_id(tls.get_ref().1)
-                        .map_or(default_caller, Caller::Authenticated);
+                    let verified = crate::identity::svid::peer_spiffe_id(tls.get_ref().1);
+                    let caller_verified = verified.is_some();
+                    let caller = verified.map_or(default_caller, Caller::Authenticated);
                     if let Some(id) = caller.spiffe_id() {
                         tracing::Span::current().record("caller", id.as_str());
                     }
-                    let conn = ConnCtx::new(name.clone(), listener.config.intercept, peer, caller);
+                    let mut conn =
+                        ConnCtx::new(name.clone(), listener.config.intercept, peer, caller);
+                    conn.caller_verified = caller_verified;
+                    conn.inner_verifier = listener.inner_verifier.clone();
                     serve_http1(proxy, conn, tls).await;
                 }
                 Ok(Err(e)) => {

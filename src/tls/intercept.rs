@@ -24,6 +24,9 @@ const CACHE_CAPACITY: usize = 10_000;
 #[derive(Clone)]
 struct CachedConfig {
     config: Arc<rustls::ServerConfig>,
+    /// The leaf and its PKCS#8 key, to build configs that also ask for client certificates.
+    leaf: rustls::pki_types::CertificateDer<'static>,
+    key: Vec<u8>,
     minted: Instant,
 }
 
@@ -72,14 +75,41 @@ impl InterceptAuthority {
 
     /// The TLS server config presenting a leaf for `host` (lower-case DNS name or IP).
     pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, InterceptError> {
+        Ok(self.cached(host)?.config)
+    }
+
+    /// Like [`Self::server_config`], also asking the agent for a client certificate checked by
+    /// `verifier` (for listeners with `tls.client_auth`). Built per tunnel from the cached leaf:
+    /// the verifier changes when trust bundles rotate.
+    pub fn server_config_with_client_auth(
+        &self,
+        host: &str,
+        verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Result<Arc<rustls::ServerConfig>, InterceptError> {
+        let cached = self.cached(host)?;
+        let config_error = |message: String| InterceptError::Config {
+            host: host.to_string(),
+            message,
+        };
+        let mut config = rustls::ServerConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_error(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![cached.leaf], PrivateKeyDer::Pkcs8(cached.key.into()))
+            .map_err(|e| config_error(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn cached(&self, host: &str) -> Result<CachedConfig, InterceptError> {
         if let Some(cached) = self.cache.get(host)
             && cached.minted.elapsed() < LEAF_REFRESH
         {
-            return Ok(cached.config);
+            return Ok(cached);
         }
         let fresh = self.mint(host)?;
         self.cache.insert(host.to_string(), fresh.clone());
-        Ok(fresh.config)
+        Ok(fresh)
     }
 
     fn mint(&self, host: &str) -> Result<CachedConfig, InterceptError> {
@@ -98,12 +128,14 @@ impl InterceptAuthority {
             .with_safe_default_protocol_versions()
             .map_err(|e| config_error(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(vec![leaf], PrivateKeyDer::Pkcs8(key.into()))
+            .with_single_cert(vec![leaf.clone()], PrivateKeyDer::Pkcs8(key.clone().into()))
             .map_err(|e| config_error(e.to_string()))?;
         // h2 first: agents that speak HTTP/2 get it inside the tunnel.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(CachedConfig {
             config: Arc::new(config),
+            leaf,
+            key,
             minted: Instant::now(),
         })
     }
