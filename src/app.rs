@@ -203,10 +203,23 @@ async fn watch_bundles(
 ) {
     let mut tick = tokio::time::interval(crate::identity::bundles::POLL_INTERVAL);
     let mut pushes = workload_api.as_ref().map(|source| source.subscribe());
+    // The listeners' own certificate and key files rotate too.
+    let mut certificates = crate::identity::bundles::BundleFiles::new(
+        rotating
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                [
+                    (format!("{i}.cert"), t.cert.clone()),
+                    (format!("{i}.key"), t.key.clone()),
+                ]
+            })
+            .collect(),
+    );
     loop {
         let changed = tokio::select! {
             _ = tick.tick() => match files.poll() {
-                None => false,
+                None => certificates.stamps_changed(),
                 Some(Err(why)) => {
                     tracing::error!(error = %why, "trust bundle reload failed; the last good bundles stay in force");
                     false
@@ -230,21 +243,29 @@ async fn watch_bundles(
         let mut rebuilt = 0;
         for target in &rotating {
             let mode = match target.mode {
+                crate::config::ClientAuth::None => None,
                 crate::config::ClientAuth::Optional => {
-                    crate::identity::svid::ClientAuthMode::Optional
+                    Some(crate::identity::svid::ClientAuthMode::Optional)
                 }
-                _ => crate::identity::svid::ClientAuthMode::Required,
+                crate::config::ClientAuth::Required => {
+                    Some(crate::identity::svid::ClientAuthMode::Required)
+                }
             };
-            let built = crate::identity::svid::SpiffeClientVerifier::new(&bundles, mode)
-                .map_err(|e| e.to_string())
-                .and_then(|verifier| {
-                    crate::tls::listener_server_config(
-                        &target.cert,
-                        &target.key,
-                        Some(Arc::new(verifier)),
-                    )
+            let verifier: Result<
+                Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+                String,
+            > = match mode {
+                None => Ok(None),
+                Some(mode) => crate::identity::svid::SpiffeClientVerifier::new(&bundles, mode)
+                    .map(|v| {
+                        Some(Arc::new(v) as Arc<dyn rustls::server::danger::ClientCertVerifier>)
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            let built = verifier.and_then(|verifier| {
+                crate::tls::listener_server_config(&target.cert, &target.key, verifier)
                     .map_err(|e| e.to_string())
-                });
+            });
             if let Some(inner) = &target.inner
                 && let Ok(verifier) = crate::identity::svid::SpiffeClientVerifier::new(
                     &bundles,
@@ -352,23 +373,25 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
                         ))
                     })?;
                 let swappable = Arc::new(arc_swap::ArcSwap::new(server));
-                if listener.client_auth != crate::config::ClientAuth::None {
-                    let inner =
-                        client_verifier(&config, &bundles, crate::config::ClientAuth::Optional)?
-                            .map(|v| {
-                                Arc::new(arc_swap::ArcSwap::from_pointee(
-                                    crate::proxy::ctx::InnerVerifier(v),
-                                ))
-                            });
-                    inner_verifier = inner.clone();
-                    rotating.push(Rotating {
-                        cert: paths.cert.clone(),
-                        key: paths.key.clone(),
-                        mode: listener.client_auth,
-                        config: swappable.clone(),
-                        inner,
-                    });
-                }
+                let inner = if listener.client_auth == crate::config::ClientAuth::None {
+                    None
+                } else {
+                    client_verifier(&config, &bundles, crate::config::ClientAuth::Optional)?.map(
+                        |v| {
+                            Arc::new(arc_swap::ArcSwap::from_pointee(
+                                crate::proxy::ctx::InnerVerifier(v),
+                            ))
+                        },
+                    )
+                };
+                inner_verifier = inner.clone();
+                rotating.push(Rotating {
+                    cert: paths.cert.clone(),
+                    key: paths.key.clone(),
+                    mode: listener.client_auth,
+                    config: swappable.clone(),
+                    inner,
+                });
                 Some(swappable)
             }
             None => None,

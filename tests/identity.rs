@@ -471,3 +471,68 @@ fn verifies_an_svid_presented_inside_intercepted_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The listener's own certificate is a PEM source too: replacing its files takes effect for new
+/// handshakes without a restart.
+#[test]
+fn rotates_the_listener_certificate_from_its_files() {
+    let pki_a = Pki::with_ca_name("listener-ca-a");
+    let pki_b = Pki::with_ca_name("listener-ca-b");
+    let a = pki_a.issue_leaf("a", &["IP:127.0.0.1"]);
+    let b = pki_b.issue_leaf("b", &["IP:127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        dir.path().join("proxy.pem"),
+        dir.path().join("proxy-key.pem"),
+    );
+    std::fs::copy(&a.cert, &cert).unwrap();
+    std::fs::copy(&a.key, &key).unwrap();
+    let tg = Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0', tls: {{cert: '{}', key: '{}'}}}}]\n\
+         identity: {{workload_spiffe_id: '{AGENT}'}}\n\
+         policy: {{path: '{}', data: '{}'}}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n",
+        cert.display(),
+        key.display(),
+        repo_root().join("policy-wasm").display(),
+        repo_root()
+            .join("tests/fixtures/policy-data.json")
+            .display(),
+    ));
+    let origin = PyOrigin::start(None);
+    let trusts = |ca: &Path| {
+        curl(&[
+            "-s",
+            "--max-time",
+            "10",
+            "-x",
+            &tg.proxy_url(),
+            "--proxy-cacert",
+            ca.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &origin.url("/echo"),
+        ])
+        .stdout
+            == b"200"
+    };
+    assert!(trusts(&pki_a.ca_cert()));
+    assert!(!trusts(&pki_b.ca_cert()));
+    // Replace key and certificate (each atomically, as a secret mount does).
+    for (from, to) in [(&b.key, &key), (&b.cert, &cert)] {
+        let staged = dir.path().join("staged.pem");
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::rename(&staged, to).unwrap();
+    }
+    tg.wait_log(|l| l["message"] == "trust bundles reloaded", WAIT);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !trusts(&pki_b.ca_cert()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+    }
+    assert!(!trusts(&pki_a.ca_cert()));
+}

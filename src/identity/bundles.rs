@@ -61,6 +61,19 @@ impl BundleFiles {
         changed.then(|| self.load())
     }
 
+    /// Whether any tracked file changed since the last call (without loading them).
+    pub fn stamps_changed(&mut self) -> bool {
+        let mut changed = false;
+        for (name, path) in &self.paths {
+            let now = stamp(path);
+            if self.stamps.get(name) != Some(&now) {
+                self.stamps.insert(name.clone(), now);
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// Whether any bundle is configured.
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
