@@ -168,12 +168,32 @@ async fn watch_jwks(issuers: Arc<crate::intent_token::IntentIssuers>) {
 
 /// A TLS config that verifies SVIDs and must be rebuilt when trust bundles rotate.
 struct Rotating {
-    cert: PathBuf,
-    key: PathBuf,
+    /// Certificate and key files; `None`: tollgate's own SVID from the Workload API.
+    files: Option<(PathBuf, PathBuf)>,
     mode: crate::config::ClientAuth,
     config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     /// The optional-mode verifier used inside intercepted TLS (listeners only).
     inner: Option<Arc<arc_swap::ArcSwap<crate::proxy::ctx::InnerVerifier>>>,
+}
+
+/// A listener TLS config from its files, or from tollgate's own Workload API SVID.
+fn listener_tls(
+    files: Option<&(PathBuf, PathBuf)>,
+    workload_api: Option<&crate::identity::workload_api::WorkloadApiSource>,
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    match (files, workload_api) {
+        (Some((cert, key)), _) => {
+            crate::tls::listener_server_config(cert, key, verifier).map_err(|e| e.to_string())
+        }
+        (None, Some(source)) => {
+            let (chain, key, _id) = source
+                .svid()
+                .ok_or_else(|| "the Workload API has no SVID for tollgate".to_string())?;
+            crate::tls::server_config_from_der(chain, key, verifier)
+        }
+        (None, None) => Err("no certificate: neither tls files nor identity.workload_api".into()),
+    }
 }
 
 /// File bundles, plus the Workload API's for trust domains the files do not name (a bundle
@@ -208,12 +228,8 @@ async fn watch_bundles(
         rotating
             .iter()
             .enumerate()
-            .flat_map(|(i, t)| {
-                [
-                    (format!("{i}.cert"), t.cert.clone()),
-                    (format!("{i}.key"), t.key.clone()),
-                ]
-            })
+            .filter_map(|(i, t)| t.files.clone().map(|files| (i, files)))
+            .flat_map(|(i, (cert, key))| [(format!("{i}.cert"), cert), (format!("{i}.key"), key)])
             .collect(),
     );
     loop {
@@ -263,8 +279,7 @@ async fn watch_bundles(
                     .map_err(|e| e.to_string()),
             };
             let built = verifier.and_then(|verifier| {
-                crate::tls::listener_server_config(&target.cert, &target.key, verifier)
-                    .map_err(|e| e.to_string())
+                listener_tls(target.files.as_ref(), workload_api.as_deref(), verifier)
             });
             if let Some(inner) = &target.inner
                 && let Ok(verifier) = crate::identity::svid::SpiffeClientVerifier::new(
@@ -363,9 +378,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     for listener in &config.listeners {
         let verifier = client_verifier(&config, &bundles, listener.client_auth)?;
         let mut inner_verifier = None;
-        let tls = match &listener.tls {
-            Some(paths) => {
-                let server = crate::tls::listener_server_config(&paths.cert, &paths.key, verifier)
+        let files = listener
+            .tls
+            .as_ref()
+            .map(|p| (p.cert.clone(), p.key.clone()));
+        let wants_tls = files.is_some() || listener.tls_from_workload_api;
+        let tls = match wants_tls {
+            true => {
+                let server = listener_tls(files.as_ref(), workload_api.as_deref(), verifier)
                     .map_err(|e| {
                         StartError::Config(format!(
                             "{}: listeners.{}.tls: {e}",
@@ -386,15 +406,14 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
                 };
                 inner_verifier = inner.clone();
                 rotating.push(Rotating {
-                    cert: paths.cert.clone(),
-                    key: paths.key.clone(),
+                    files,
                     mode: listener.client_auth,
                     config: swappable.clone(),
                     inner,
                 });
                 Some(swappable)
             }
-            None => None,
+            false => None,
         };
         let tcp = TcpListener::bind(listener.address).await.map_err(|e| {
             StartError::Runtime(format!(
@@ -536,8 +555,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
             tracing::info!(address = %admin_addr, allowed_spiffe_ids = ?allowed, "admin API requires mTLS with an X.509-SVID");
             let swappable = Arc::new(arc_swap::ArcSwap::new(server));
             rotating.push(Rotating {
-                cert: paths.cert.clone(),
-                key: paths.key.clone(),
+                files: Some((paths.cert.clone(), paths.key.clone())),
                 mode: crate::config::ClientAuth::Required,
                 config: swappable.clone(),
                 inner: None,

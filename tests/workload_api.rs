@@ -379,3 +379,60 @@ fn the_proxy_verifies_agents_with_bundles_pushed_over_the_workload_api() {
         "the withdrawn CA is refused on new handshakes"
     );
 }
+
+/// Prints the SHA-256 of the certificate a TLS server presents (chain verified against the CA
+/// file; no host-name check: an SVID names a SPIFFE ID, not a host).
+const PEER_CERT: &str = r#"
+import hashlib, socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.check_hostname = False
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="tollgate") as s:
+    print(hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest())
+"#;
+
+fn sha256_of_pem(path: &Path) -> String {
+    let der = certs_der(path).remove(0);
+    // Hash the DER through a file with the harness' sha256sum helper (no extra crates).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("leaf.der");
+    std::fs::write(&file, der.as_ref()).unwrap();
+    sha256_file(&file)
+}
+
+/// tollgate's own SVID from the Workload API serves as a listener certificate (a `tls` block
+/// without files) and follows the agent's rotations.
+#[test]
+fn the_listener_serves_tollgates_own_svid_from_the_workload_api() {
+    let ca = Pki::with_ca_name("workload-api-ca");
+    let inputs = Inputs::new();
+    let svid1 = ca.issue_leaf("svid1", &[&format!("URI:{ID}")]);
+    let svid2 = ca.issue_leaf("svid2", &[&format!("URI:{ID}")]);
+    inputs.set_svid(&svid1);
+    inputs.set_bundle(&ca.ca_cert());
+    let server = start_server(&inputs);
+    let tg = Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0', tls: {{client_auth: none}}}}]\n\
+         identity: {{workload_api: 'unix://{}'}}\n",
+        inputs.socket().display(),
+    ));
+    let port = tg.proxy_addr("agents").port().to_string();
+    let presented = || {
+        let out = run_checked(
+            command(python()).args(["-c", PEER_CERT, &port, ca.ca_cert().to_str().unwrap()]),
+            Duration::from_secs(20),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(presented(), sha256_of_pem(&svid1.cert));
+
+    inputs.set_svid(&svid2);
+    rotate(&server, 2);
+    let want = sha256_of_pem(&svid2.cert);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while presented() != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated SVID was never served"
+        );
+    }
+}

@@ -67,6 +67,9 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     pub mode: ListenerMode,
     pub tls: Option<KeyPairPaths>,
+    /// TLS on the listener with tollgate's own SVID from the Workload API as its certificate
+    /// (a `tls` block without `cert` and `key`).
+    pub tls_from_workload_api: bool,
     /// Whether agents must (or may) present an X.509-SVID on the listener's TLS.
     pub client_auth: ClientAuth,
     pub intercept: bool,
@@ -548,6 +551,12 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
     });
 
     for (i, listener) in listeners.iter().enumerate() {
+        if listener.tls_from_workload_api && raw_identity.workload_api.is_none() {
+            problems.add(
+                format!("listeners[{i}].tls"),
+                "needs cert and key, or identity.workload_api to serve tollgate's own SVID",
+            );
+        }
         if listener.client_auth != ClientAuth::None
             && trust_domains.is_empty()
             && raw_identity.workload_api.is_none()
@@ -750,7 +759,8 @@ fn validate_listeners(
             }
         };
         let mut client_auth = ClientAuth::None;
-        let tls = listener.tls.map(|tls| {
+        let mut tls_from_workload_api = false;
+        let tls = listener.tls.and_then(|tls| {
             client_auth = match tls.client_auth.as_deref() {
                 None | Some("none") => ClientAuth::None,
                 Some("required") => ClientAuth::Required,
@@ -763,9 +773,23 @@ fn validate_listeners(
                     ClientAuth::None
                 }
             };
-            KeyPairPaths {
-                cert: require_file(base, &tls.cert, &format!("{key}.tls.cert"), problems),
-                key: require_file(base, &tls.key, &format!("{key}.tls.key"), problems),
+            match (&tls.cert, &tls.key) {
+                (Some(cert), Some(key_file)) => Some(KeyPairPaths {
+                    cert: require_file(base, cert, &format!("{key}.tls.cert"), problems),
+                    key: require_file(base, key_file, &format!("{key}.tls.key"), problems),
+                }),
+                (None, None) => {
+                    tls_from_workload_api = true;
+                    None
+                }
+                (None, Some(_)) => {
+                    problems.add(format!("{key}.tls.cert"), "is required with tls.key");
+                    None
+                }
+                (Some(_), None) => {
+                    problems.add(format!("{key}.tls.key"), "is required with tls.cert");
+                    None
+                }
             }
         });
         if let Some(address) = address {
@@ -774,6 +798,7 @@ fn validate_listeners(
                 address,
                 mode,
                 tls,
+                tls_from_workload_api,
                 client_auth,
                 intercept: listener.intercept.unwrap_or(true),
             });

@@ -27,8 +27,11 @@ pub struct RawListener {
 /// `listeners[].tls`: TLS on the listener itself ("HTTPS proxy").
 #[derive(Debug, Clone, Deserialize)]
 pub struct RawListenerTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// Absent (with `key`) when tollgate's own SVID from the Workload API serves.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
     #[serde(default)]
     pub client_auth: Option<String>,
 }

@@ -76,23 +76,31 @@ pub fn listener_server_config(
 ) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
     let chain = load_certs(cert)?;
     let key_der = load_key(key)?;
+    server_config_from_der(chain, key_der, client_verifier).map_err(|message| {
+        TlsFileError::Invalid {
+            path: key.to_path_buf(),
+            message,
+        }
+    })
+}
+
+/// Server config from a certificate chain and key in memory (tollgate's own SVID from the
+/// Workload API), with an optional SVID client verifier.
+pub fn server_config_from_der(
+    chain: Vec<CertificateDer<'static>>,
+    key_der: PrivateKeyDer<'static>,
+    client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsFileError::Invalid {
-            path: cert.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| e.to_string())?;
     let builder = match client_verifier {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder
-            .with_single_cert(chain, key_der)
-            .map_err(|e| TlsFileError::Invalid {
-                path: key.to_path_buf(),
-                message: format!("certificate and key do not form a usable pair: {e}"),
-            })?;
+    let mut config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
