@@ -20,6 +20,7 @@
 //! - [`upstream`]: resolution with the private-address guard, the origin client
 //! - [`telemetry`]: decision log and operational log
 //! - [`admin`]: the admin listener
+//! - [`watch`]: hot state from its sources (bundles, certificates, policy files, JWKS)
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -36,3 +37,4 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

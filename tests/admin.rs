@@ -67,44 +67,14 @@ fn admin(tg: &Tollgate, method: &str, path: &str, body: Option<&str>) -> (u16, V
     )
 }
 
-/// One HTTP/1.1 exchange on an open connection; returns (status, body).
-fn exchange(stream: &mut TcpStream, url: &str) -> (u16, String) {
-    write!(stream, "GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[test]
 fn kills_the_next_request_on_an_open_keep_alive_connection_and_lifts() {
     let dir = tempfile::tempdir().unwrap();
     let tg = tollgate(dir.path());
     let origin = PyOrigin::start(None);
     let url = origin.url("/echo");
-    let mut stream = TcpStream::connect(tg.proxy_addr("agents")).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    assert_eq!(exchange(&mut stream, &url).0, 200);
+    let mut conn = KeepAlive::connect(tg.proxy_addr("agents"), WAIT);
+    assert_eq!(conn.get(&url).0, 200);
 
     let (status, body) = admin(
         &tg,
@@ -115,7 +85,7 @@ fn kills_the_next_request_on_an_open_keep_alive_connection_and_lifts() {
         )),
     );
     assert_eq!(status, 201, "{body}");
-    let (status, body) = exchange(&mut stream, &url);
+    let (status, body) = conn.get(&url);
     assert_eq!(status, 403, "same connection, next request: {body}");
     assert!(body.contains("\"reason\":\"killed\""), "{body}");
     tg.wait_decision(|d| d["decision"]["reason"] == "killed", WAIT);
@@ -130,7 +100,7 @@ fn kills_the_next_request_on_an_open_keep_alive_connection_and_lifts() {
     let (status, _) = admin(&tg, "DELETE", &format!("/v1/kill/{id}"), None);
     assert_eq!(status, 200);
     assert_eq!(
-        exchange(&mut stream, &url).0,
+        conn.get(&url).0,
         200,
         "lifted: allowed again on the same connection"
     );

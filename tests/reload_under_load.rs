@@ -6,8 +6,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,40 +24,11 @@ fn policy_text(n: usize) -> String {
 /// One keep-alive agent: GETs until `stop`, returns the status of every response.
 fn agent(proxy: std::net::SocketAddr, url: String, stop: Arc<AtomicBool>) -> Vec<u16> {
     let mut statuses = Vec::new();
-    let mut stream = TcpStream::connect(proxy).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.set_nodelay(true).unwrap();
-    let request = format!("GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut conn = KeepAlive::connect(proxy, WAIT);
     // Bounded in count and time.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !stop.load(Ordering::Relaxed) && statuses.len() < 100_000 && Instant::now() < deadline {
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .expect("a response for every request");
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status line");
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body).unwrap();
-        statuses.push(status);
+        statuses.push(conn.get(&url).0);
     }
     statuses
 }

@@ -15,8 +15,8 @@ use super::svid::{TrustBundles, load_bundle};
 /// How often bundle files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// What identifies a file version cheaply.
-type Stamp = Option<(u64, SystemTime)>;
+/// What identifies a file version cheaply (size and modification time).
+pub type Stamp = Option<(u64, SystemTime)>;
 
 /// The configured bundle files and the stamps of the versions last loaded.
 pub struct BundleFiles {
@@ -24,7 +24,8 @@ pub struct BundleFiles {
     stamps: BTreeMap<String, Stamp>,
 }
 
-fn stamp(path: &PathBuf) -> Stamp {
+/// The stamp of a file now (`None` when it cannot be read).
+pub fn stamp(path: &std::path::Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
 }
@@ -50,15 +51,7 @@ impl BundleFiles {
     /// `Some(result)` when a file changed since the last call (the new set, or why it was not
     /// usable); `None` when nothing changed.
     pub fn poll(&mut self) -> Option<Result<TrustBundles, String>> {
-        let mut changed = false;
-        for (domain, path) in &self.paths {
-            let now = stamp(path);
-            if self.stamps.get(domain) != Some(&now) {
-                self.stamps.insert(domain.clone(), now);
-                changed = true;
-            }
-        }
-        changed.then(|| self.load())
+        self.stamps_changed().then(|| self.load())
     }
 
     /// Whether any tracked file changed since the last call (without loading them).
@@ -72,10 +65,5 @@ impl BundleFiles {
             }
         }
         changed
-    }
-
-    /// Whether any bundle is configured.
-    pub fn is_empty(&self) -> bool {
-        self.paths.is_empty()
     }
 }

@@ -438,3 +438,53 @@ impl Streaming {
         status
     }
 }
+
+/// One HTTP/1.1 keep-alive connection driven by hand (raw request bytes in, status and body
+/// out), for tests that must control exactly which connection a request travels on.
+pub struct KeepAlive {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    /// Connects (TCP_NODELAY, bounded reads).
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> KeepAlive {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        KeepAlive { stream, reader }
+    }
+
+    /// Sends an absolute-form GET of `url` and reads the whole response (Content-Length bodies).
+    pub fn get(&mut self, url: &str) -> (u16, String) {
+        use std::io::Write;
+        let request = format!("GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        self.stream.write_all(request.as_bytes()).unwrap();
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .expect("a response for every request");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("status line: {line:?}"));
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
