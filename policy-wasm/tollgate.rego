@@ -19,6 +19,7 @@
 #   intent_required          ... the rules left need an intent and none was declared
 #   intent_not_allowed       ... the declared intent is not one they accept
 #   verified_intent_required ... they need a signed intent token; the intent is self-declared
+#   outside_time_window      ... none of them is open at input.time (rule `windows`, UTC)
 #
 # Each check narrows the agent's rule list, so a deny names the check at which the *closest*
 # rule stopped matching: what the agent's developer has to change. Rules still left after the
@@ -97,6 +98,7 @@ decision := d if {
 		intents := object.get(rule, "intents", [])
 		is_array(intents)
 		object.get({true: true}, intents == [], [named, name in intents] == [true, true])
+		object.get(rule, "windows", []) == []
 		paths := object.get(rule, "paths", ["/"])
 		is_array(paths)
 		some prefix in paths
@@ -149,6 +151,7 @@ connection_quick := d if {
 		ports := object.get(rule, "ports", port_default)
 		is_array(ports)
 		object.get({true: true}, port in ports, "*" in ports)
+		object.get({true: true}, object.get(rule, "mode", null) != "tunnel", object.get(rule, "windows", []) == [])
 		intents := object.get(rule, "intents", [])
 		object.get({true: true}, object.get(rule, "mode", null) != "tunnel", [
 			object.get({true: true}, object.get(rule, "require_verified_intent", false) == false, verified),
@@ -216,13 +219,13 @@ host_matches(rs, host) := {i |
 	th := trim_suffix(lower(host), ".")
 }
 
-# After the host, a rule is checked for port, method, path, intent present, intent allowed
-# and verified intent, in that order. A rule's stage is the number of these it passes before
-# the first it fails (6: it passes them all); the deny reason is that of the check after the
-# highest stage reached.
+# After the host, a rule is checked for port, method, path, intent present, intent allowed,
+# verified intent and time window, in that order. A rule's stage is the number of these it
+# passes before the first it fails (7: it passes them all); the deny reason is that of the
+# check after the highest stage reached.
 check_names := {
 	0: "destination_not_allowed", 1: "port_not_allowed", 2: "method_not_allowed", 3: "path_not_allowed",
-	4: "intent_required", 5: "intent_not_allowed", 6: "verified_intent_required",
+	4: "intent_required", 5: "intent_not_allowed", 6: "verified_intent_required", 7: "outside_time_window",
 }
 
 # A rule's stage for a request. A list field that is absent or [] does not restrict:
@@ -257,9 +260,9 @@ request_stage(rule) := 0 if {
 } else := intent_stage(rule)
 
 # A connection-level check: methods and paths belong to requests and pass. Intent conditions
-# are checked only for `tunnel` rules: a tunnelled connection gets no per-request check
-# afterwards, so the intent declared on the CONNECT is the last chance to enforce them. Rules
-# exempt here pass the three intent checks.
+# and time windows are checked only for `tunnel` rules: a tunnelled connection gets no
+# per-request check afterwards, so the CONNECT is the last chance to enforce them. Rules
+# exempt here pass the intent and window checks.
 connection_stage(rule) := 0 if {
 	# A connection does not know its scheme yet, so both default ports pass; each request
 	# inside is then held to its own scheme's port.
@@ -268,7 +271,7 @@ connection_stage(rule) := 0 if {
 	list := object.get({true: value}, is_array(value), [null])
 	ports := object.get({0: object.get({true: [port]}, port in {80, 443}, [])}, count(list), list)
 	object.get({true: true}, port in ports, "*" in ports) == false
-} else := 6 if {
+} else := 7 if {
 	object.get(rule, "mode", null) != "tunnel"
 } else := intent_stage(rule)
 
@@ -282,7 +285,75 @@ intent_stage(rule) := 3 if {
 } else := 5 if {
 	object.get(input, ["intent", "verified"], false) != true
 	object.get(rule, "require_verified_intent", false) != false
-} else := 6
+} else := window_stage(rule)
+
+# A rule with `windows` allows only while one of them is open at input.time (UTC); absent or
+# [] means always. A malformed windows value is never open: a typo fails closed.
+window_stage(rule) := 6 if {
+	not windows_open(object.get(rule, "windows", []))
+} else := 7
+
+windows_open(windows) if windows == []
+
+windows_open(windows) if {
+	is_array(windows)
+	some window in windows
+	window_open(window)
+}
+
+# A window {"days": ["mon", ...], "from": "09:00", "to": "17:00"}: `from` inclusive, `to`
+# exclusive, both "HH:MM" in UTC and compared as strings (input.time is RFC 3339 in UTC,
+# so its characters 11..15 are the time of day). from > to spans midnight ("22:00" to
+# "06:00"); `days` (default: every day) names the day the request is made on.
+window_open(window) if {
+	is_object(window)
+	from := object.get(window, "from", "00:00")
+	to := object.get(window, "to", "24:00")
+	is_string(from)
+	is_string(to)
+	clock := substring(input.time, 11, 5)
+	clock_in(from, to, clock)
+	days := object.get(window, "days", [])
+	is_array(days)
+	object.get({true: true}, days == [], request_weekday in days)
+}
+
+clock_in(from, to, clock) if {
+	from <= to
+	from <= clock
+	clock < to
+}
+
+clock_in(from, to, clock) if {
+	from > to
+	clock >= from
+}
+
+clock_in(from, to, clock) if {
+	from > to
+	clock < to
+}
+
+# "07" as 7. (to_number refuses a leading zero in regorus but not in OPA; "107" - 100 is
+# read the same way by both.)
+two_digits(text) := to_number(concat("", ["1", text])) - 100 if {
+	count(text) == 2
+	every c in split(text, "") {
+		indexof("0123456789", c) >= 0
+	}
+}
+
+# The UTC day of the week of input.time, by Sakamoto's method (arithmetic only: time.*
+# builtins are not native to OPA's Wasm target).
+request_weekday := ["sun", "mon", "tue", "wed", "thu", "fri", "sat"][dow] if {
+	is_string(input.time)
+	year := two_digits(substring(input.time, 0, 2)) * 100 + two_digits(substring(input.time, 2, 2))
+	month := two_digits(substring(input.time, 5, 2))
+	day := two_digits(substring(input.time, 8, 2))
+	y := year - object.get({true: 1}, month < 3, 0)
+	offsets := [0, 3, 2, 5, 0, 3, 5, 1, 4, 6, 2, 4]
+	dow := (((y + floor(y / 4)) - floor(y / 100)) + floor(y / 400) + offsets[month - 1] + day) % 7
+}
 
 intents_accept(intents, _) if intents == []
 
@@ -317,7 +388,7 @@ request_decision(rs, first, host) := {"allow": true, "reason": allow_reason(rule
 } else := d if {
 	hs := host_matches(array.slice(rs, 0, first), host)
 	best := min({[0 - request_stage(rs[i]), i] | some i in hs} | {[1, count(rs)]})
-	i := object.get({-6: best[1]}, best[0], first)
+	i := object.get({-7: best[1]}, best[0], first)
 	d := array.concat(
 		[x | some _ in [0]; i < count(rs); x := request_allow(rs[i], i)],
 		[{"allow": false, "reason": object.get(check_names, 1 - best[0], null)}],
@@ -331,7 +402,7 @@ request_decision(rs, first, host) := {"allow": true, "reason": allow_reason(rule
 connection_decision(rs, first, host) := d if {
 	hs := host_matches(array.slice(rs, 0, first), host)
 	best := min({[0 - connection_stage(rs[i]), i] | some i in hs} | {[1, count(rs)]})
-	i := object.get({-6: best[1]}, best[0], first)
+	i := object.get({-7: best[1]}, best[0], first)
 	d := array.concat(
 		[x |
 			some _ in [0]
@@ -426,7 +497,7 @@ config_errors contains sprintf("tollgate_config.agents[%q].rules[%d]: %s", [id, 
 
 rule_fields := {
 	"id", "description", "reason", "hosts", "ports", "methods", "paths", "intents",
-	"require_verified_intent", "credential", "headers", "mode",
+	"require_verified_intent", "credential", "headers", "mode", "windows",
 }
 
 rule_problems(rule) := {"must be an object"} if not is_object(rule)
@@ -443,6 +514,7 @@ rule_problems(rule) := problems if {
 		{"intents: must be a list of strings" | not string_list_or_absent(rule, "intents")} |
 		{"require_verified_intent: must be a boolean" | not is_boolean(object.get(rule, "require_verified_intent", false))} |
 		{"mode: must be \"intercept\" or \"tunnel\"" | not mode_valid(rule)} |
+		{"windows: must be a list of {\"days\": [mon..sun], \"from\": \"HH:MM\", \"to\": \"HH:MM\"}" | not windows_valid(rule)} |
 		{"credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}" | not credential_valid(rule)} |
 		{"headers: must be {\"set\": {name: string}, \"remove\": [name]}" | not headers_valid(rule)}
 	)
@@ -517,4 +589,35 @@ headers_valid(rule) if {
 	every key, _ in rule.headers {
 		key in {"set", "remove"}
 	}
+}
+
+windows_valid(rule) if {
+	is_array(object.get(rule, "windows", []))
+	every window in object.get(rule, "windows", []) {
+		window_valid(window)
+	}
+}
+
+window_valid(window) if {
+	is_object(window)
+	every key, _ in window {
+		key in {"days", "from", "to"}
+	}
+	clock_valid(object.get(window, "from", "00:00"))
+	clock_valid(object.get(window, "to", "24:00"))
+	is_array(object.get(window, "days", []))
+	every d in object.get(window, "days", []) {
+		d in {"mon", "tue", "wed", "thu", "fri", "sat", "sun"}
+	}
+}
+
+# "HH:MM", 00:00 to 24:00.
+clock_valid(clock) if clock == "24:00"
+
+clock_valid(clock) if {
+	is_string(clock)
+	count(clock) == 5
+	substring(clock, 2, 1) == ":"
+	two_digits(substring(clock, 0, 2)) < 24
+	two_digits(substring(clock, 3, 2)) < 60
 }

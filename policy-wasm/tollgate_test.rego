@@ -717,6 +717,122 @@ test_denies_destination_for_rule_that_is_not_an_object if {
 	decide(get("api.github.com", "/repos/acme"), ["api.github.com"]) == deny("destination_not_allowed")
 }
 
+# --- time windows --------------------------------------------------------------------------
+
+at(inp, time) := object.union(inp, {"time": time})
+
+office_hours := object.union(github_read, {"windows": [{"days": ["mon", "tue", "wed", "thu", "fri"], "from": "09:00", "to": "17:00"}]})
+
+overnight := object.union(github_read, {"windows": [{"from": "22:00", "to": "06:00"}]})
+
+# 2026-11-23 is a Monday, 2026-11-22 a Sunday.
+test_allows_inside_a_window if {
+	d := decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T10:00:00.000Z"), [office_hours])
+	d == {"allow": true, "reason": "allowed by rule github-read"}
+}
+
+test_window_from_is_inclusive if {
+	decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T09:00:00.000Z"), [office_hours]).allow
+}
+
+test_denies_at_the_end_of_a_window if {
+	d := decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T17:00:00.000Z"), [office_hours])
+	d == deny("outside_time_window")
+}
+
+test_denies_before_a_window if {
+	d := decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T08:59:59.999Z"), [office_hours])
+	d == deny("outside_time_window")
+}
+
+test_denies_on_a_day_outside_the_window if {
+	d := decide(at(get("api.github.com", "/repos/acme"), "2026-11-22T10:00:00.000Z"), [office_hours])
+	d == deny("outside_time_window")
+}
+
+test_weekday_of_known_dates if {
+	every time, day in {
+		"2026-11-22T00:00:00.000Z": "sun", "2026-11-23T00:00:00.000Z": "mon",
+		"2026-11-24T00:00:00.000Z": "tue", "2026-11-25T00:00:00.000Z": "wed",
+		"2026-11-26T00:00:00.000Z": "thu", "2026-11-27T00:00:00.000Z": "fri",
+		"2026-11-28T00:00:00.000Z": "sat", "2024-02-29T12:00:00.000Z": "thu",
+		"2000-01-01T12:00:00.000Z": "sat", "2100-03-01T12:00:00.000Z": "mon",
+		"2027-01-01T23:59:59.999Z": "fri", "2026-03-01T00:00:00.000Z": "sun",
+	} {
+		data.tollgate.request_weekday == day with input as {"time": time}
+	}
+}
+
+test_overnight_window_spans_midnight if {
+	decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T23:30:00.000Z"), [overnight]).allow
+	decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T05:59:00.000Z"), [overnight]).allow
+	decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T12:00:00.000Z"), [overnight]) == deny("outside_time_window")
+}
+
+test_any_open_window_allows if {
+	rule := object.union(github_read, {"windows": [{"from": "01:00", "to": "02:00"}, {"days": ["sun"]}]})
+	decide(at(get("api.github.com", "/repos/acme"), "2026-11-22T15:00:00.000Z"), [rule]).allow
+	decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T15:00:00.000Z"), [rule]) == deny("outside_time_window")
+}
+
+test_a_later_rule_without_window_still_allows if {
+	later := object.union(github_read, {"id": "always"})
+	d := decide(at(get("api.github.com", "/repos/acme"), "2026-11-22T10:00:00.000Z"), [office_hours, later])
+	d == {"allow": true, "reason": "allowed by rule always"}
+}
+
+test_an_earlier_open_window_rule_decides if {
+	later := object.union(github_read, {"id": "always", "reason": "later"})
+	d := decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T10:00:00.000Z"), [office_hours, later])
+	d == {"allow": true, "reason": "allowed by rule github-read"}
+}
+
+test_window_deny_only_after_other_checks_pass if {
+	d := decide(at(req("POST", "https", "api.github.com", 443, "/repos/acme"), "2026-11-22T10:00:00.000Z"), [office_hours])
+	d == deny("method_not_allowed")
+}
+
+test_malformed_windows_never_open if {
+	every windows in [{"from": "09:00"}, [{"from": 9}], ["09:00-17:00"], [{"days": "mon"}]] {
+		rule := object.union(github_read, {"windows": windows})
+		decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T10:00:00.000Z"), [rule]) == deny("outside_time_window")
+	}
+}
+
+test_empty_windows_always_open if {
+	rule := object.union(github_read, {"windows": []})
+	decide(at(get("api.github.com", "/repos/acme"), "2026-11-22T03:00:00.000Z"), [rule]).allow
+}
+
+test_connection_level_ignores_windows_of_intercept_rules if {
+	rule := object.union(office_hours, {"mode": "intercept"})
+	d := decide(at(conn("api.github.com", 443), "2026-11-22T10:00:00.000Z"), [rule])
+	d.allow
+}
+
+test_connection_level_enforces_windows_of_tunnel_rules if {
+	rule := object.union(office_hours, {"mode": "tunnel"})
+	decide(at(conn("api.github.com", 443), "2026-11-22T10:00:00.000Z"), [rule]) == deny("outside_time_window")
+	d := decide(at(conn("api.github.com", 443), "2026-11-23T10:00:00.000Z"), [rule])
+	d == {"allow": true, "reason": "allowed by rule github-read", "mode": "tunnel"}
+}
+
+test_config_errors_accept_well_formed_windows if {
+	rule := object.union(github_read, {"windows": [{"days": ["sat", "sun"], "from": "00:00", "to": "24:00"}, {"from": "22:00", "to": "06:00"}]})
+	count(data.tollgate.config_errors) == 0 with data.tollgate_config as config([rule])
+}
+
+test_config_errors_report_malformed_windows if {
+	problem := sprintf("tollgate_config.agents[%q].rules[0]: windows: must be a list of {\"days\": [mon..sun], \"from\": \"HH:MM\", \"to\": \"HH:MM\"}", [triage])
+	every windows in [
+		{"from": "09:00"}, [{"from": "9:00"}], [{"from": "24:01"}], [{"to": "12:60"}],
+		[{"days": ["monday"]}], [{"start": "09:00"}], ["09:00-17:00"], [{"from": "ab:cd"}],
+	] {
+		rule := object.union(github_read, {"windows": windows})
+		data.tollgate.config_errors == {problem} with data.tollgate_config as config([rule])
+	}
+}
+
 # --- config_errors -------------------------------------------------------------------------
 
 test_config_errors_empty_for_well_formed_config if {

@@ -26,6 +26,7 @@ pub const DENY_REASONS: &[&str] = &[
     "intent_required",
     "intent_not_allowed",
     "verified_intent_required",
+    "outside_time_window",
     "invalid_input",
     "policy_error",
     "policy_timeout",
