@@ -76,13 +76,15 @@ const UPSTREAM_BUCKETS: &[f64] = &[
 ];
 
 /// Per-thread handles of destination-labelled counters (bounded; a miss falls back to the
-/// registry's label lookup).
-type DestinationKey = (u64, String, &'static str, &'static str, String);
+/// registry's label lookup). Keyed level by level — (registry, decision, reason), then
+/// listener, then destination — so a hit looks the strings up by `&str` and allocates nothing.
+type DestinationCounters =
+    HashMap<(u64, &'static str, &'static str), HashMap<String, HashMap<String, IntCounter>>>;
 static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 const DESTINATION_CACHE_LIMIT: usize = 4096;
 
 thread_local! {
-    static DESTINATION_COUNTERS: RefCell<HashMap<DestinationKey, IntCounter>> = RefCell::new(HashMap::new());
+    static DESTINATION_COUNTERS: RefCell<(usize, DestinationCounters)> = RefCell::new((0, HashMap::new()));
 }
 
 /// How a request ended, for `tollgate_requests_total{decision}`.
@@ -328,23 +330,26 @@ impl Metrics {
                 Outcome::Deny => "",
                 Outcome::Allow | Outcome::Error => destination.unwrap_or(""),
             };
-            let key = (
-                self.id,
-                listener.to_string(),
-                decision,
-                label,
-                destination.to_string(),
-            );
             DESTINATION_COUNTERS.with(|cache| {
-                let mut cache = cache.borrow_mut();
-                if let Some(counter) = cache.get(&key) {
+                let (cached, by_outcome) = &mut *cache.borrow_mut();
+                let hit = by_outcome
+                    .get(&(self.id, decision, label))
+                    .and_then(|by_listener| by_listener.get(listener))
+                    .and_then(|by_destination| by_destination.get(destination));
+                if let Some(counter) = hit {
                     counter.inc();
                     return;
                 }
                 let counter = vec.with_label_values(&[listener, decision, label, destination]);
                 counter.inc();
-                if cache.len() < DESTINATION_CACHE_LIMIT {
-                    cache.insert(key, counter);
+                if *cached < DESTINATION_CACHE_LIMIT {
+                    *cached += 1;
+                    by_outcome
+                        .entry((self.id, decision, label))
+                        .or_default()
+                        .entry(listener.to_string())
+                        .or_default()
+                        .insert(destination.to_string(), counter);
                 }
             });
             return;
