@@ -322,7 +322,7 @@ fn fail_switch_answers_503_for_the_next_n_token_requests() {
         r.body
     );
 
-    let s = authz.stats();
+    let s = authz.wait_token_requests("client_credentials", 3, T);
     assert_eq!(s["token"]["total"], 3, "{s}");
     assert_eq!(s["token"]["injected_failures"], 2, "{s}");
     assert_eq!(s["token"]["by_status"]["503"], 2, "{s}");
@@ -525,6 +525,8 @@ fn token_exchange_of_a_verified_subject_jwt_issues_an_active_token() {
     assert_eq!(exchanges[0]["iss"], "tollgate");
     assert_eq!(exchanges[0]["client_id"], BASIC_ID);
     assert_eq!(exchanges[0]["scope"], "repo:read");
+    assert_eq!(exchanges[0]["claims"]["task"], "t-42");
+    assert_eq!(exchanges[0]["claims"]["aud"], "https://authz.example");
     assert_eq!(exchanges[1]["sub"], "spiffe://example.org/ed");
     assert_eq!(s["token"]["by_grant"][TOKEN_EXCHANGE_GRANT], 3, "{s}");
 
@@ -636,6 +638,24 @@ fn jwt_origin_verifies_es256_and_eddsa_tokens_and_returns_header_and_claims() {
     ]);
     let body: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(body["verified"], true, "{body}");
+
+    // Over TLS too (the origin as tollgate reaches an https:// destination).
+    let pki = Pki::new();
+    let tls = PyOrigin::start_tls_with_jwks(&pki, &minted.jwks_url());
+    let o = curl(&[
+        "-sS",
+        "--max-time",
+        "20",
+        "--cacert",
+        pki.ca_cert().to_str().unwrap(),
+        "-H",
+        &format!("Authorization: Bearer {}", minted.token("eddsa")),
+        &tls.url("/jwt/x"),
+    ]);
+    let body: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(body["verified"], true, "{body}");
+    assert_eq!(body["header"]["alg"], "EdDSA", "{body}");
 }
 
 #[test]
@@ -656,8 +676,9 @@ fn jwt_origin_refuses_tampered_hs256_none_unknown_key_and_missing_tokens() {
     let r = jwt_get(&origin, Some("not.a.jwt"));
     assert_eq!(r.status, 401);
 
-    // A rotated JWKS (the rogue key's JWKS is not published; publish one without `ec`) is
-    // seen at once: the origin fetches it on every request.
+    // A rotated JWKS is seen at once (the origin fetches it on every request): the token
+    // that verifies now is refused once its key is no longer published.
+    assert_eq!(jwt_get(&origin, Some(minted.token("es256"))).status, 200);
     minted.nginx.write_file("jwks.json", br#"{"keys": []}"#);
     let r = jwt_get(&origin, Some(minted.token("es256")));
     assert_eq!(r.status, 401, "{}", r.body);

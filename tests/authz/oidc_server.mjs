@@ -97,7 +97,16 @@ const clientsById = new Map(clients.map((c) => [c.client_id, c]));
 function freshStats() {
   return {
     token: {
-      total: 0, by_grant: {}, by_status: {}, by_client: {}, by_auth_method: {}, injected_failures: 0,
+      total: 0,
+      by_grant: {},
+      by_status: {},
+      by_client: {},
+      by_auth_method: {},
+      injected_failures: 0,
+      // Token requests being answered right now, and the most at once since the last reset:
+      // with a delay, a single-flight test sees 1 where a stampede would show N.
+      in_flight: 0,
+      max_in_flight: 0,
     },
     introspection: { total: 0, by_status: {}, by_client: {} },
     revocation: { total: 0, by_status: {}, by_client: {} },
@@ -308,6 +317,7 @@ async function tokenExchangeHandler(ctx) {
     scope: token.scope ?? null,
     resource: params.resource ?? null,
     audience: params.audience ?? null,
+    claims: subject, // the verified subject token's claims (the token itself is never kept)
   });
 
   ctx.body = {
@@ -366,13 +376,25 @@ provider.use(async (ctx, next) => {
   const clientId = basicId ?? form.get('client_id') ?? undefined;
   const scope = form.get('scope');
 
-  stats.token.total += 1;
-  bump(stats.token.by_grant, grant);
-  bump(stats.token.by_auth_method, method);
-  if (clientId) bump(stats.token.by_client, clientId);
+  // Counted into whatever stats object is current now, even if a reset happens meanwhile.
+  const current = stats.token;
+  current.total += 1;
+  bump(current.by_grant, grant);
+  bump(current.by_auth_method, method);
+  if (clientId) bump(current.by_client, clientId);
+  current.in_flight += 1;
+  current.max_in_flight = Math.max(current.max_in_flight, current.in_flight);
+  try {
+    await answerToken(ctx, next, { current, grant, method, clientId, scope });
+  } finally {
+    current.in_flight -= 1;
+  }
+  return undefined;
+});
 
+async function answerToken(ctx, next, { current, grant, method, clientId, scope }) {
   const answer = (status, error, description) => {
-    bump(stats.token.by_status, String(status));
+    bump(current.by_status, String(status));
     logToken({ grant, client: clientId, auth: method, scope, status, detail: description });
     ctx.status = status;
     ctx.set('cache-control', 'no-store');
@@ -382,9 +404,9 @@ provider.use(async (ctx, next) => {
   if (tokenDelayMs > 0) await sleep(tokenDelayMs);
   if (failNextToken > 0) {
     failNextToken -= 1;
-    stats.token.injected_failures += 1;
+    current.injected_failures += 1;
     answer(503, 'temporarily_unavailable', 'injected failure (POST /_fail)');
-    return undefined;
+    return;
   }
   // oidc-provider accepts client_secret_basic and client_secret_post interchangeably for a
   // client registered with either; a test of tollgate's configured method needs the
@@ -392,18 +414,17 @@ provider.use(async (ctx, next) => {
   const registered = clientsById.get(clientId)?.token_endpoint_auth_method;
   if (strictAuthMethod && registered && method !== 'none' && method !== registered) {
     answer(401, 'invalid_client', `client is registered for ${registered}, authenticated with ${method}`);
-    return undefined;
+    return;
   }
 
   try {
     await next();
   } finally {
-    bump(stats.token.by_status, String(ctx.status));
+    bump(current.by_status, String(ctx.status));
     const detail = ctx.status >= 400 ? ctx.body?.error_description ?? ctx.body?.error : undefined;
     logToken({ grant, client: clientId, auth: method, scope, status: ctx.status, detail });
   }
-  return undefined;
-});
+}
 
 const providerCallback = provider.callback();
 server.on('request', (req, res) => {

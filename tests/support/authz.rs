@@ -438,10 +438,10 @@ impl AuthzServer {
 
     /// The counters: `{"token": {"total", "by_grant", "by_status", "by_client",
     /// "by_auth_method" ("client_secret_basic" | "client_secret_post" | "none"),
-    /// "injected_failures"}, "introspection": {"total", "by_status", "by_client"},
-    /// "revocation": {"total", "by_status", "by_client"},
-    /// "exchanges": [{"sub", "iss", "aud", "client_id", "scope", "resource", "audience"}],
-    /// "fail_next_token", "token_delay_ms"}`.
+    /// "injected_failures", "in_flight", "max_in_flight"}, "introspection": {"total",
+    /// "by_status", "by_client"}, "revocation": {"total", "by_status", "by_client"},
+    /// "exchanges": [{"sub", "iss", "aud", "client_id", "scope", "resource", "audience",
+    /// "claims" (the verified subject token's)}], "fail_next_token", "token_delay_ms"}`.
     pub fn stats(&self) -> Value {
         let r = http_request("GET", &self.url("/_stats"), &[], None, HTTP_TIMEOUT);
         assert_eq!(r.status, 200, "/_stats: {}", r.body);
@@ -453,6 +453,22 @@ impl AuthzServer {
         self.stats()["token"]["by_grant"][grant_type]
             .as_u64()
             .unwrap_or(0)
+    }
+
+    /// Waits (polling every 20 ms, bounded by `timeout`) until at least `n` token requests
+    /// with `grant_type` were counted; returns the stats then. Panics with them on timeout.
+    pub fn wait_token_requests(&self, grant_type: &str, n: u64, timeout: Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let s = self.stats();
+            if s["token"]["by_grant"][grant_type].as_u64().unwrap_or(0) >= n {
+                return s;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!("fewer than {n} {grant_type} token requests within {timeout:?}: {s}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Zeroes every counter and forgets recorded exchanges.
