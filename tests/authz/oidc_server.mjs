@@ -20,7 +20,7 @@
 //   }
 // It listens on 127.0.0.1, port 0 (or $OIDC_PORT), and prints exactly one line
 // "ready <port>" on stdout once it accepts. Every token request is logged as one line on
-// stdout (grant, client, scope, status): never a secret, never a token.
+// stdout (grant, client, auth method, scope, status): never a secret, never a token.
 //
 // What is the real server and what is test code:
 // - REAL (oidc-provider): client authentication (client_secret_basic / client_secret_post),
