@@ -2,10 +2,10 @@
 """A real HTTP/1.1 origin for tollgate's integration tests (stdlib only).
 
 Usage:
-    echo_origin.py [--port N] [--cert FILE --key FILE [--client-ca FILE]]
+    echo_origin.py [--port N] [--cert FILE --key FILE [--client-ca FILE]] [--jwks-url URL]
         Listens on 127.0.0.1:N (N=0: an ephemeral port, the default), optionally TLS;
         with --client-ca it asks for a client certificate (optional) and verifies it
-        against that CA.
+        against that CA; with --jwks-url it serves /jwt/... (below).
         Prints exactly one line "ready <port>" on stdout once the socket accepts, then
         serves until killed. Request logs go to stderr.
     echo_origin.py --bytes-sha256 N
@@ -25,6 +25,14 @@ Endpoints (any method unless noted):
                      writes with Content-Length; add &chunked=1 for chunked transfer coding.
     /status/<code>   that status with a small JSON body (none for 1xx/204/304).
     /delay?ms=N      waits N ms (at most 60 s), then 200 {"delayed_ms": N}: for timeout tests.
+    /jwt/...         (only with --jwks-url) a resource server that checks
+                     "Authorization: Bearer <JWT>": fetches the JWK Set from the URL on every
+                     request (tollgate's admin /.well-known/jwks.json; so a rotated key is seen
+                     at once), verifies the signature with joserfc (an independent JOSE
+                     implementation; only ES256 and EdDSA accepted) and answers 200
+                     {"verified": true, "header": {...}, "claims": {...}, "path": P} or 401
+                     {"verified": false, "error": "...", "path": P}. It checks no claim (exp,
+                     aud, ...): the test checks every claim itself.
 """
 
 import argparse
@@ -36,6 +44,7 @@ import ssl
 import sys
 import time
 import urllib.parse
+import urllib.request
 
 CHUNK = 64 * 1024
 
@@ -93,6 +102,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.status(path[len("/status/"):])
         if path == "/delay":
             return self.delay(query)
+        if path.startswith("/jwt/") and self.server.jwks_url:
+            return self.jwt_(path)
         self.drain_body()
         self.send_json(404, {"error": "not_found", "path": path})
 
@@ -251,15 +262,51 @@ class Handler(http.server.BaseHTTPRequestHandler):
         time.sleep(ms / 1000)
         self.send_json(200, {"delayed_ms": ms})
 
+    def jwt_(self, path):
+        self.drain_body()
+        auth = self.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return self.send_json(401, {"verified": False, "error": "no bearer token", "path": path})
+        try:
+            header, claims = verify_jwt(token.strip(), self.server.jwks_url)
+        except Exception as e:  # every failure is a refusal, with its reason
+            return self.send_json(
+                401, {"verified": False, "error": "%s: %s" % (type(e).__name__, e), "path": path}
+            )
+        self.send_json(200, {"verified": True, "header": header, "claims": claims, "path": path})
+
     def log_message(self, fmt, *args):
         sys.stderr.write("echo_origin: %s %s\n" % (self.address_string(), fmt % args))
         sys.stderr.flush()
+
+
+JWT_ALGORITHMS = ["ES256", "EdDSA"]
+
+
+def verify_jwt(token, jwks_url):
+    """Verifies a JWT's signature against the JWK Set at jwks_url (fetched now) with joserfc;
+    returns (header, claims). Raises on any failure: unknown kid, other algorithm, bad
+    signature, malformed token, JWKS unreachable."""
+    import warnings
+
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    with urllib.request.urlopen(jwks_url, timeout=5) as r:
+        key_set = KeySet.import_key_set(json.load(r))
+    with warnings.catch_warnings():
+        # joserfc flags the "EdDSA" name as deprecated by RFC 9864; tollgate uses it (SPEC §5).
+        warnings.simplefilter("ignore")
+        token = jwt.decode(token, key_set, algorithms=JWT_ALGORITHMS)
+    return dict(token.header), dict(token.claims)
 
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     tls_context = None
+    jwks_url = None
 
     def finish_request(self, request, client_address):
         # The TLS handshake runs here, in the request's own thread, so one slow or failing
@@ -286,6 +333,7 @@ def main():
     ap.add_argument("--cert")
     ap.add_argument("--key")
     ap.add_argument("--client-ca")
+    ap.add_argument("--jwks-url")
     ap.add_argument("--bytes-sha256", type=int, metavar="N")
     args = ap.parse_args()
 
@@ -294,6 +342,7 @@ def main():
         return
 
     server = Server(("127.0.0.1", args.port), Handler)
+    server.jwks_url = args.jwks_url
     if args.cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(args.cert, args.key)

@@ -11,6 +11,8 @@
 //! - [`Squid`], [`Tinyproxy`]: reference forward proxies (baselines, and proof the agents'
 //!   proxy options work).
 //! - [`python_agent`], [`node_agent`], [`curl`]: real clients (httpx/requests, undici, curl).
+//! - [`AuthzServer`]: a real OAuth 2.0 authorization server (node-oidc-provider) for the
+//!   `oauth2` credentials, with counters and a failure switch; [`http_request`] talks to it.
 //!
 //! Rules every helper keeps: everything listens on 127.0.0.1 only; every file lives in a
 //! `TempDir`; every child process is killed when its owner drops (also while a test panics);
@@ -21,6 +23,8 @@
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
 mod agents;
+mod authz;
+mod http;
 mod nginx;
 mod origin;
 mod pki;
@@ -28,6 +32,8 @@ mod proxies;
 mod tollgate;
 
 pub use agents::*;
+pub use authz::*;
+pub use http::*;
 pub use nginx::*;
 pub use origin::*;
 pub use pki::*;

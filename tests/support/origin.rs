@@ -1,5 +1,6 @@
 //! `tests/origins/echo_origin.py` as a child process: a Python HTTP/1.1 origin with `/echo`,
-//! `/sse`, `/bytes`, `/status/<code>` and `/delay` (see the script's docstring).
+//! `/sse`, `/bytes`, `/status/<code>`, `/delay` and, with a JWKS URL, `/jwt/...` (see the
+//! script's docstring).
 
 use super::{ChildGuard, Lines, Pki, command, python, repo_root, run_checked};
 use std::net::SocketAddr;
@@ -19,16 +20,30 @@ impl PyOrigin {
     /// Starts the origin, plain HTTP or TLS with the `Pki`'s `localhost` leaf, and waits
     /// (bounded: 20 s) for its `ready <port>` line.
     pub fn start(tls: Option<&Pki>) -> PyOrigin {
-        Self::spawn(tls, None)
+        Self::spawn(tls, None, None)
     }
 
     /// TLS origin that asks for a client certificate (optional) and verifies it against
     /// `client_ca`; `/echo` reports it as `client_cert` (`subject`, `san`).
     pub fn start_mtls(pki: &Pki, client_ca: &Path) -> PyOrigin {
-        Self::spawn(Some(pki), Some(client_ca))
+        Self::spawn(Some(pki), Some(client_ca), None)
     }
 
-    fn spawn(tls: Option<&Pki>, client_ca: Option<&Path>) -> PyOrigin {
+    /// Plain-HTTP origin that also serves `/jwt/...`: a resource server that verifies the
+    /// `Authorization: Bearer` JWT against the JWK Set at `jwks_url` (fetched on every
+    /// request; tollgate's admin `/.well-known/jwks.json`) with Python joserfc, ES256 and
+    /// EdDSA only. 200 `{"verified": true, "header", "claims", "path"}` or 401
+    /// `{"verified": false, "error", "path"}`; claims are not checked, the test does that.
+    pub fn start_with_jwks(jwks_url: &str) -> PyOrigin {
+        Self::spawn(None, None, Some(jwks_url))
+    }
+
+    /// [`PyOrigin::start_with_jwks`] over TLS with the `Pki`'s `localhost` leaf.
+    pub fn start_tls_with_jwks(pki: &Pki, jwks_url: &str) -> PyOrigin {
+        Self::spawn(Some(pki), None, Some(jwks_url))
+    }
+
+    fn spawn(tls: Option<&Pki>, client_ca: Option<&Path>, jwks_url: Option<&str>) -> PyOrigin {
         let mut cmd = command(python());
         cmd.arg(script()).args(["--port", "0"]);
         if let Some(pki) = tls {
@@ -39,6 +54,9 @@ impl PyOrigin {
         }
         if let Some(ca) = client_ca {
             cmd.arg("--client-ca").arg(ca);
+        }
+        if let Some(url) = jwks_url {
+            cmd.arg("--jwks-url").arg(url);
         }
         let mut child = cmd
             .env("PYTHONUNBUFFERED", "1")
