@@ -609,6 +609,100 @@ fn ending_a_task_drops_its_tokens_and_a_kill_drops_the_killed_callers() {
 }
 
 #[test]
+fn a_reload_keeps_the_tokens_of_unchanged_credentials_and_applies_new_ones() {
+    let builder = Tollgate::builder();
+    let es = jwt_key(builder.dir(), "ES256");
+    let secret = builder.write_file("secrets/s", "reload-static-value");
+    let tg = start(
+        builder,
+        json!({"call.internal": route("internal", &["x"], None), "call.static": route("added", &[], None)}),
+        &format!("credentials:\n  internal: {{kind: jwt, signing_key: {{file: '{es}'}}}}\n"),
+    );
+    let origin = PyOrigin::start(None);
+    let url = origin.url("/echo");
+    let before = bearer(&call(&tg, &url, "call.internal", Some("t-r"), &[]).json());
+    assert_eq!(
+        deny_reason(&call(&tg, &url, "call.static", None, &[])),
+        "credential_unavailable"
+    );
+    let jwks = admin(&tg, "GET", "/.well-known/jwks.json", None).1;
+
+    // Same jwt definition, one credential added.
+    let config = std::fs::read_to_string(tg.config_path().unwrap()).unwrap();
+    let config = config.replace(
+        "credentials:\n",
+        &format!(
+            "credentials:\n  added: {{kind: static, source: {{file: '{}'}}}}\n",
+            secret.display()
+        ),
+    );
+    std::fs::write(tg.config_path().unwrap(), config).unwrap();
+    assert_eq!(admin(&tg, "POST", "/v1/reload", None).0, 200);
+    assert_eq!(
+        bearer(&call(&tg, &url, "call.internal", Some("t-r"), &[]).json()),
+        before
+    );
+    assert_eq!(admin(&tg, "GET", "/.well-known/jwks.json", None).1, jwks);
+    assert_eq!(
+        call(&tg, &url, "call.static", None, &[]).json()["headers"]["authorization"],
+        "Bearer reload-static-value"
+    );
+    assert_eq!(
+        metric(
+            &tg,
+            "tollgate_credential_issued_total{credential=\"added\",kind=\"static\"}"
+        ),
+        1.0
+    );
+
+    // A broken signing key fails the reload; the running credentials stay.
+    std::fs::write(&es, "not a key").unwrap();
+    let config = std::fs::read_to_string(tg.config_path().unwrap()).unwrap();
+    std::fs::write(
+        tg.config_path().unwrap(),
+        config.replace(
+            "  internal: {kind: jwt,",
+            "  internal: {kind: jwt, issuer: changed,",
+        ),
+    )
+    .unwrap();
+    let (status, body) = admin(&tg, "POST", "/v1/reload", None);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("credentials.internal"), "{body}");
+    assert_eq!(
+        bearer(&call(&tg, &url, "call.internal", Some("t-r"), &[]).json()),
+        before
+    );
+}
+
+#[test]
+fn check_reports_unresolvable_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("bad.pem");
+    std::fs::write(&key, "not a key").unwrap();
+    let config = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &config,
+        "listeners: [{name: agents, address: '127.0.0.1:0'}]\n\
+         credentials:\n\
+         \x20 missing: {kind: static, source: {file: nowhere/token}}\n\
+         \x20 unset: {kind: static, source: {env: TOLLGATE_TEST_SURELY_UNSET}}\n\
+         \x20 badkey: {kind: jwt, signing_key: {file: bad.pem}}\n",
+    )
+    .unwrap();
+    let out = Tollgate::run_cli(&["check".as_ref(), "-c".as_ref(), config.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in [
+        "credentials.missing",
+        "credentials.unset",
+        "credentials.badkey",
+    ] {
+        assert!(stderr.contains(name), "{name} not reported: {stderr}");
+    }
+}
+
+#[test]
 fn metrics_series_exist_for_every_configured_credential_from_the_start() {
     let tg = jwt_tollgate("5m");
     let text = admin(&tg, "GET", "/metrics", None).1;
@@ -1053,19 +1147,25 @@ fn a_failing_token_endpoint_denies_then_recovers_after_backoff() {
     let nginx = Nginx::start(&NginxOptions::plain());
     nginx.write_file("hello.txt", b"hello\n");
     let url = nginx.url("/hello.txt");
-    authz.fail_next_token_requests(1);
-    let r = call(&tg, &url, "call.partner", Some("t-fail"), &[]);
-    assert_eq!(deny_reason(&r), "credential_unavailable");
+    authz.fail_next_token_requests(1000);
+    let calls = 8;
+    for _ in 0..calls {
+        let r = call(&tg, &url, "call.partner", Some("t-fail"), &[]);
+        assert_eq!(deny_reason(&r), "credential_unavailable");
+    }
     assert!(
         nginx.access_log_lines().is_empty(),
         "forwarded without the credential"
     );
-    assert_eq!(authz.stats()["token"]["injected_failures"], 1);
-    // During the backoff tollgate refuses fast, without asking the server again.
-    let r = call(&tg, &url, "call.partner", Some("t-fail"), &[]);
-    if r.status == 403 {
-        assert_eq!(deny_reason(&r), "credential_unavailable");
-    }
+    // Backoff (250 ms doubling): fewer token requests than calls; the others were refused fast.
+    let asked = authz.stats()["token"]["injected_failures"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (1..calls).contains(&asked),
+        "{asked} token requests for {calls} calls"
+    );
+    authz.fail_next_token_requests(0);
     let recovered = poll(WAIT, "recovery after the backoff", || {
         let r = call(&tg, &url, "call.partner", Some("t-fail"), &[]);
         (r.status == 200).then_some(r)

@@ -313,4 +313,15 @@ mod tests {
         assert!(!list.iter().any(|(k, _)| k.starts_with("x-agent-")));
         assert!(!format!("{list:?}").contains("sekrit"));
     }
+
+    #[test]
+    fn redacts_configured_secret_headers_too() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-goog-api-key", "k".parse().unwrap());
+        headers.insert("accept", "a".parse().unwrap());
+        let extra = [http::HeaderName::from_static("x-goog-api-key")];
+        let list = policy_headers(&headers, &extra);
+        assert!(list.contains(&("x-goog-api-key".to_string(), REDACTED.to_string())));
+        assert!(list.contains(&("accept".to_string(), "a".to_string())));
+    }
 }
