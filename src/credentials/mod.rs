@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use prometheus::IntCounter;
 use serde_json::{Value, json};
 
-use crate::config::credentials::{CredentialConfig, CredentialKind, Grant, InjectConfig};
+use crate::config::credentials::{CredentialConfig, CredentialKind, Grant};
 use crate::kill::KillTarget;
 use crate::policy::decision::CredentialRequest;
 use crate::telemetry::metrics::Metrics;
@@ -97,10 +97,12 @@ pub struct Credential {
 }
 
 impl Credential {
-    /// How long a request may wait for this credential.
+    /// How long a request may wait for this credential: the provider's own timeout plus a
+    /// second, so a slow token endpoint fails inside the fetch (and starts the backoff) rather
+    /// than by cancelling it.
     pub fn timeout(&self) -> Duration {
         match &self.provider {
-            Provider::OAuth2 { client, .. } => client.config().timeout,
+            Provider::OAuth2 { client, .. } => client.config().timeout + Duration::from_secs(1),
             _ => LOCAL_TIMEOUT,
         }
     }
@@ -542,9 +544,4 @@ pub async fn watch(store: Arc<arc_swap::ArcSwap<CredentialStore>>) {
             current.cache().sweep();
         }
     }
-}
-
-/// The `inject` of a credential (tests).
-pub fn inject_config(credential: &Credential) -> &InjectConfig {
-    &credential.config.inject
 }
