@@ -1192,3 +1192,50 @@ fn a_failing_token_endpoint_denies_then_recovers_after_backoff() {
     assert!(warned.to_string().contains("503"), "{warned}");
     assert!(!tg.stderr_text().contains(CC_SECRET));
 }
+
+/// Inside an intercepted CONNECT tunnel (HTTPS to the origin), with HTTP/2 between agent and
+/// tollgate: the same stages, the same injection, the same removal of the agent's secrets.
+#[test]
+fn injects_inside_intercepted_https_with_http2_from_the_agent() {
+    let pki = Pki::new();
+    let builder = Tollgate::builder();
+    let file = builder.write_file("secrets/gh", "intercepted-token-value");
+    let policy = builder.write_file("policy/policy.rego", POLICY);
+    let data = builder.write_file(
+        "policy/data.json",
+        serde_json::to_vec(&json!({"routes": {"use.gh": route("gh", &[], None)}})).unwrap(),
+    );
+    let tg = builder
+        .config(format!(
+            "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+             admin: {{address: '127.0.0.1:0'}}\n\
+             identity: {{workload_spiffe_id: '{CALLER}'}}\n\
+             policy: {{path: '{}', data: '{}'}}\n\
+             upstream: {{allow_private: [127.0.0.0/8], ca: '{}'}}\n\
+             credentials:\n  gh: {{kind: static, source: {{file: '{}'}}}}\n",
+            policy.display(),
+            data.display(),
+            pki.ca_cert().display(),
+            file.display()
+        ))
+        .start();
+    let origin = PyOrigin::start(Some(&pki));
+    let r = python_agent(
+        &AgentRequest::get(origin.url("/echo"))
+            .proxy(tg.proxy_url())
+            .cacert(tg.dir().join("state/intercept-ca.pem"))
+            .http2()
+            .header("X-Agent-Intent", "use.gh")
+            .header("Authorization", "Bearer agent-own-value")
+            .header("Cookie", "c=agent"),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.raw);
+    assert_eq!(r.http_version, "HTTP/2");
+    let echoed = r.json();
+    assert_eq!(echoed["tls"], true, "{echoed}");
+    assert_eq!(
+        echoed["headers"]["authorization"],
+        "Bearer intercepted-token-value"
+    );
+    assert!(echoed["headers"].get("cookie").is_none(), "{echoed}");
+}
