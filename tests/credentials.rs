@@ -1239,3 +1239,50 @@ fn injects_inside_intercepted_https_with_http2_from_the_agent() {
     );
     assert!(echoed["headers"].get("cookie").is_none(), "{echoed}");
 }
+
+/// A token is never used past its expiry (server `expires_in`) nor past the decision's ttl:
+/// every call that starts later than that after the first token arrived carries a new one.
+#[test]
+fn tokens_are_not_used_past_their_expiry_or_the_decisions_ttl() {
+    let authz = AuthzServer::start(
+        &AuthzConfig::new()
+            .access_token_ttl(2)
+            .client(AuthzClient::new(CC_ID, CC_SECRET).scopes(&["orders:read"]))
+            .client(AuthzClient::new(INSPECTOR_ID, INSPECTOR_SECRET)),
+    );
+    let builder = Tollgate::builder();
+    let cc = builder.write_file("secrets/cc", CC_SECRET);
+    let tg = start(
+        builder,
+        json!({"call.expiring": route("partner", &["orders:read"], None),
+               "call.short": route("partner", &[], Some("1s"))}),
+        &format!(
+            "credentials:\n  partner: {{kind: oauth2, token_endpoint: '{}', client_id: {CC_ID}, client_secret: {{file: '{}'}}}}\n",
+            authz.token_endpoint(),
+            cc.display()
+        ),
+    );
+    let origin = PyOrigin::start(None);
+    let url = origin.url("/echo");
+    // (intent, the bound: expires_in = 2 s, or the decision's ttl = 1 s)
+    for (intent, bound) in [
+        ("call.expiring", Duration::from_secs(2)),
+        ("call.short", Duration::from_secs(1)),
+    ] {
+        let first = bearer(&call(&tg, &url, intent, Some("t-exp"), &[]).json());
+        let got_first = Instant::now();
+        let mut renewed = false;
+        while got_first.elapsed() < bound + Duration::from_secs(1) {
+            let started = Instant::now();
+            let token = bearer(&call(&tg, &url, intent, Some("t-exp"), &[]).json());
+            if started >= got_first + bound {
+                assert_ne!(
+                    token, first,
+                    "{intent}: a token was used past its bound {bound:?}"
+                );
+            }
+            renewed |= token != first;
+        }
+        assert!(renewed, "{intent}: never renewed");
+    }
+}
