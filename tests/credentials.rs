@@ -655,6 +655,17 @@ fn a_reload_keeps_the_tokens_of_unchanged_credentials_and_applies_new_ones() {
         1.0
     );
 
+    // The same definition with a rotated key (same path): new tokens, new JWKS.
+    std::fs::create_dir_all(tg.dir().join("rotated")).unwrap();
+    let rotated = jwt_key(&tg.dir().join("rotated"), "ES256");
+    std::fs::rename(&rotated, &es).unwrap();
+    assert_eq!(admin(&tg, "POST", "/v1/reload", None).0, 200);
+    let after_rotation = bearer(&call(&tg, &url, "call.internal", Some("t-r"), &[]).json());
+    assert_ne!(after_rotation, before);
+    let rotated_jwks = admin(&tg, "GET", "/.well-known/jwks.json", None).1;
+    assert_ne!(rotated_jwks, jwks);
+    let before = after_rotation;
+
     // A broken signing key fails the reload; the running credentials stay.
     std::fs::write(&es, "not a key").unwrap();
     let config = std::fs::read_to_string(tg.config_path().unwrap()).unwrap();

@@ -157,6 +157,8 @@ impl CredentialStore {
         let mut errors = Vec::new();
         let mut credentials: HashMap<String, Arc<Credential>> = HashMap::new();
         let mut signers: HashMap<String, Arc<JwtSigner>> = HashMap::new();
+        // jwt credentials built anew (a token exchange that uses one is rebuilt too).
+        let mut rebuilt: std::collections::HashSet<String> = std::collections::HashSet::new();
         let error = |name: &str, message: String| BuildError {
             name: name.to_string(),
             message,
@@ -168,12 +170,16 @@ impl CredentialStore {
             let name = config.name.as_str();
             if let Some(old) = previous.and_then(|p| p.credentials.get(name))
                 && old.config == *config
+                && still_current(old, &signers, &rebuilt)
             {
                 if let Provider::Jwt(signer) = &old.provider {
                     signers.insert(name.to_string(), signer.clone());
                 }
                 credentials.insert(name.to_string(), old.clone());
                 continue;
+            }
+            if matches!(config.kind, CredentialKind::Jwt(_)) {
+                rebuilt.insert(name.to_string());
             }
             let provider = match &config.kind {
                 CredentialKind::Static { source } => {
@@ -445,6 +451,26 @@ impl CredentialStore {
             }
         }
         changed
+    }
+}
+
+/// Whether an unchanged definition can keep its running credential: a `jwt` one only if its
+/// key file still holds the same key (a rotated key means new tokens and a new JWKS entry), a
+/// token exchange only if its subject-token signer was kept.
+fn still_current(
+    old: &Credential,
+    signers: &HashMap<String, Arc<JwtSigner>>,
+    rebuilt: &std::collections::HashSet<String>,
+) -> bool {
+    match (&old.provider, &old.config.kind) {
+        (Provider::Jwt(signer), CredentialKind::Jwt(config)) => {
+            JwtSigner::load(config).is_ok_and(|fresh| fresh.jwk() == signer.jwk())
+        }
+        (Provider::OAuth2 { .. }, CredentialKind::OAuth2(config)) => config
+            .subject_token
+            .as_ref()
+            .is_none_or(|jwt| !rebuilt.contains(jwt) && signers.contains_key(jwt)),
+        _ => true,
     }
 }
 
