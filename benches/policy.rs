@@ -49,7 +49,7 @@ fn input(method: &str, path: &str, headers: &HeaderMap) -> PolicyInput {
             port: 443,
             path: path.into(),
             query: Some("state=open".into()),
-            headers: policy_headers(headers),
+            headers: policy_headers(headers, &[]),
             protocol: "HTTP/1.1",
         }),
         destination: DestinationFacts {
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let target = forward_target(black_box(&uri)).unwrap();
             let intent = parse_intent(black_box(&headers)).unwrap();
-            let redacted = policy_headers(black_box(&headers));
+            let redacted = policy_headers(black_box(&headers), &[]);
             black_box((target, intent, redacted))
         })
     });

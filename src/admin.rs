@@ -62,6 +62,8 @@ pub struct AdminState {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub kills: Arc<KillSwitch>,
+    /// Credentials: tasks end here, kills drop cached tokens, the JWKS is served.
+    pub credentials: Arc<arc_swap::ArcSwap<crate::credentials::CredentialStore>>,
     pub recent: Arc<Recent>,
     pub reloader: Arc<dyn Reload>,
 }
@@ -144,6 +146,25 @@ fn decisions(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({ "decisions": lines }))
 }
 
+/// After a kill is in force, the cached credentials it covers are dropped (and oauth2 tokens
+/// revoked), so lifting the kill later means fresh tokens.
+async fn drop_killed_credentials(state: &AdminState, response: &Response<Full<Bytes>>) {
+    if !response.status().is_success() {
+        return;
+    }
+    let Ok(body) = response.body().clone().collect().await;
+    let target = serde_json::from_slice::<Value>(&body.to_bytes())
+        .ok()
+        .and_then(|v| {
+            serde_json::from_value::<crate::kill::KillTarget>(v["kill"]["target"].clone()).ok()
+        });
+    if let Some(target) = target {
+        let store = state.credentials.load_full();
+        let (dropped, revoked) = store.drop_matching(&target).await;
+        tracing::info!(%target, dropped, revoked, "kill: cached credentials dropped");
+    }
+}
+
 async fn route(
     state: Arc<AdminState>,
     request: Request<Incoming>,
@@ -188,7 +209,11 @@ async fn route(
         }
         (&Method::GET, "/v1/kill") => kill_call(&state, |kills| kills.handle_list()).await,
         (&Method::POST, "/v1/kill") => match read_body(request).await {
-            Ok(body) => kill_call(&state, move |kills| kills.handle_post(&body)).await,
+            Ok(body) => {
+                let response = kill_call(&state, move |kills| kills.handle_post(&body)).await;
+                drop_killed_credentials(&state, &response).await;
+                response
+            }
             Err(response) => response,
         },
         (&Method::DELETE, p) if p == "/v1/kill" || p.starts_with("/v1/kill/") => {
@@ -206,11 +231,17 @@ async fn route(
                     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-')
                 });
             if valid {
-                // No credential provider exists in this release, so a task holds nothing to
-                // drop or revoke.
+                let store = state.credentials.load_full();
+                let (dropped, revoked) = store.end_task(task).await;
+                tracing::info!(
+                    task,
+                    dropped,
+                    revoked,
+                    "task ended: its credentials were dropped and revoked"
+                );
                 json_response(
                     StatusCode::OK,
-                    &json!({"task": task, "credentials_dropped": 0, "credentials_revoked": 0}),
+                    &json!({"task": task, "credentials_dropped": dropped, "credentials_revoked": revoked}),
                 )
             } else {
                 error(
@@ -222,7 +253,7 @@ async fn route(
         }
         (&Method::GET, "/v1/decisions") => decisions(&state, query.as_deref()),
         (&Method::GET, "/.well-known/jwks.json") => {
-            json_response(StatusCode::OK, &json!({"keys": []}))
+            json_response(StatusCode::OK, state.credentials.load().jwks())
         }
         (
             _,

@@ -43,8 +43,9 @@ pub struct RunOptions {
 }
 
 /// Reloads from the configuration file: a configuration or policy that does not load keeps the
-/// running revision and says why. Only the policy (path, data, entrypoint) takes effect on
-/// reload; listeners, limits and upstream settings need a restart.
+/// running revision and says why. The policy (path, data, entrypoint) and the credentials
+/// (`credentials`, `agent_secrets`) take effect on reload; listeners, limits and upstream
+/// settings need a restart.
 struct ConfigReloader {
     config_path: Option<PathBuf>,
     proxy: Arc<Proxy>,
@@ -58,12 +59,19 @@ impl crate::admin::Reload for ConfigReloader {
             None => crate::config::builtin(),
         }
         .map_err(|errors| errors.to_string())
-        .and_then(|config| load_policy(&config).map_err(|e| e.to_string()));
+        .and_then(|config| {
+            let revision = load_policy(&config).map_err(|e| e.to_string())?;
+            let previous = self.proxy.credentials.load_full();
+            let store =
+                build_credentials(&config, metrics, Some(&previous)).map_err(|e| e.to_string())?;
+            Ok((revision, store))
+        });
         match loaded {
-            Ok(revision) => {
+            Ok((revision, store)) => {
                 let id = revision.revision.to_string();
                 metrics.set_policy_info(&id, revision.engine.as_str());
                 self.proxy.policy.publish(revision);
+                self.proxy.credentials.store(Arc::new(store));
                 metrics.policy_reloaded(true);
                 tracing::info!(revision = %id, "reloaded: policy revision in force");
                 Ok(id)
@@ -123,6 +131,29 @@ pub fn client_verifier(
         StartError::Config(format!("{}: identity.trust_domains: {e}", config.origin))
     })?;
     Ok(Some(Arc::new(verifier)))
+}
+
+/// Builds the credential store (start-up, reload); an unusable signing key or CA is a
+/// configuration error, an unreadable secret only makes its credential unavailable.
+pub fn build_credentials(
+    config: &Config,
+    metrics: &Metrics,
+    previous: Option<&crate::credentials::CredentialStore>,
+) -> Result<crate::credentials::CredentialStore, StartError> {
+    crate::credentials::CredentialStore::build(
+        &config.credentials,
+        &config.agent_secrets,
+        metrics,
+        previous,
+        false,
+    )
+    .map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {e}", config.origin))
+            .collect();
+        StartError::Config(lines.join("\n"))
+    })
 }
 
 /// Loads the policy named by the configuration (also used by `tollgate check`).
@@ -261,7 +292,15 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         tokio::spawn(crate::watch::watch_jwks(intent_issuers.clone()));
     }
     let decision_log_handle = decision_log.clone();
+    let credentials = Arc::new(arc_swap::ArcSwap::from_pointee(build_credentials(
+        &config, &metrics, None,
+    )?));
+    if !config.credentials.is_empty() {
+        tokio::spawn(crate::credentials::watch(credentials.clone()));
+        tracing::info!(credentials = config.credentials.len(), "credentials ready");
+    }
     let proxy = Arc::new(Proxy {
+        credentials: credentials.clone(),
         policy: PolicyStore::new(revision),
         upstream,
         intercept,
@@ -373,6 +412,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
             health: health.clone(),
             metrics,
             kills,
+            credentials,
             recent: decision_log_handle.recent.clone(),
             reloader: reloader.clone(),
         }),

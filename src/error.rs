@@ -47,6 +47,12 @@ pub enum ProxyError {
     PrivateDestination(ResolveError),
     #[error("{0}")]
     Upstream(UpstreamError),
+    #[error("credential `{0}` is unavailable; the request was not forwarded without it")]
+    CredentialUnavailable(String),
+    #[error(
+        "the request carries secret headers ({0}); agents hold no secrets, tollgate injects them"
+    )]
+    AgentSecretPresent(String),
     #[error("tollgate is at its connection limit")]
     Overloaded,
     #[error("internal error: {0}")]
@@ -65,6 +71,8 @@ impl ProxyError {
             ProxyError::Denied { .. }
             | ProxyError::IntentToken(_)
             | ProxyError::Policy(_)
+            | ProxyError::CredentialUnavailable(_)
+            | ProxyError::AgentSecretPresent(_)
             | ProxyError::PrivateDestination(_) => StatusCode::FORBIDDEN,
             ProxyError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
@@ -89,6 +97,8 @@ impl ProxyError {
             ProxyError::IntentToken(e) => e.reason(),
             ProxyError::Policy(failure) => failure.reason(),
             ProxyError::PrivateDestination(_) => "private_destination",
+            ProxyError::CredentialUnavailable(_) => "credential_unavailable",
+            ProxyError::AgentSecretPresent(_) => "agent_secret_present",
             ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
                 "private_destination"
             }
@@ -112,11 +122,12 @@ impl ProxyError {
             | ProxyError::HostMismatch { .. }
             | ProxyError::Denied { .. }
             | ProxyError::IntentToken(_)
+            | ProxyError::AgentSecretPresent(_)
             | ProxyError::PrivateDestination(_) => Fault::Caller,
             ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
                 Fault::Caller
             }
-            ProxyError::Upstream(_) => Fault::Upstream,
+            ProxyError::Upstream(_) | ProxyError::CredentialUnavailable(_) => Fault::Upstream,
             ProxyError::Policy(_) | ProxyError::Overloaded | ProxyError::Internal(_) => {
                 Fault::Internal
             }

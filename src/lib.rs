@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod identity;
 pub mod intent;

@@ -226,6 +226,20 @@ fn check(path: &Path) -> Result<(), Failure> {
             ));
         }
     }
+    // Credentials resolvable: signing keys load, secret files and variables can be read.
+    if let Ok(metrics) = tollgate::telemetry::metrics::Metrics::new(&[], false)
+        && let Err(errors) = tollgate::credentials::CredentialStore::build(
+            &config.credentials,
+            &config.agent_secrets,
+            &metrics,
+            None,
+            true,
+        )
+    {
+        for error in errors {
+            problems.push(format!("{}: {error}", config.origin));
+        }
+    }
     if let Err(e) = tollgate::tls::upstream::client_config(config.upstream.ca.as_deref()) {
         problems.push(format!("{}: upstream.ca: {e}", config.origin));
     }

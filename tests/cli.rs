@@ -115,7 +115,7 @@ fn reports_every_problem_of_a_broken_configuration_with_exit_2() {
         "listeners[0].colour: unknown key",
         "upstream.connect_timeout",
         "upstream.allow_private[0]",
-        "credentials: not supported yet",
+        "credentials.github.source: is required for kind static",
         "policy.path",
         "surprise: unknown key",
     ] {

@@ -348,6 +348,8 @@ const DENY_REASONS: &[&str] = &[
     "token_not_yet_valid",
     "token_wrong_audience",
     "token_subject_mismatch",
+    "credential_unavailable",
+    "agent_secret_present",
 ];
 const ERROR_REASONS: &[&str] = &[
     "dns_error",

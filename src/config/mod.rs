@@ -10,6 +10,7 @@
 //!
 //! Relative paths resolve against the folder of the configuration file.
 
+pub mod credentials;
 pub mod duration;
 pub mod raw;
 
@@ -40,6 +41,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Issuers of signed intent tokens (`intent_tokens.issuers`).
     pub intent_issuers: Vec<crate::intent_token::IssuerConfig>,
+    /// `credentials` (SPEC §5), by name.
+    pub credentials: std::collections::BTreeMap<String, credentials::CredentialConfig>,
+    /// `agent_secrets` (extension): extra secret headers and what to do when an agent sends one.
+    pub agent_secrets: credentials::AgentSecretsConfig,
     /// Where the configuration came from, for messages ("built-in" or the file path).
     pub origin: String,
 }
@@ -337,7 +342,8 @@ struct Sections {
     intercept_ca: Option<raw::RawKeyPair>,
     policy: Option<raw::RawPolicy>,
     intent_tokens: Option<raw::RawIntentTokens>,
-    credentials: Option<serde_yaml::Mapping>,
+    credentials: Option<std::collections::BTreeMap<String, credentials::RawCredential>>,
+    agent_secrets: Option<credentials::RawAgentSecrets>,
     upstream: Option<raw::RawUpstream>,
     limits: Option<raw::RawLimits>,
     telemetry: Option<raw::RawTelemetry>,
@@ -367,6 +373,7 @@ impl Sections {
             "policy" => self.policy = section(value, name, problems),
             "intent_tokens" => self.intent_tokens = section(value, name, problems),
             "credentials" => self.credentials = section(value, name, problems),
+            "agent_secrets" => self.agent_secrets = section(value, name, problems),
             "upstream" => self.upstream = section(value, name, problems),
             "limits" => self.limits = section(value, name, problems),
             "telemetry" => self.telemetry = section(value, name, problems),
@@ -600,9 +607,10 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
             }
         }
     }
-    if sections.credentials.is_some_and(|c| !c.is_empty()) {
-        problems.not_supported("credentials");
-    }
+    let credentials =
+        credentials::validate_credentials(sections.credentials.unwrap_or_default(), base, problems);
+    let agent_secrets =
+        credentials::validate_agent_secrets(sections.agent_secrets.unwrap_or_default(), problems);
 
     let raw_upstream = sections.upstream.unwrap_or_default();
     let upstream = UpstreamConfig {
@@ -709,6 +717,8 @@ fn validate(sections: Sections, base: &Path, origin: &str, problems: &mut Proble
         limits,
         telemetry,
         intent_issuers,
+        credentials,
+        agent_secrets,
         origin: origin.to_string(),
     }
 }
@@ -960,12 +970,12 @@ mod tests {
     fn rejects_later_features_as_not_supported_yet() {
         let errors = load(
             "listeners: [{name: a, address: '127.0.0.1:0', mode: transparent}]\n\
-             credentials: {github: {kind: static}}\nintent_tokens: {issuers: [{issuer: x, jwks: j.json}]}\n\
+             intent_tokens: {issuers: [{issuer: x, jwks: j.json}]}\n\
              policy: {engine: wasm}",
         )
         .unwrap_err();
         let text = errors.to_string();
-        assert!(text.contains("credentials: not supported yet"), "{text}");
+        assert!(!text.contains("credentials"), "{text}");
         assert!(text.contains("transparent: not supported yet"), "{text}");
         assert!(text.contains("wasm: not supported yet"), "{text}");
     }

@@ -227,14 +227,18 @@ pub fn format_time(time: SystemTime) -> String {
 }
 
 /// Lower-cased header list for the policy, with secrets replaced by [`REDACTED`].
-pub fn policy_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+/// `extra` are the configured secret headers (`agent_secrets.headers`), redacted too.
+pub fn policy_headers(
+    headers: &http::HeaderMap,
+    extra: &[http::HeaderName],
+) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
     for name in headers.keys() {
         let key = name.as_str();
         if key.starts_with("x-agent-") {
             continue;
         }
-        let value = if REDACTED_HEADERS.contains(&key) {
+        let value = if REDACTED_HEADERS.contains(&key) || extra.contains(name) {
             REDACTED.to_string()
         } else {
             let joined: Vec<&str> = headers
@@ -302,11 +306,22 @@ mod tests {
         headers.insert("x-agent-intent", "a".parse().unwrap());
         headers.append("accept", "a".parse().unwrap());
         headers.append("accept", "b".parse().unwrap());
-        let list = policy_headers(&headers);
+        let list = policy_headers(&headers, &[]);
         assert!(list.contains(&("authorization".into(), REDACTED.into())));
         assert!(list.contains(&("x-api-key".into(), REDACTED.into())));
         assert!(list.contains(&("accept".into(), "a, b".into())));
         assert!(!list.iter().any(|(k, _)| k.starts_with("x-agent-")));
         assert!(!format!("{list:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn redacts_configured_secret_headers_too() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-goog-api-key", "k".parse().unwrap());
+        headers.insert("accept", "a".parse().unwrap());
+        let extra = [http::HeaderName::from_static("x-goog-api-key")];
+        let list = policy_headers(&headers, &extra);
+        assert!(list.contains(&("x-goog-api-key".to_string(), REDACTED.to_string())));
+        assert!(list.contains(&("accept".to_string(), "a".to_string())));
     }
 }

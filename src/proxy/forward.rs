@@ -8,6 +8,8 @@ use hyper::body::Incoming;
 
 use crate::error::ProxyError;
 
+use crate::credentials::inject::{AgentSecrets, Injection};
+
 use super::authorize::Permit;
 use super::target::Target;
 
@@ -50,15 +52,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Builds the origin request: hop-by-hop and intent headers removed, the policy's header
-/// changes applied, the normalized target as URI. Requires the [`Permit`].
+/// Builds the origin request: hop-by-hop, intent and the agent's secret headers removed, the
+/// policy's header changes applied, the normalized target as URI, then the credential (if the
+/// decision named one) injected. Requires the [`Permit`].
 pub fn upstream_request(
     request: Request<Incoming>,
     target: &Target,
     permit: &Permit,
+    secrets: &AgentSecrets,
+    injection: Option<&Injection>,
 ) -> Result<Request<Incoming>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // An agent holds no secrets: whatever it sent in a secret header never reaches the origin.
+    secrets.strip(&mut parts.headers);
     let intent_headers: Vec<HeaderName> = parts
         .headers
         .keys()
@@ -79,6 +86,11 @@ pub fn upstream_request(
     }
     parts.headers.append(header::VIA, VIA);
     parts.uri = target.upstream_uri()?;
+    if let Some(injection) = injection {
+        injection
+            .apply(&mut parts.headers, &mut parts.uri)
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+    }
     // The origin's protocol is chosen by ALPN, not by what the agent spoke.
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(parts, body))

@@ -10,9 +10,13 @@
 //!    refuse private addresses, so the policy sees the IP that will be dialled.
 //! 4. **intent** — parse and validate the `X-Agent-*` headers (a violation is a 400).
 //! 5. **authorize** — evaluate the policy on the full input; only a `Permit` goes further.
-//! 6. **inject / forward** — rewrite headers (policy changes, hop-by-hop, intent headers
-//!    removed), send upstream, stream the response back.
-//! 7. **record** — the `Recorder` drop guard writes one decision-log line on every exit path.
+//! 6. **credential** — when the decision names a credential, obtain it (cache, or the
+//!    provider under the credential's timeout); failing that the request is denied
+//!    (`credential_unavailable`), never forwarded without it.
+//! 7. **inject / forward** — rewrite headers (policy changes, hop-by-hop, intent headers and
+//!    the agent's own secret headers removed), inject the credential, send upstream, stream
+//!    the response back.
+//! 8. **record** — the `Recorder` drop guard writes one decision-log line on every exit path.
 
 pub mod authorize;
 pub mod body;
@@ -60,6 +64,8 @@ pub struct Proxy {
     pub intent_issuers: Arc<crate::intent_token::IntentIssuers>,
     /// Kills in force: checked before the policy on every request.
     pub kills: Arc<crate::kill::KillSwitch>,
+    /// Credentials, the token cache and the agent-secret rules; swapped on reload.
+    pub credentials: Arc<arc_swap::ArcSwap<crate::credentials::CredentialStore>>,
     /// Tracks every task serving agent traffic, for the graceful drain.
     pub lifecycle: crate::server::lifecycle::Lifecycle,
     pub dry_run: bool,
@@ -174,9 +180,33 @@ async fn stages(
     let intent = resolve_intent(proxy, conn, request.headers())?;
     record.intent = Some((intent.name.clone(), intent.task.clone(), intent.verified));
 
+    // An agent holds no secrets: its own secret headers are removed before forwarding, or
+    // (agent_secrets.on_present: deny) refused here.
+    let credentials = proxy.credentials.load_full();
+    let present = credentials.agent_secrets().present(request.headers());
+    if !present.is_empty() {
+        let names = present.join(", ");
+        match credentials.agent_secrets().on_present {
+            crate::config::credentials::OnPresent::Deny => {
+                record.allow = false;
+                record.reason = Some("agent_secret_present".to_string());
+                return Err(ProxyError::AgentSecretPresent(names));
+            }
+            crate::config::credentials::OnPresent::Remove => {
+                tracing::info!(decision_id = %record.decision_id, headers = %names, "the agent sent secret headers; removed");
+            }
+        }
+    }
+    let task = intent.task.clone();
+    let intent_name = intent.name.clone();
+
     // 5. authorize
     let subject = Subject {
-        request: Some(request_facts(&request, &target)),
+        request: Some(request_facts(
+            &request,
+            &target,
+            credentials.agent_secrets().names(),
+        )),
         destination: DestinationFacts {
             host: target.host.clone(),
             port: target.port,
@@ -198,8 +228,37 @@ async fn stages(
         return Err(ProxyError::Upstream(UpstreamError::Resolve(failure)));
     }
 
-    // 6. inject + forward
-    let upstream_request = forward::upstream_request(request, &target, &permit)?;
+    // 6. credential
+    let token = match &permit.decision().credential {
+        None => None,
+        Some(wanted) => {
+            let ctx = crate::credentials::RequestContext {
+                caller: conn.caller.spiffe_id().map(|id| id.as_str()),
+                task: task.as_deref(),
+                intent: intent_name.as_deref(),
+                destination: &target.host,
+            };
+            match credentials.get(wanted, &ctx).await {
+                Ok(token) => Some(token),
+                Err(error) => {
+                    tracing::warn!(decision_id = %record.decision_id, credential = %wanted.name, %error, "credential unavailable; denying");
+                    record.allow = false;
+                    record.reason = Some("credential_unavailable".to_string());
+                    return Err(ProxyError::CredentialUnavailable(wanted.name.clone()));
+                }
+            }
+        }
+    };
+
+    // 7. inject + forward
+    let upstream_request = forward::upstream_request(
+        request,
+        &target,
+        &permit,
+        credentials.agent_secrets(),
+        token.as_ref().map(|t| &t.injection),
+    )?;
+    drop(token);
     let sent = std::time::Instant::now();
     let result = proxy.upstream.send(upstream_request).await;
     proxy.metrics.observe_upstream(sent.elapsed().as_secs_f64());
@@ -246,7 +305,11 @@ pub async fn resolve_destination(
     }
 }
 
-fn request_facts(request: &Request<Incoming>, target: &Target) -> RequestFacts {
+fn request_facts(
+    request: &Request<Incoming>,
+    target: &Target,
+    secret_headers: &[http::HeaderName],
+) -> RequestFacts {
     RequestFacts {
         method: request.method().as_str().to_string(),
         scheme: target.scheme,
@@ -254,7 +317,7 @@ fn request_facts(request: &Request<Incoming>, target: &Target) -> RequestFacts {
         port: target.port,
         path: target.path.clone(),
         query: target.query.clone(),
-        headers: policy_headers(request.headers()),
+        headers: policy_headers(request.headers(), secret_headers),
         protocol: match request.version() {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",

@@ -51,6 +51,8 @@ pub const DENY_REASONS: &[&str] = &[
     "token_not_yet_valid",
     "token_wrong_audience",
     "token_subject_mismatch",
+    "credential_unavailable",
+    "agent_secret_present",
 ];
 
 /// Reasons of an `error` decision: allowed, but tollgate could not complete the call.
