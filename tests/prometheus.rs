@@ -324,6 +324,7 @@ const DENY_REASONS: &[&str] = &[
     "intent_required",
     "intent_not_allowed",
     "verified_intent_required",
+    "outside_time_window",
     "invalid_input",
     "policy_error",
     "policy_timeout",
