@@ -55,7 +55,7 @@ enum Command {
 enum PolicyCommand {
     /// Evaluate the decision for one input and print it as JSON.
     Eval {
-        /// A folder of .rego files or one .rego file.
+        /// A folder of .rego files, one .rego file, a .wasm module or an OPA bundle .tar.gz.
         #[arg(short, long)]
         path: PathBuf,
         #[arg(short, long)]
@@ -156,7 +156,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         } => certs_issue(dir, &spiffe_id, &ttl, name),
         Command::Version => {
             println!(
-                "tollgate {} (git {}) engines: rego",
+                "tollgate {} (git {}) engines: rego, wasm",
                 env!("CARGO_PKG_VERSION"),
                 env!("TOLLGATE_GIT_REVISION")
             );
@@ -304,6 +304,16 @@ fn policy_eval(
 }
 
 fn policy_test(path: &Path) -> Result<(), Failure> {
+    if !matches!(
+        PolicySource::from_path(path.to_path_buf()),
+        PolicySource::Path(_)
+    ) {
+        return Err(Failure::usage(format!(
+            "{}: a Wasm module or bundle carries no test rules (OPA compiles only the \
+             entrypoint); run `tollgate policy test` on the Rego sources it was built from",
+            path.display()
+        )));
+    }
     let outcomes = run_tests(path).map_err(|e| Failure::usage(e.to_string()))?;
     let mut failed = 0;
     for outcome in &outcomes {
