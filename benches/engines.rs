@@ -151,6 +151,37 @@ fn rate(revision: &Arc<PolicyRevision>, threads: usize, for_: Duration) -> f64 {
     count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
 }
 
+/// Rounds per second of a loop that shares nothing: what two threads can get on this machine now.
+fn spin_rate(threads: usize, for_: Duration) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (stop, count) = (stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut x = 0x2545_f491_4f6c_dd1du64;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..1_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                    }
+                    black_box(x);
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(for_);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
+}
+
 fn report() {
     let request_headers = headers();
     let request = input(&request_headers);
@@ -164,6 +195,13 @@ fn report() {
             println!("{name:6} {agents:6} {p50:8.2} {p99:8.2}");
         }
     }
+    println!("\n# the machine: a shared-nothing arithmetic loop, 1 vs 2 threads (3 s each)");
+    let one = spin_rate(1, Duration::from_secs(3));
+    let two = spin_rate(2, Duration::from_secs(3));
+    println!(
+        "spin   1 thread {one:10.0}/s  2 threads {two:10.0}/s  ratio {:.2}",
+        two / one
+    );
     println!("\n# one vs two threads at 1,000 agents (evaluations/s over 3 s each)");
     for (name, revision) in [("rego", rego(1_000)), ("wasm", wasm(1_000))] {
         let revision = Arc::new(revision);

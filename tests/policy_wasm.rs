@@ -267,7 +267,16 @@ fn a_missing_builtin_fails_check_and_a_reload_to_it_keeps_the_old_revision() {
     let (status, after) = call(&tg, &origin);
     assert_eq!(status, 200);
     assert_eq!(after["policy_revision"], before["policy_revision"]);
-    assert!(metrics(&tg).contains("tollgate_policy_reloads_total{result=\"failure\"} 1"));
+    // Unusable data keeps the running revision too.
+    replace_file(&module, &wasm("decision", &[]));
+    replace_file(&data_file, b"{not json");
+    let (status, body) = admin(&tg, "POST", "/v1/reload");
+    assert_eq!(status, 422, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("data"), "{body}");
+    let (status, after) = call(&tg, &origin);
+    assert_eq!(status, 200);
+    assert_eq!(after["policy_revision"], before["policy_revision"]);
+    assert!(metrics(&tg).contains("tollgate_policy_reloads_total{result=\"failure\"} 2"));
 }
 
 #[test]

@@ -204,7 +204,15 @@ impl PolicyRevision {
 
     /// Decides one input. Never panics and never returns an allow it could not verify.
     pub fn evaluate(&self, input: &PolicyInput) -> Evaluation {
-        self.evaluate_value(input.to_value())
+        match &self.evaluator {
+            Evaluator::Rego(_) => self.evaluate_value(input.to_value()),
+            // The module takes JSON: serialize the facts directly (same document, no value).
+            Evaluator::Wasm(wasm) => {
+                let start = Instant::now();
+                let result = wasm.evaluate(input);
+                Self::conclude(result, start)
+            }
+        }
     }
 
     /// Decides one input given as an engine value (used by `policy eval`).
@@ -214,6 +222,10 @@ impl PolicyRevision {
             Evaluator::Rego(rego) => rego.evaluate(input),
             Evaluator::Wasm(wasm) => wasm.evaluate(&input),
         };
+        Self::conclude(result, start)
+    }
+
+    fn conclude(result: Result<Value, EvalError>, start: Instant) -> Evaluation {
         let eval_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         let outcome = match result {
             Ok(value) => {

@@ -124,7 +124,7 @@ impl WasmPolicy {
 
     /// Evaluates the entrypoint for one input on this thread's instance. The result is the
     /// entrypoint's value, `Value::Undefined` when the result set is empty.
-    pub fn evaluate(&self, input: &Value) -> Result<Value, EvalError> {
+    pub fn evaluate<I: serde::Serialize>(&self, input: &I) -> Result<Value, EvalError> {
         WORKER_INSTANCE.with(|cell| {
             let mut slot = cell.borrow_mut();
             let stale = !matches!(&*slot, Some((id, _)) if *id == self.id);
@@ -166,10 +166,10 @@ struct ResultEntry {
     result: Value,
 }
 
-fn evaluate_on(
+fn evaluate_on<I: serde::Serialize>(
     instance: &mut Instance,
     entrypoint: &str,
-    input: &Value,
+    input: &I,
 ) -> Result<Value, RawFailure> {
     instance.store.set_epoch_deadline(host::deadline_ticks());
     let future =
