@@ -183,6 +183,9 @@ fn spin_rate(threads: usize, for_: Duration) -> f64 {
 }
 
 fn report() {
+    if std::env::var("ENGINES_ONLY").is_ok_and(|v| v == "threads") {
+        return threads_report();
+    }
     let request_headers = headers();
     let request = input(&request_headers);
     println!("\n# per-iteration percentiles (20,000 evaluations after 2,000 warm-up; µs)");
@@ -195,24 +198,7 @@ fn report() {
             println!("{name:6} {agents:6} {p50:8.2} {p99:8.2}");
         }
     }
-    println!("\n# the machine: a shared-nothing arithmetic loop, 1 vs 2 threads (3 s each)");
-    let one = spin_rate(1, Duration::from_secs(3));
-    let two = spin_rate(2, Duration::from_secs(3));
-    println!(
-        "spin   1 thread {one:10.0}/s  2 threads {two:10.0}/s  ratio {:.2}",
-        two / one
-    );
-    println!("\n# one vs two threads at 1,000 agents (evaluations/s over 3 s each)");
-    for (name, revision) in [("rego", rego(1_000)), ("wasm", wasm(1_000))] {
-        let revision = Arc::new(revision);
-        rate(&revision, 2, Duration::from_millis(500));
-        let one = rate(&revision, 1, Duration::from_secs(3));
-        let two = rate(&revision, 2, Duration::from_secs(3));
-        println!(
-            "{name:6} 1 thread {one:10.0}/s  2 threads {two:10.0}/s  ratio {:.2}",
-            two / one
-        );
-    }
+    threads_report();
     println!("\n# wasm: load and first evaluation on a new thread at 10,000 agents (ms)");
     let started = Instant::now();
     let revision = Arc::new(wasm(10_000));
@@ -240,8 +226,32 @@ fn report() {
     }
 }
 
+fn threads_report() {
+    println!("\n# the machine: a shared-nothing arithmetic loop, 1 vs 2 threads (3 s each)");
+    let one = spin_rate(1, Duration::from_secs(3));
+    let two = spin_rate(2, Duration::from_secs(3));
+    println!(
+        "spin   1 thread {one:10.0}/s  2 threads {two:10.0}/s  ratio {:.2}",
+        two / one
+    );
+    println!("\n# one vs two threads at 1,000 agents (evaluations/s over 3 s each)");
+    for (name, revision) in [("rego", rego(1_000)), ("wasm", wasm(1_000))] {
+        let revision = Arc::new(revision);
+        rate(&revision, 2, Duration::from_millis(500));
+        let one = rate(&revision, 1, Duration::from_secs(3));
+        let two = rate(&revision, 2, Duration::from_secs(3));
+        println!(
+            "{name:6} 1 thread {one:10.0}/s  2 threads {two:10.0}/s  ratio {:.2}",
+            two / one
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
     report();
+    if std::env::var("ENGINES_ONLY").is_ok() {
+        return;
+    }
     let headers = headers();
     let input = input(&headers);
     let mut group = c.benchmark_group("engines");
