@@ -203,10 +203,14 @@ fn report() {
     let started = Instant::now();
     let revision = Arc::new(wasm(10_000));
     println!(
-        "load (compile, check, 4 pooled instances with data): {:.2}",
+        "load (compile, check, pooled instances with data): {:.2}",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    for thread in 1..=6 {
+    // The pool holds one instance per CPU, at least 4 and at most 32 (src/policy/wasm).
+    let pool = std::thread::available_parallelism()
+        .map_or(4, usize::from)
+        .clamp(4, 32);
+    for thread in 1..=pool + 2 {
         let revision = revision.clone();
         let first = std::thread::spawn(move || {
             let headers = headers();
@@ -217,7 +221,7 @@ fn report() {
         })
         .join()
         .unwrap();
-        let source = if thread <= 4 {
+        let source = if thread <= pool {
             "pooled instance"
         } else {
             "instantiated on the thread"

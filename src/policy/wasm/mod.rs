@@ -36,9 +36,15 @@ use host::StoreState;
 
 static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Instances a revision prepares at load: one per worker thread of a small machine. Threads
-/// beyond that instantiate their own on first use (measured in docs/BENCHMARKS.md).
-const POOL_SIZE: usize = 4;
+/// Instances a revision prepares at load: one per CPU (tokio's default number of workers), at
+/// least 4 and at most 32. A thread beyond that instantiates its own on its first evaluation of
+/// the revision (measured in docs/BENCHMARKS.md).
+fn pool_size() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(4)
+        .clamp(4, 32)
+}
 
 /// One ready-to-evaluate instance: its store (memory, limits) and opa-wasm's handle.
 struct Instance {
@@ -81,13 +87,13 @@ impl WasmPolicy {
             module,
             data: Arc::new(data),
             entrypoint: entrypoint.to_string(),
-            pool: ArrayQueue::new(POOL_SIZE),
+            pool: ArrayQueue::new(pool_size()),
             builtins: facts.builtins.into_keys().collect(),
         };
         // The first instance proves the module instantiates and accepts the data.
         let first = policy.instantiate().map_err(PolicyLoadError::Data)?;
         let _ = policy.pool.push(first);
-        for _ in 1..POOL_SIZE {
+        for _ in 1..policy.pool.capacity() {
             match policy.instantiate() {
                 Ok(instance) => {
                     let _ = policy.pool.push(instance);
