@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::admin::Health;
-use crate::config::{Config, PolicySource};
+use crate::config::Config;
 use crate::identity::Caller;
 use crate::policy::{PolicyRevision, PolicyStore};
 use crate::proxy::Proxy;
@@ -167,6 +167,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     crate::tls::install_crypto_provider();
     let revision = load_policy(&config)?;
     let revision_id = revision.revision.clone();
+    let engine = revision.engine;
     let intercept = match &config.intercept_ca {
         Some(paths) => InterceptAuthority::load(&paths.cert, &paths.key)
             .map_err(|e| StartError::Config(format!("{}: intercept_ca: {e}", config.origin)))?,
@@ -262,7 +263,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         Metrics::new(&listener_names, config.telemetry.metrics_label_destination)
             .map_err(|e| StartError::Runtime(e.to_string()))?,
     );
-    metrics.set_policy_info(&revision_id, "rego");
+    metrics.set_policy_info(&revision_id, engine.as_str());
     let dry_run = options.dry_run || config.policy.dry_run;
     let ca_path = intercept.ca_cert_path.clone();
     let kills = Arc::new(
@@ -348,8 +349,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     }
     tracing::info!(
         revision = %revision_id,
-        engine = "rego",
-        source = match &config.policy.source { PolicySource::Bundled => "bundled".to_string(), PolicySource::Path(p) => p.display().to_string() },
+        engine = engine.as_str(),
+        source = config.policy.source.path().map(|p| p.display().to_string()).unwrap_or_else(|| "bundled".to_string()),
         dry_run,
         "policy loaded"
     );

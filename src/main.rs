@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use tollgate::app::{self, RunOptions, StartError};
+use tollgate::config::PolicySource;
 use tollgate::config::{self, LogFormat};
 use tollgate::identity::SpiffeId;
 use tollgate::policy::testing::{TestResult, run_tests};
@@ -54,7 +55,7 @@ enum Command {
 enum PolicyCommand {
     /// Evaluate the decision for one input and print it as JSON.
     Eval {
-        /// A folder of .rego files or one .rego file.
+        /// A folder of .rego files, one .rego file, a .wasm module or an OPA bundle .tar.gz.
         #[arg(short, long)]
         path: PathBuf,
         #[arg(short, long)]
@@ -155,7 +156,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
         } => certs_issue(dir, &spiffe_id, &ttl, name),
         Command::Version => {
             println!(
-                "tollgate {} (git {}) engines: rego",
+                "tollgate {} (git {}) engines: rego, wasm",
                 env!("CARGO_PKG_VERSION"),
                 env!("TOLLGATE_GIT_REVISION")
             );
@@ -262,20 +263,38 @@ fn policy_eval(
     data: Option<&Path>,
     entrypoint: &str,
 ) -> Result<(), Failure> {
-    let name = path.to_string_lossy();
-    if name.ends_with(".wasm") || name.ends_with(".tar.gz") {
-        return Err(Failure::usage(format!(
-            "{name}: Wasm modules and OPA bundles are not supported yet in this version"
-        )));
-    }
-    let modules = read_modules(path, false).map_err(|e| Failure::usage(e.to_string()))?;
-    let data_text = match data {
-        Some(file) => read_file(file, "data")?,
-        None if path.join("data.json").is_file() => read_file(&path.join("data.json"), "data")?,
-        None => "{}".to_string(),
+    let at =
+        |e: tollgate::policy::PolicyLoadError| Failure::usage(format!("{}: {e}", path.display()));
+    // Same rule as `engine: auto`: .wasm → module, .tar.gz → bundle, else Rego source.
+    let revision = match PolicySource::from_path(path.to_path_buf()) {
+        PolicySource::WasmBundle(_) => {
+            if data.is_some() {
+                return Err(Failure::usage(format!(
+                    "{}: an OPA bundle carries its own data.json; drop -d",
+                    path.display()
+                )));
+            }
+            PolicyRevision::load_wasm_bundle(path, entrypoint).map_err(at)?
+        }
+        PolicySource::WasmModule(_) => {
+            let data_text = match data {
+                Some(file) => read_file(file, "data")?,
+                None => "{}".to_string(),
+            };
+            PolicyRevision::load_wasm_module(path, &data_text, entrypoint).map_err(at)?
+        }
+        PolicySource::Bundled | PolicySource::Path(_) => {
+            let modules = read_modules(path, false).map_err(|e| Failure::usage(e.to_string()))?;
+            let data_text = match data {
+                Some(file) => read_file(file, "data")?,
+                None if path.join("data.json").is_file() => {
+                    read_file(&path.join("data.json"), "data")?
+                }
+                None => "{}".to_string(),
+            };
+            PolicyRevision::compile(&modules, &data_text, entrypoint).map_err(at)?
+        }
     };
-    let revision = PolicyRevision::compile(&modules, &data_text, entrypoint)
-        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     let input_text = read_file(input, "input")?;
     let input_value = regorus::Value::from_json_str(&input_text)
         .map_err(|e| Failure::usage(format!("{}: not valid JSON: {e}", input.display())))?;
@@ -299,6 +318,16 @@ fn policy_eval(
 }
 
 fn policy_test(path: &Path) -> Result<(), Failure> {
+    if !matches!(
+        PolicySource::from_path(path.to_path_buf()),
+        PolicySource::Path(_)
+    ) {
+        return Err(Failure::usage(format!(
+            "{}: a Wasm module or bundle carries no test rules (OPA compiles only the \
+             entrypoint); run `tollgate policy test` on the Rego sources it was built from",
+            path.display()
+        )));
+    }
     let outcomes = run_tests(path).map_err(|e| Failure::usage(e.to_string()))?;
     let mut failed = 0;
     for outcome in &outcomes {

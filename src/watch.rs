@@ -22,7 +22,7 @@ fn policy_stamps(
         }
     }
     let mut files = Vec::new();
-    if let crate::config::PolicySource::Path(path) = &policy.source {
+    if let Some(path) = policy.source.path() {
         walk(path, &mut files);
     }
     if let crate::config::DataSource::File(path) = &policy.data {

@@ -33,7 +33,7 @@ fn prints_version_revision_and_engines() {
         line.starts_with(&format!("tollgate {} (git ", env!("CARGO_PKG_VERSION"))),
         "{line}"
     );
-    assert!(line.contains("engines: rego"), "{line}");
+    assert!(line.contains("engines: rego, wasm"), "{line}");
 }
 
 #[test]
@@ -307,6 +307,17 @@ fn runs_the_bundled_rego_unit_tests() {
         .filter(|l| l.starts_with("PASS data."))
         .count();
     assert!(passed >= 100, "{passed} tests");
+}
+
+#[test]
+fn policy_test_says_a_wasm_module_has_no_test_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+    let out = Tollgate::run_cli(&["policy", "test", module.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("carries no test rules"), "{stderr}");
 }
 
 #[test]

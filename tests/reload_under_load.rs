@@ -1,7 +1,10 @@
 //! Policy reload under load: while agents keep sending requests through tollgate, the policy
 //! is rewritten 20 times (every fifth rewrite broken) and reloaded. Every request is answered,
 //! none with a 5xx; each decision is made by exactly one revision, its reason matches that
-//! revision, and the switch happens at the reload boundaries.
+//! revision, and the switch happens at the reload boundaries. Three times: Rego source, bare
+//! Wasm modules, and OPA bundles (the Wasm ones are the hand-written ABI fixture of
+//! tests/fixtures/wasm, not OPA output; broken rewrites: invalid bytes, a missing builtin, a
+//! bundle without /policy.wasm, a file that is not a bundle).
 
 mod support;
 
@@ -63,18 +66,128 @@ fn humantime_parse(text: &str) -> SystemTime {
         + Duration::from_millis(ms.parse().unwrap())
 }
 
+const CALLER: &str = "spiffe://tollgate.local/test/agent";
+
+/// The decision fixture allowing CALLER with reason `rev-N`.
+fn module(n: usize) -> Vec<u8> {
+    let path = repo_root().join("tests/fixtures/wasm/decision.wat");
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("agent_listed", &format!("rev-{n}"));
+    wat::parse_str(text).unwrap()
+}
+
+fn missing_builtin() -> Vec<u8> {
+    wat::parse_file(repo_root().join("tests/fixtures/wasm/missing_builtin.wat")).unwrap()
+}
+
+fn data() -> String {
+    format!(r#"{{"tollgate_config": {{"agents": {{"{CALLER}": {{"rules": []}}}}}}}}"#)
+}
+
+fn bundle(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, *bytes).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
 #[test]
 fn answers_every_request_while_the_policy_is_reloaded_20_times() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy");
     std::fs::create_dir(&policy).unwrap();
-    std::fs::write(policy.join("p.rego"), policy_text(0)).unwrap();
+    let file = policy.join("p.rego");
+    reload_under_load(&format!("{{path: '{}'}}", policy.display()), |n| {
+        if n % 5 == 0 && n > 0 {
+            std::fs::write(&file, "package tollgate\ndecision := {\n").unwrap();
+            true
+        } else {
+            std::fs::write(&file, policy_text(n)).unwrap();
+            false
+        }
+    });
+}
+
+#[test]
+fn answers_every_request_while_a_wasm_module_is_reloaded_20_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.wasm");
+    let data_file = dir.path().join("data.json");
+    std::fs::write(&data_file, data()).unwrap();
+    let yaml = format!(
+        "{{path: '{}', data: '{}', engine: wasm}}",
+        file.display(),
+        data_file.display()
+    );
+    reload_under_load(&yaml, |n| {
+        let (bytes, broken) = match n {
+            5 | 15 => (b"\0asm\x01\0\0\0 not really".to_vec(), true),
+            10 | 20 => (missing_builtin(), true),
+            _ => (module(n), false),
+        };
+        std::fs::write(&file, bytes).unwrap();
+        broken
+    });
+}
+
+#[test]
+fn answers_every_request_while_an_opa_bundle_is_reloaded_20_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bundle.tar.gz");
+    let data = data();
+    reload_under_load(&format!("{{path: '{}'}}", file.display()), |n| {
+        let manifest = format!(r#"{{"revision": "bundle-{n}"}}"#);
+        let (bytes, broken) = match n {
+            5 => (
+                bundle(&[
+                    ("/data.json", data.as_bytes()),
+                    ("/policy.wasm", b"garbage"),
+                ]),
+                true,
+            ),
+            10 => (
+                bundle(&[
+                    ("/data.json", data.as_bytes()),
+                    ("/policy.wasm", &missing_builtin()),
+                ]),
+                true,
+            ),
+            15 => (bundle(&[("/data.json", data.as_bytes())]), true),
+            20 => (b"not a tarball".to_vec(), true),
+            _ => (
+                bundle(&[
+                    ("/.manifest", manifest.as_bytes()),
+                    ("/data.json", data.as_bytes()),
+                    ("/policy.wasm", &module(n)),
+                ]),
+                false,
+            ),
+        };
+        std::fs::write(&file, bytes).unwrap();
+        broken
+    });
+}
+
+/// Starts tollgate on `policy_yaml` after `write(0)`, then rewrites with `write(1..=20)` (which
+/// says whether that rewrite is broken) and reloads after each, under load.
+fn reload_under_load(policy_yaml: &str, write: impl Fn(usize) -> bool) {
+    assert!(!write(0));
     let tg = Tollgate::start(&format!(
         "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
-         identity: {{workload_spiffe_id: 'spiffe://tollgate.local/test/agent'}}\n\
-         policy: {{path: '{}'}}\n\
-         upstream: {{allow_private: [127.0.0.0/8]}}\n",
-        policy.display()
+         identity: {{workload_spiffe_id: '{CALLER}'}}\n\
+         policy: {policy_yaml}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n"
     ));
     let nginx = Nginx::start(&NginxOptions::plain());
     let url = nginx.url("/hello");
@@ -90,13 +203,7 @@ fn answers_every_request_while_the_policy_is_reloaded_20_times() {
     let mut boundaries: Vec<(usize, String, u128)> = Vec::new(); // (n, revision, ms when POST returned)
     let mut failures = 0;
     for n in 1..=REWRITES {
-        let broken = n % 5 == 0;
-        let text = if broken {
-            "package tollgate\ndecision := {\n".to_string()
-        } else {
-            policy_text(n)
-        };
-        std::fs::write(policy.join("p.rego"), text).unwrap();
+        let broken = write(n);
         let out = curl(&[
             "-s",
             "--max-time",

@@ -123,6 +123,8 @@ pub struct IdentityConfig {
 pub enum EngineKind {
     /// Rego evaluated natively by regorus.
     Rego,
+    /// An OPA-compiled Wasm module evaluated on wasmtime (opa-wasm).
+    Wasm,
 }
 
 impl EngineKind {
@@ -130,17 +132,55 @@ impl EngineKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Rego => "rego",
+            EngineKind::Wasm => "wasm",
         }
     }
 }
 
-/// Where the policy's Rego comes from.
+/// Where the policy comes from; the variant also fixes the engine (`engine: auto` picks by it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
     /// The policy bundled into the binary from `policy-wasm/`.
     Bundled,
     /// A folder of `.rego` files (`*_test.rego` excluded) or one `.rego` file.
     Path(PathBuf),
+    /// A bare OPA Wasm module (`.wasm`): data comes from `policy.data`.
+    WasmModule(PathBuf),
+    /// An OPA bundle (`.tar.gz`) holding `/policy.wasm`, its data and `.manifest`.
+    WasmBundle(PathBuf),
+}
+
+impl PolicySource {
+    /// Classifies a policy path by what it names: `.wasm` → module, `.tar.gz` → bundle,
+    /// anything else (a folder or a `.rego` file) → Rego source. `engine: auto` is exactly this.
+    pub fn from_path(path: PathBuf) -> PolicySource {
+        let name = path.to_string_lossy();
+        if name.ends_with(".wasm") {
+            PolicySource::WasmModule(path)
+        } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+            PolicySource::WasmBundle(path)
+        } else {
+            PolicySource::Path(path)
+        }
+    }
+
+    /// The engine that evaluates this source.
+    pub fn engine(&self) -> EngineKind {
+        match self {
+            PolicySource::Bundled | PolicySource::Path(_) => EngineKind::Rego,
+            PolicySource::WasmModule(_) | PolicySource::WasmBundle(_) => EngineKind::Wasm,
+        }
+    }
+
+    /// The file or folder read, `None` for the policy compiled into the binary.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            PolicySource::Bundled => None,
+            PolicySource::Path(path)
+            | PolicySource::WasmModule(path)
+            | PolicySource::WasmBundle(path) => Some(path),
+        }
+    }
 }
 
 /// Where the policy's data document comes from.
@@ -818,40 +858,65 @@ fn validate_listeners(
 }
 
 fn validate_policy(raw: raw::RawPolicy, base: &Path, problems: &mut Problems) -> PolicyConfig {
-    let engine = match raw.engine.as_deref() {
-        None | Some("auto") | Some("rego") => EngineKind::Rego,
-        Some("wasm") => {
-            problems.not_supported("policy.engine: wasm");
-            EngineKind::Rego
-        }
+    let requested = match raw.engine.as_deref() {
+        None | Some("auto") => None,
+        Some("rego") => Some(EngineKind::Rego),
+        Some("wasm") => Some(EngineKind::Wasm),
         Some(other) => {
             problems.add(
                 "policy.engine",
                 format!("`{other}` is not one of auto, rego, wasm"),
             );
-            EngineKind::Rego
+            None
         }
     };
     let source = match raw.path {
         None => PolicySource::Bundled,
         Some(path) => {
             let resolved = resolve(base, &path);
-            let name = resolved.to_string_lossy();
-            if name.ends_with(".wasm") || name.ends_with(".tar.gz") {
-                problems.not_supported("policy.path: Wasm modules and OPA bundles");
-            } else if !resolved.exists() {
+            if !resolved.exists() {
                 problems.add("policy.path", format!("not found: {}", resolved.display()));
             }
-            PolicySource::Path(resolved)
+            PolicySource::from_path(resolved)
         }
     };
+    // `auto` (or no key) is whatever the path holds; an explicit engine must agree with it.
+    let engine = source.engine();
+    match (requested, &source) {
+        (Some(EngineKind::Wasm), PolicySource::Bundled) => problems.add(
+            "policy.engine",
+            "wasm needs policy.path naming a .wasm module or an OPA bundle .tar.gz \
+             (the built-in policy is Rego)",
+        ),
+        (Some(wanted), _) if wanted != engine => problems.add(
+            "policy.engine",
+            format!(
+                "`{}` cannot evaluate policy.path {} (a .wasm or .tar.gz needs wasm; \
+                 a folder or .rego file needs rego; or use auto)",
+                wanted.as_str(),
+                source
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+        ),
+        _ => {}
+    }
     let data = match (&raw.data, &source) {
+        (Some(_), PolicySource::WasmBundle(_)) => {
+            problems.add(
+                "policy.data",
+                "an OPA bundle carries its own data.json; remove policy.data \
+                 (or use a bare .wasm module with policy.data)",
+            );
+            DataSource::Empty
+        }
         (Some(path), _) => DataSource::File(require_file(base, path, "policy.data", problems)),
         (None, PolicySource::Bundled) => DataSource::Bundled,
         (None, PolicySource::Path(dir)) if dir.join("data.json").is_file() => {
             DataSource::File(dir.join("data.json"))
         }
-        (None, PolicySource::Path(_)) => DataSource::Empty,
+        (None, _) => DataSource::Empty,
     };
     let entrypoint = raw
         .entrypoint
@@ -970,14 +1035,12 @@ mod tests {
     fn rejects_later_features_as_not_supported_yet() {
         let errors = load(
             "listeners: [{name: a, address: '127.0.0.1:0', mode: transparent}]\n\
-             intent_tokens: {issuers: [{issuer: x, jwks: j.json}]}\n\
-             policy: {engine: wasm}",
+             intent_tokens: {issuers: [{issuer: x, jwks: j.json}]}",
         )
         .unwrap_err();
         let text = errors.to_string();
         assert!(!text.contains("credentials"), "{text}");
         assert!(text.contains("transparent: not supported yet"), "{text}");
-        assert!(text.contains("wasm: not supported yet"), "{text}");
     }
 
     #[test]
@@ -1013,5 +1076,72 @@ mod tests {
     fn rejects_non_yaml() {
         let errors = load("listeners: [").unwrap_err();
         assert!(errors.to_string().contains("not valid YAML"));
+    }
+
+    #[test]
+    fn engine_auto_picks_by_what_the_path_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.wasm"), b"\0asm").unwrap();
+        std::fs::write(dir.path().join("b.tar.gz"), b"").unwrap();
+        std::fs::write(dir.path().join("p.rego"), "package p").unwrap();
+        let at = |policy: &str| {
+            load_str(
+                &format!("listeners: [{{name: a, address: '127.0.0.1:0'}}]\npolicy: {policy}"),
+                dir.path(),
+                "t.yaml",
+            )
+        };
+        let module = at("{path: p.wasm}").unwrap().policy;
+        assert_eq!(module.engine, EngineKind::Wasm);
+        assert_eq!(
+            module.source,
+            PolicySource::WasmModule(dir.path().join("p.wasm"))
+        );
+        assert_eq!(module.data, DataSource::Empty);
+        let bundle = at("{path: b.tar.gz, engine: auto}").unwrap().policy;
+        assert_eq!(bundle.engine, EngineKind::Wasm);
+        assert_eq!(
+            bundle.source,
+            PolicySource::WasmBundle(dir.path().join("b.tar.gz"))
+        );
+        let folder = at("{path: .}").unwrap().policy;
+        assert_eq!(folder.engine, EngineKind::Rego);
+        let file = at("{path: p.rego, engine: rego}").unwrap().policy;
+        assert_eq!(file.engine, EngineKind::Rego);
+        assert_eq!(
+            at("{path: p.wasm, engine: wasm}").unwrap().policy.engine,
+            EngineKind::Wasm
+        );
+    }
+
+    #[test]
+    fn refuses_an_engine_that_cannot_read_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.wasm"), b"\0asm").unwrap();
+        std::fs::write(dir.path().join("b.tar.gz"), b"").unwrap();
+        std::fs::write(dir.path().join("d.json"), "{}").unwrap();
+        let at = |policy: &str| {
+            load_str(
+                &format!("listeners: [{{name: a, address: '127.0.0.1:0'}}]\npolicy: {policy}"),
+                dir.path(),
+                "t.yaml",
+            )
+            .unwrap_err()
+        };
+        for policy in [
+            "{path: p.wasm, engine: rego}",
+            "{path: ., engine: wasm}",
+            "{engine: wasm}",
+        ] {
+            let errors = at(policy);
+            assert_eq!(keys(&errors), vec!["policy.engine"], "{policy}");
+        }
+        let errors = at("{path: b.tar.gz, data: d.json}");
+        assert_eq!(keys(&errors), vec!["policy.data"]);
+        assert!(
+            errors
+                .to_string()
+                .contains("bundle carries its own data.json")
+        );
     }
 }

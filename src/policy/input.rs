@@ -213,6 +213,106 @@ impl PolicyInput {
     }
 }
 
+/// The same document as [`PolicyInput::to_value`], serialized straight from the facts: the Wasm
+/// engine hands the input to the module as JSON, so it skips the engine value (and its shared,
+/// atomically counted keys) altogether. Keys are written in sorted order, as the value has them.
+impl serde::Serialize for PolicyInput {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        use serde_json::json;
+        let spiffe_id = self.source.caller.spiffe_id();
+        let mut map = serializer.serialize_map(Some(7))?;
+        map.serialize_entry(
+            "connection",
+            &json!({
+                "intercepted": self.connection.intercepted,
+                "mode": self.connection.mode,
+                "tls_sni": self.connection.tls_sni,
+            }),
+        )?;
+        map.serialize_entry(
+            "destination",
+            &json!({
+                "host": self.destination.host,
+                "ip": self.destination.ip.map(|ip| ip.to_string()),
+                "port": self.destination.port,
+            }),
+        )?;
+        map.serialize_entry(
+            "intent",
+            &IntentJson {
+                intent: &self.intent,
+            },
+        )?;
+        match &self.request {
+            None => map.serialize_entry("request", &())?,
+            Some(r) => map.serialize_entry("request", &RequestJson { request: r })?,
+        }
+        map.serialize_entry(
+            "source",
+            &json!({
+                "address": self.source.address.to_string(),
+                "authenticated": spiffe_id.is_some(),
+                "listener": &*self.source.listener,
+                "path": spiffe_id.map(|id| id.path()),
+                "spiffe_id": spiffe_id.map(|id| id.as_str()),
+                "trust_domain": spiffe_id.map(|id| id.trust_domain()),
+            }),
+        )?;
+        map.serialize_entry("time", &format_time(self.time))?;
+        map.serialize_entry("version", &1u64)?;
+        map.end()
+    }
+}
+
+struct IntentJson<'a> {
+    intent: &'a Intent,
+}
+
+impl serde::Serialize for IntentJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let i = self.intent;
+        let mut map = serializer.serialize_map(Some(7))?;
+        map.serialize_entry("claims", &i.claims)?;
+        let delegation: Vec<&str> = i.delegation.iter().map(|id| id.as_str()).collect();
+        map.serialize_entry("delegation", &delegation)?;
+        map.serialize_entry("issuer", &i.issuer)?;
+        map.serialize_entry("name", &i.name)?;
+        map.serialize_entry("purpose", &i.purpose)?;
+        map.serialize_entry("task", &i.task)?;
+        map.serialize_entry("verified", &i.verified)?;
+        map.end()
+    }
+}
+
+struct RequestJson<'a> {
+    request: &'a RequestFacts,
+}
+
+impl serde::Serialize for RequestJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = self.request;
+        // Header names are unique in the list (policy_headers joins repeats), sorted like the value.
+        let headers: BTreeMap<&str, &str> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut map = serializer.serialize_map(Some(8))?;
+        map.serialize_entry("headers", &headers)?;
+        map.serialize_entry("host", &r.host)?;
+        map.serialize_entry("method", &r.method)?;
+        map.serialize_entry("path", &r.path)?;
+        map.serialize_entry("port", &r.port)?;
+        map.serialize_entry("protocol", r.protocol)?;
+        map.serialize_entry("query", r.query.as_deref().unwrap_or(""))?;
+        map.serialize_entry("scheme", r.scheme)?;
+        map.end()
+    }
+}
+
 /// A verified token's claims as an engine value (empty object without a token).
 fn claims_value(claims: &serde_json::Map<String, serde_json::Value>) -> Value {
     if claims.is_empty() {
@@ -296,6 +396,33 @@ mod tests {
         assert_eq!(json["destination"]["ip"], "140.82.112.6");
         assert_eq!(json["intent"]["verified"], false);
         assert_eq!(json["intent"]["delegation"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn serializes_the_same_document_as_the_engine_value() {
+        let mut input = sample();
+        let plain = serde_json::to_string(&input).unwrap();
+        assert_eq!(plain, serde_json::to_string(&input.to_value()).unwrap());
+        input.source.caller = Caller::Anonymous;
+        input.intent.delegation = vec![SpiffeId::parse("spiffe://example.org/boss").unwrap()];
+        input
+            .intent
+            .claims
+            .insert("scope".into(), serde_json::json!(["a", {"b": 1}]));
+        input.request = Some(RequestFacts {
+            method: "GET".into(),
+            scheme: "https",
+            host: "api.github.com".into(),
+            port: 443,
+            path: "/repos".into(),
+            query: None,
+            headers: vec![("b".into(), "2".into()), ("a".into(), "1".into())],
+            protocol: "HTTP/1.1",
+        });
+        input.connection.tls_sni = Some("api.github.com".into());
+        let json = serde_json::to_string(&input).unwrap();
+        assert_eq!(json, serde_json::to_string(&input.to_value()).unwrap());
+        assert!(json.contains(r#""spiffe_id":null"#), "{json}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod decision;
 pub mod input;
 pub mod rego;
 pub mod testing;
+pub mod wasm;
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use crate::config::{DataSource, EngineKind, PolicyConfig, PolicySource};
 pub use decision::{ConnectionMode, CredentialRequest, Decision, DecisionError};
 pub use input::PolicyInput;
 use rego::{EvalError, RegoPolicy};
+use wasm::WasmPolicy;
 
 /// The bundled policy's modules, compiled into the binary so `tollgate run` works anywhere.
 pub const BUNDLED_MODULES: &[(&str, &str)] = &[(
@@ -42,6 +44,8 @@ pub enum PolicyLoadError {
     Compile(String),
     #[error("policy data is not usable: {0}")]
     Data(String),
+    #[error("{path}: not a usable OPA bundle: {message}")]
+    Bundle { path: PathBuf, message: String },
 }
 
 /// Why an evaluation gave no usable decision; both are denies.
@@ -80,10 +84,17 @@ pub struct Evaluation {
 
 /// One loaded, compiled policy revision.
 pub struct PolicyRevision {
-    /// Content hash of the modules and data, e.g. `sha-3f2a…`: tells operators which revision decided.
+    /// Which revision decided, e.g. `3f2a…` (a content hash of the policy and its data) or an
+    /// OPA bundle's `.manifest` revision: tells operators which revision decided.
     pub revision: Arc<str>,
     pub engine: EngineKind,
-    rego: RegoPolicy,
+    evaluator: Evaluator,
+}
+
+/// The compiled policy of one engine.
+enum Evaluator {
+    Rego(RegoPolicy),
+    Wasm(Box<WasmPolicy>),
 }
 
 impl PolicyRevision {
@@ -95,6 +106,17 @@ impl PolicyRevision {
                 .map(|(name, text)| (name.to_string(), text.to_string()))
                 .collect(),
             PolicySource::Path(path) => read_modules(path, false)?,
+            PolicySource::WasmModule(path) => {
+                let data = match &config.data {
+                    DataSource::Bundled => BUNDLED_DATA.to_string(),
+                    DataSource::File(path) => read(path)?,
+                    DataSource::Empty => "{}".to_string(),
+                };
+                return Self::load_wasm_module(path, &data, &config.entrypoint);
+            }
+            PolicySource::WasmBundle(path) => {
+                return Self::load_wasm_bundle(path, &config.entrypoint);
+            }
         };
         let data_text = match &config.data {
             DataSource::Bundled => BUNDLED_DATA.to_string(),
@@ -102,6 +124,58 @@ impl PolicyRevision {
             DataSource::Empty => "{}".to_string(),
         };
         Self::compile(&modules, &data_text, &config.entrypoint)
+    }
+
+    /// Loads a bare OPA Wasm module with `data_json` as its data document.
+    pub fn load_wasm_module(
+        path: &Path,
+        data_json: &str,
+        entrypoint: &str,
+    ) -> Result<PolicyRevision, PolicyLoadError> {
+        let wasm = std::fs::read(path).map_err(|e| PolicyLoadError::Read {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let data: serde_json::Value =
+            serde_json::from_str(data_json).map_err(|e| PolicyLoadError::Data(e.to_string()))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        wasm.hash(&mut hasher);
+        data_json.hash(&mut hasher);
+        let revision = format!("{:016x}", hasher.finish());
+        Self::from_wasm(&wasm, data, entrypoint, revision)
+    }
+
+    /// Loads an OPA bundle: its `/policy.wasm`, its data, and `.manifest`'s revision (a content
+    /// hash of the module and data when the manifest has none).
+    pub fn load_wasm_bundle(
+        path: &Path,
+        entrypoint: &str,
+    ) -> Result<PolicyRevision, PolicyLoadError> {
+        let bundle = wasm::bundle::read(path)?;
+        let revision = match bundle.revision {
+            Some(revision) => revision,
+            None => {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                bundle.wasm.hash(&mut hasher);
+                bundle.data.to_string().hash(&mut hasher);
+                format!("{:016x}", hasher.finish())
+            }
+        };
+        Self::from_wasm(&bundle.wasm, bundle.data, entrypoint, revision)
+    }
+
+    /// A Wasm revision from module bytes and parsed data.
+    pub fn from_wasm(
+        wasm: &[u8],
+        data: serde_json::Value,
+        entrypoint: &str,
+        revision: String,
+    ) -> Result<PolicyRevision, PolicyLoadError> {
+        Ok(PolicyRevision {
+            revision: Arc::from(revision),
+            engine: EngineKind::Wasm,
+            evaluator: Evaluator::Wasm(Box::new(WasmPolicy::load(wasm, data, entrypoint)?)),
+        })
     }
 
     /// Compiles modules and a JSON data document into a revision.
@@ -124,19 +198,34 @@ impl PolicyRevision {
         Ok(PolicyRevision {
             revision: Arc::from(revision),
             engine: EngineKind::Rego,
-            rego: RegoPolicy::compile(modules, data, entrypoint)?,
+            evaluator: Evaluator::Rego(RegoPolicy::compile(modules, data, entrypoint)?),
         })
     }
 
     /// Decides one input. Never panics and never returns an allow it could not verify.
     pub fn evaluate(&self, input: &PolicyInput) -> Evaluation {
-        self.evaluate_value(input.to_value())
+        match &self.evaluator {
+            Evaluator::Rego(_) => self.evaluate_value(input.to_value()),
+            // The module takes JSON: serialize the facts directly (same document, no value).
+            Evaluator::Wasm(wasm) => {
+                let start = Instant::now();
+                let result = wasm.evaluate(input);
+                Self::conclude(result, start)
+            }
+        }
     }
 
     /// Decides one input given as an engine value (used by `policy eval`).
     pub fn evaluate_value(&self, input: Value) -> Evaluation {
         let start = Instant::now();
-        let result = self.rego.evaluate(input);
+        let result = match &self.evaluator {
+            Evaluator::Rego(rego) => rego.evaluate(input),
+            Evaluator::Wasm(wasm) => wasm.evaluate(&input),
+        };
+        Self::conclude(result, start)
+    }
+
+    fn conclude(result: Result<Value, EvalError>, start: Instant) -> Evaluation {
         let eval_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         let outcome = match result {
             Ok(value) => {

@@ -61,7 +61,9 @@ pub fn authorize(
         connection: subject.connection,
     };
     let evaluation = revision.evaluate(&input);
-    proxy.metrics.observe_policy_eval(evaluation.eval_us);
+    proxy
+        .metrics
+        .observe_policy_eval(revision.engine, evaluation.eval_us);
     record.revision = Some(revision.revision.clone());
     record.engine = Some(revision.engine.as_str());
     record.eval_us = Some(evaluation.eval_us);

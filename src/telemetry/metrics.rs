@@ -120,6 +120,7 @@ pub struct Metrics {
     /// Set when requests carry a `destination` label (then looked up per request).
     by_destination: Option<IntCounterVec>,
     policy_eval_rego: Histogram,
+    policy_eval_wasm: Histogram,
     upstream_duration: Histogram,
     reload_success: IntCounter,
     reload_failure: IntCounter,
@@ -290,6 +291,7 @@ impl Metrics {
             listeners,
             by_destination: label_destination.then_some(requests),
             policy_eval_rego: policy_eval.with_label_values(&["rego"]),
+            policy_eval_wasm: policy_eval.with_label_values(&["wasm"]),
             upstream_duration,
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
@@ -369,9 +371,13 @@ impl Metrics {
         }
     }
 
-    /// One policy evaluation took `micros`.
-    pub fn observe_policy_eval(&self, micros: u64) {
-        self.policy_eval_rego.observe(micros as f64 / 1_000_000.0);
+    /// One policy evaluation by `engine` took `micros`.
+    pub fn observe_policy_eval(&self, engine: crate::config::EngineKind, micros: u64) {
+        let histogram = match engine {
+            crate::config::EngineKind::Rego => &self.policy_eval_rego,
+            crate::config::EngineKind::Wasm => &self.policy_eval_wasm,
+        };
+        histogram.observe(micros as f64 / 1_000_000.0);
     }
 
     /// The origin answered (or failed) after `seconds`.

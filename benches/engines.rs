@@ -1,0 +1,283 @@
+//! Both policy engines at scale: evaluation of one allowed request with 10, 100, 1,000 and
+//! 10,000 agents in the data, input building included (`PolicyRevision::evaluate` from a
+//! `PolicyInput`, exactly as the proxy calls it); p50 and p99 from per-iteration timings; one
+//! vs two threads evaluating; and the Wasm engine's first-evaluation cost on a new thread.
+//!
+//! - `rego`: the bundled policy (`policy-wasm/tollgate.rego`) on regorus' RVM.
+//! - `wasm`: the hand-written ABI fixture `tests/fixtures/wasm/decision.wat` (NOT OPA output:
+//!   no opa binary was available) on wasmtime through opa-wasm. It looks the caller up in a
+//!   hash index of the data, built once per instance; it does much less than the bundled
+//!   policy, so the two rows measure each engine's overhead, not the same policy twice.
+//!
+//! Run: `cargo bench --bench engines`. Results and machine load go in docs/BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::HeaderMap;
+use serde_json::{Value as Json, json};
+
+use tollgate::identity::{Caller, SpiffeId};
+use tollgate::intent::parse_intent;
+use tollgate::policy::input::{
+    ConnectionFacts, DestinationFacts, PolicyInput, RequestFacts, SourceFacts, policy_headers,
+};
+use tollgate::policy::{BUNDLED_DATA, BUNDLED_MODULES, PolicyRevision};
+
+const AGENTS: [usize; 4] = [10, 100, 1_000, 10_000];
+const CALLER: &str = "spiffe://tollgate.local/dev/agent";
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", "api.github.com".parse().unwrap());
+    h.insert("user-agent", "agent/1.0".parse().unwrap());
+    h.insert("accept", "application/vnd.github+json".parse().unwrap());
+    h.insert("authorization", "Bearer not-a-real-token".parse().unwrap());
+    h.insert("x-agent-intent", "issues.read".parse().unwrap());
+    h.insert("x-agent-task", "t-42".parse().unwrap());
+    h
+}
+
+fn input(headers: &HeaderMap) -> PolicyInput {
+    PolicyInput {
+        time: SystemTime::now(),
+        source: SourceFacts {
+            caller: Caller::Authenticated(SpiffeId::parse(CALLER).unwrap()),
+            listener: Arc::from("agents"),
+            address: "127.0.0.1:51234".parse().unwrap(),
+        },
+        intent: parse_intent(headers).unwrap(),
+        request: Some(RequestFacts {
+            method: "GET".into(),
+            scheme: "https",
+            host: "api.github.com".into(),
+            port: 443,
+            path: "/repos/acme/app/issues".into(),
+            query: Some("state=open".into()),
+            headers: policy_headers(headers, &[]),
+            protocol: "HTTP/1.1",
+        }),
+        destination: DestinationFacts {
+            host: "api.github.com".into(),
+            port: 443,
+            ip: Some("140.82.112.6".parse().unwrap()),
+        },
+        connection: ConnectionFacts {
+            mode: "forward",
+            intercepted: true,
+            tls_sni: Some("api.github.com".into()),
+        },
+    }
+}
+
+/// The bundled data plus synthetic agents up to `agents` entries in all.
+fn data(agents: usize) -> Json {
+    let mut data: Json = serde_json::from_str(BUNDLED_DATA).unwrap();
+    let map = data["tollgate_config"]["agents"].as_object_mut().unwrap();
+    let mut i = 0;
+    while map.len() < agents {
+        map.insert(
+            format!("spiffe://tollgate.local/ns/agents/sa/agent-{i:05}"),
+            json!({"rules": [
+                {"id": "gh", "hosts": ["api.github.com"], "methods": ["GET"], "paths": [format!("/repos/org-{i}/")]},
+                {"id": "ai", "hosts": ["api.openai.com"], "methods": ["POST"], "paths": ["/v1/"], "intents": ["chat"]}
+            ]}),
+        );
+        i += 1;
+    }
+    data
+}
+
+fn rego(agents: usize) -> PolicyRevision {
+    let modules: Vec<(String, String)> = BUNDLED_MODULES
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    PolicyRevision::compile(&modules, &data(agents).to_string(), "tollgate/decision").unwrap()
+}
+
+fn wasm(agents: usize) -> PolicyRevision {
+    let module = wat::parse_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/wasm/decision.wat"
+    ))
+    .unwrap();
+    PolicyRevision::from_wasm(&module, data(agents), "tollgate/decision", "bench".into()).unwrap()
+}
+
+fn percentiles(revision: &PolicyRevision, input: &PolicyInput) -> (f64, f64) {
+    for _ in 0..2_000 {
+        black_box(revision.evaluate(input));
+    }
+    let mut times: Vec<u32> = (0..20_000)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(revision.evaluate(black_box(input)));
+            t.elapsed().as_nanos() as u32
+        })
+        .collect();
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() as f64) * q) as usize] as f64 / 1000.0;
+    (at(0.50), at(0.99))
+}
+
+/// Evaluations per second with `threads` threads evaluating for `for_`.
+fn rate(revision: &Arc<PolicyRevision>, threads: usize, for_: Duration) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (revision, stop, count) = (revision.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let headers = headers();
+                let input = input(&headers);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    black_box(revision.evaluate(&input));
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(for_);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
+}
+
+/// Rounds per second of a loop that shares nothing: what two threads can get on this machine now.
+fn spin_rate(threads: usize, for_: Duration) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (stop, count) = (stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut x = 0x2545_f491_4f6c_dd1du64;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..1_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                    }
+                    black_box(x);
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(for_);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
+}
+
+fn report() {
+    if std::env::var("ENGINES_ONLY").is_ok_and(|v| v == "threads") {
+        return threads_report();
+    }
+    let request_headers = headers();
+    let request = input(&request_headers);
+    println!("\n# per-iteration percentiles (20,000 evaluations after 2,000 warm-up; µs)");
+    println!("engine agents     p50      p99");
+    for agents in AGENTS {
+        for (name, revision) in [("rego", rego(agents)), ("wasm", wasm(agents))] {
+            let decision = revision.evaluate(&request).outcome.unwrap();
+            assert!(decision.allow, "{name} at {agents}");
+            let (p50, p99) = percentiles(&revision, &request);
+            println!("{name:6} {agents:6} {p50:8.2} {p99:8.2}");
+        }
+    }
+    threads_report();
+    println!("\n# wasm: load and first evaluation on a new thread at 10,000 agents (ms)");
+    let started = Instant::now();
+    let revision = Arc::new(wasm(10_000));
+    println!(
+        "load (compile, check, pooled instances with data): {:.2}",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    // The pool holds one instance per CPU, at least 4 and at most 32 (src/policy/wasm).
+    let pool = std::thread::available_parallelism()
+        .map_or(4, usize::from)
+        .clamp(4, 32);
+    for thread in 1..=pool + 2 {
+        let revision = revision.clone();
+        let first = std::thread::spawn(move || {
+            let headers = headers();
+            let input = input(&headers);
+            let t = Instant::now();
+            black_box(revision.evaluate(&input));
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .join()
+        .unwrap();
+        let source = if thread <= pool {
+            "pooled instance"
+        } else {
+            "instantiated on the thread"
+        };
+        println!("thread {thread}: first evaluation {first:.3} ({source})");
+    }
+}
+
+fn threads_report() {
+    println!("\n# the machine: a shared-nothing arithmetic loop, 1 vs 2 threads (3 s each)");
+    let one = spin_rate(1, Duration::from_secs(3));
+    let two = spin_rate(2, Duration::from_secs(3));
+    println!(
+        "spin   1 thread {one:10.0}/s  2 threads {two:10.0}/s  ratio {:.2}",
+        two / one
+    );
+    println!("\n# one vs two threads at 1,000 agents (evaluations/s over 3 s each)");
+    for (name, revision) in [("rego", rego(1_000)), ("wasm", wasm(1_000))] {
+        let revision = Arc::new(revision);
+        rate(&revision, 2, Duration::from_millis(500));
+        let one = rate(&revision, 1, Duration::from_secs(3));
+        let two = rate(&revision, 2, Duration::from_secs(3));
+        println!(
+            "{name:6} 1 thread {one:10.0}/s  2 threads {two:10.0}/s  ratio {:.2}",
+            two / one
+        );
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs each benchmark once without
+    // it, where the long report would only slow the test run down.
+    if std::env::args().any(|a| a == "--bench") {
+        report();
+    }
+    if std::env::var("ENGINES_ONLY").is_ok() {
+        return;
+    }
+    let headers = headers();
+    let input = input(&headers);
+    let mut group = c.benchmark_group("engines");
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for agents in AGENTS {
+        let rego = rego(agents);
+        group.bench_with_input(BenchmarkId::new("rego", agents), &input, |b, input| {
+            b.iter(|| black_box(rego.evaluate(black_box(input))))
+        });
+        let wasm = wasm(agents);
+        group.bench_with_input(BenchmarkId::new("wasm", agents), &input, |b, input| {
+            b.iter(|| black_box(wasm.evaluate(black_box(input))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

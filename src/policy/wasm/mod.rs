@@ -1,0 +1,417 @@
+//! The Wasm engine: an OPA-compiled module (`opa build -t wasm`) evaluated on wasmtime through
+//! the `opa-wasm` crate, with the same contract as the Rego engine.
+//!
+//! A revision compiles its module once, checks it (ABI exports, entrypoint, every host builtin
+//! it needs — see [`inspect`]) and pre-instantiates a small pool of instances with the data
+//! already loaded, all off the request path. An instance (a wasmtime `Store` plus opa-wasm's
+//! `Policy`) needs `&mut` to evaluate, so each worker thread keeps one in a thread-local keyed
+//! by the revision, taken from the pool (a lock-free queue) the first time the thread meets the
+//! revision, or instantiated there if the pool is empty. No lock is shared across evaluations.
+//!
+//! opa-wasm's API is async, but an evaluation never waits on anything: the epoch deadline
+//! *traps* (it never yields) and the host builtins tollgate enables are synchronous. So the
+//! future is polled once, outside tokio's cooperative budget (`unconstrained`), and must be
+//! ready; if it ever were not, the evaluation is an error and the instance is discarded.
+//! An instance that trapped (time limit, memory limit, `opa_abort`) is discarded too.
+
+pub mod bundle;
+pub mod host;
+pub mod inspect;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam_queue::ArrayQueue;
+use futures_util::FutureExt;
+use opa_wasm::wasmtime::{Module, Store, Trap};
+use opa_wasm::{DefaultContext, Policy, Runtime};
+use regorus::Value;
+use serde_json::Value as Json;
+
+use super::PolicyLoadError;
+use super::rego::{EVAL_TIME_LIMIT, EvalError};
+use host::StoreState;
+
+static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Instances a revision prepares at load: one per CPU (tokio's default number of workers), at
+/// least 4 and at most 32. A thread beyond that instantiates its own on its first evaluation of
+/// the revision (measured in docs/BENCHMARKS.md).
+fn pool_size() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(4)
+        .clamp(4, 32)
+}
+
+/// One ready-to-evaluate instance: its store (memory, limits) and opa-wasm's handle.
+struct Instance {
+    store: Store<StoreState>,
+    policy: Policy<DefaultContext>,
+}
+
+thread_local! {
+    /// This thread's instance and the id of the module revision it belongs to.
+    static WORKER_INSTANCE: RefCell<Option<(u64, Instance)>> = const { RefCell::new(None) };
+}
+
+/// One compiled revision of a Wasm policy with its data.
+pub struct WasmPolicy {
+    id: u64,
+    module: Module,
+    data: Arc<Json>,
+    entrypoint: String,
+    pool: ArrayQueue<Instance>,
+    /// Host builtins the module calls (for `tollgate check` and the docs' claims).
+    pub builtins: Vec<String>,
+}
+
+impl WasmPolicy {
+    /// Compiles `wasm`, checks it for `entrypoint` (`tollgate/decision`), and prepares
+    /// instances with `data` loaded.
+    pub fn load(wasm: &[u8], data: Json, entrypoint: &str) -> Result<WasmPolicy, PolicyLoadError> {
+        if !data.is_object() {
+            return Err(PolicyLoadError::Data(
+                "the data document must be a JSON object".into(),
+            ));
+        }
+        let engine = host::engine().map_err(PolicyLoadError::Compile)?;
+        let module = Module::new(engine, wasm)
+            .map_err(|e| PolicyLoadError::Compile(format!("not a usable Wasm module: {e:#}")))?;
+        let facts = inspect::check(engine, &module, entrypoint)
+            .map_err(|e| PolicyLoadError::Compile(e.to_string()))?;
+        let policy = WasmPolicy {
+            id: NEXT_MODULE_ID.fetch_add(1, Ordering::Relaxed),
+            module,
+            data: Arc::new(data),
+            entrypoint: entrypoint.to_string(),
+            pool: ArrayQueue::new(pool_size()),
+            builtins: facts.builtins.into_keys().collect(),
+        };
+        // The first instance proves the module instantiates and accepts the data.
+        let first = policy.instantiate().map_err(PolicyLoadError::Data)?;
+        let _ = policy.pool.push(first);
+        for _ in 1..policy.pool.capacity() {
+            match policy.instantiate() {
+                Ok(instance) => {
+                    let _ = policy.pool.push(instance);
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(policy)
+    }
+
+    /// The entrypoint evaluated, e.g. `tollgate/decision`.
+    pub fn entrypoint(&self) -> &str {
+        &self.entrypoint
+    }
+
+    fn instantiate(&self) -> Result<Instance, String> {
+        let engine = host::engine()?;
+        let mut store = Store::new(engine, StoreState::new());
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(host::load_deadline_ticks());
+        let module = &self.module;
+        let data = &*self.data;
+        let future = async {
+            let runtime = Runtime::new(&mut store, module).await?;
+            runtime.with_data(&mut store, data).await
+        };
+        let policy = match tokio::task::unconstrained(future).now_or_never() {
+            Some(Ok(policy)) => policy,
+            Some(Err(e)) => return Err(format!("cannot instantiate the module: {e:#}")),
+            None => return Err("instantiating the module did not complete".into()),
+        };
+        Ok(Instance { store, policy })
+    }
+
+    /// Evaluates the entrypoint for one input on this thread's instance. The result is the
+    /// entrypoint's value, `Value::Undefined` when the result set is empty.
+    pub fn evaluate<I: serde::Serialize>(&self, input: &I) -> Result<Value, EvalError> {
+        WORKER_INSTANCE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let stale = !matches!(&*slot, Some((id, _)) if *id == self.id);
+            if stale {
+                // Drop the old revision's instance before making a new one.
+                *slot = None;
+                let instance = match self.pool.pop() {
+                    Some(instance) => instance,
+                    None => self.instantiate().map_err(EvalError::Failed)?,
+                };
+                *slot = Some((self.id, instance));
+            }
+            let Some((_, instance)) = slot.as_mut() else {
+                return Err(EvalError::Failed("no Wasm instance".into()));
+            };
+            let started = Instant::now();
+            match evaluate_on(instance, &self.entrypoint, input) {
+                Ok(value) => Ok(value),
+                Err(failure) => {
+                    // A trapped or confused instance is never reused.
+                    *slot = None;
+                    Err(classify(failure, started))
+                }
+            }
+        })
+    }
+}
+
+/// What an evaluation returned before classification.
+enum RawFailure {
+    Pending,
+    Error(opa_wasm::wasmtime::Error),
+    Anyhow(anyhow::Error),
+}
+
+/// OPA's result set: `[{"result": value}]`, or `[]` when the entrypoint is undefined.
+#[derive(serde::Deserialize)]
+struct ResultEntry {
+    result: Value,
+}
+
+fn evaluate_on<I: serde::Serialize>(
+    instance: &mut Instance,
+    entrypoint: &str,
+    input: &I,
+) -> Result<Value, RawFailure> {
+    instance.store.set_epoch_deadline(host::deadline_ticks());
+    let future =
+        instance
+            .policy
+            .evaluate::<_, Vec<ResultEntry>, _>(&mut instance.store, entrypoint, input);
+    match tokio::task::unconstrained(future).now_or_never() {
+        None => Err(RawFailure::Pending),
+        Some(Err(e)) => Err(RawFailure::Anyhow(e)),
+        Some(Ok(mut set)) => match set.len() {
+            0 => Ok(Value::Undefined),
+            1 => Ok(set
+                .pop()
+                .map(|entry| entry.result)
+                .unwrap_or(Value::Undefined)),
+            n => Err(RawFailure::Error(opa_wasm::wasmtime::Error::msg(format!(
+                "the entrypoint returned {n} results; a decision must be one value"
+            )))),
+        },
+    }
+}
+
+fn classify(failure: RawFailure, started: Instant) -> EvalError {
+    let message = match failure {
+        RawFailure::Pending => {
+            return EvalError::Failed("the Wasm evaluation waited on something".into());
+        }
+        RawFailure::Error(e) => {
+            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                return EvalError::Timeout;
+            }
+            format!("{e:#}")
+        }
+        RawFailure::Anyhow(e) => {
+            if e.chain()
+                .any(|cause| matches!(cause.downcast_ref::<Trap>(), Some(Trap::Interrupt)))
+            {
+                return EvalError::Timeout;
+            }
+            format!("{e:#}")
+        }
+    };
+    // Only the epoch deadline ends an evaluation this late: count it as the time limit even if
+    // the trap came back wrapped in a way not recognized above.
+    if started.elapsed() >= EVAL_TIME_LIMIT && message.contains("interrupt") {
+        return EvalError::Timeout;
+    }
+    EvalError::Failed(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{PolicyFailure, PolicyRevision};
+
+    /// A fixture from tests/fixtures/wasm compiled to binary Wasm.
+    pub(crate) fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/wasm/{name}.wat",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        wat::parse_file(path).unwrap()
+    }
+
+    fn data() -> Json {
+        serde_json::json!({"tollgate_config": {"agents": {
+            "spiffe://example.org/a": {"rules": []},
+            "spiffe://example.org/b": {"rules": []}
+        }}})
+    }
+
+    fn input(id: Option<&str>) -> Value {
+        let json = serde_json::json!({"version": 1, "source": {"spiffe_id": id, "authenticated": id.is_some()},
+                                      "request": {"method": "GET", "path": "/x"}});
+        Value::from_json_str(&json.to_string()).unwrap()
+    }
+
+    fn reason(value: &Value) -> String {
+        value["reason"].as_string().unwrap().to_string()
+    }
+
+    #[test]
+    fn the_decision_fixture_decides_from_input_and_data() {
+        let policy = WasmPolicy::load(&fixture("decision"), data(), "tollgate/decision").unwrap();
+        let allow = policy
+            .evaluate(&input(Some("spiffe://example.org/a")))
+            .unwrap();
+        assert_eq!(allow["allow"], Value::from(true));
+        assert_eq!(reason(&allow), "agent_listed");
+        let unknown = policy
+            .evaluate(&input(Some("spiffe://example.org/zzz")))
+            .unwrap();
+        assert_eq!(unknown["allow"], Value::from(false));
+        assert_eq!(reason(&unknown), "unknown_agent");
+        let prefix = policy
+            .evaluate(&input(Some("spiffe://example.org/")))
+            .unwrap();
+        assert_eq!(reason(&prefix), "unknown_agent");
+        let anonymous = policy.evaluate(&input(None)).unwrap();
+        assert_eq!(reason(&anonymous), "unauthenticated");
+        // The same module with other data decides otherwise: the data really flows.
+        let other = WasmPolicy::load(
+            &fixture("decision"),
+            serde_json::json!({}),
+            "tollgate/decision",
+        )
+        .unwrap();
+        let denied = other
+            .evaluate(&input(Some("spiffe://example.org/a")))
+            .unwrap();
+        assert_eq!(reason(&denied), "unknown_agent");
+    }
+
+    #[test]
+    fn a_runaway_evaluation_times_out_and_its_instance_is_replaced() {
+        let policy =
+            WasmPolicy::load(&fixture("never_returns"), data(), "tollgate/decision").unwrap();
+        for _ in 0..2 {
+            let started = Instant::now();
+            assert_eq!(policy.evaluate(&input(None)), Err(EvalError::Timeout));
+            let took = started.elapsed();
+            assert!(took >= EVAL_TIME_LIMIT / 2, "{took:?}");
+            assert!(took < EVAL_TIME_LIMIT * 5, "{took:?}");
+        }
+    }
+
+    #[test]
+    fn exhausting_memory_is_an_error_not_a_crash() {
+        let policy =
+            WasmPolicy::load(&fixture("exhausts_memory"), data(), "tollgate/decision").unwrap();
+        for _ in 0..2 {
+            match policy.evaluate(&input(None)) {
+                Err(EvalError::Failed(message)) => {
+                    assert!(message.contains("out of memory"), "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_invalid_result_is_a_policy_error() {
+        let revision = PolicyRevision::from_wasm(
+            &fixture("invalid_decision"),
+            data(),
+            "tollgate/decision",
+            "r".into(),
+        )
+        .unwrap();
+        let evaluation = revision.evaluate_value(input(None));
+        assert!(
+            matches!(evaluation.outcome, Err(PolicyFailure::Error(_))),
+            "{evaluation:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_builtin_fails_at_load_with_its_name() {
+        let error = WasmPolicy::load(&fixture("missing_builtin"), data(), "tollgate/decision")
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("`custom.nobody_provides`"),
+            "{error}"
+        );
+        // A builtin opa-wasm resolves but only as a stub that fails when called: refused too.
+        let path = format!(
+            "{}/tests/fixtures/wasm/missing_builtin.wat",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("custom.nobody_provides", "http.send");
+        let error = WasmPolicy::load(&wat::parse_str(text).unwrap(), data(), "tollgate/decision")
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("`http.send`"), "{error}");
+    }
+
+    #[test]
+    fn refuses_garbage_a_wrong_entrypoint_and_non_object_data() {
+        let error = WasmPolicy::load(b"not wasm", data(), "tollgate/decision")
+            .err()
+            .unwrap();
+        assert!(matches!(error, PolicyLoadError::Compile(_)), "{error}");
+        let error = WasmPolicy::load(&fixture("decision"), data(), "other/rule")
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("no entrypoint `other/rule`"),
+            "{error}"
+        );
+        let error = WasmPolicy::load(
+            &fixture("decision"),
+            serde_json::json!([1]),
+            "tollgate/decision",
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(error, PolicyLoadError::Data(_)), "{error}");
+        let plain = wat::parse_str("(module (func (export \"f\")))").unwrap();
+        let error = WasmPolicy::load(&plain, data(), "tollgate/decision")
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("not an OPA Wasm module"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn threads_and_revisions_each_get_their_own_instance() {
+        let a =
+            Arc::new(WasmPolicy::load(&fixture("decision"), data(), "tollgate/decision").unwrap());
+        let b = Arc::new(
+            WasmPolicy::load(
+                &fixture("decision"),
+                serde_json::json!({}),
+                "tollgate/decision",
+            )
+            .unwrap(),
+        );
+        let workers: Vec<_> = (0..6)
+            .map(|_| {
+                let (a, b) = (a.clone(), b.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let id = input(Some("spiffe://example.org/b"));
+                        assert_eq!(reason(&a.evaluate(&id).unwrap()), "agent_listed");
+                        assert_eq!(reason(&b.evaluate(&id).unwrap()), "unknown_agent");
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+    }
+}

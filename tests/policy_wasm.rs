@@ -1,0 +1,425 @@
+//! The Wasm policy engine through the real binary, with the hand-written OPA Wasm ABI fixtures
+//! of tests/fixtures/wasm (NOT OPA output; see the README there): allow and deny through the
+//! proxy, a runaway and a memory-exhausting policy ending as denies while the proxy keeps
+//! serving, a missing builtin refused at `check` and at reload, an OPA bundle's `.manifest`
+//! revision in the metrics and the decision log, `engine: auto`, data-only reloads, and
+//! `tollgate policy eval` on a module and a bundle.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const CALLER: &str = "spiffe://tollgate.local/test/agent";
+
+/// A fixture compiled to binary Wasm, with optional text replacements.
+fn wasm(name: &str, replace: &[(&str, &str)]) -> Vec<u8> {
+    let path = repo_root().join(format!("tests/fixtures/wasm/{name}.wat"));
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (from, to) in replace {
+        text = text.replace(from, to);
+    }
+    wat::parse_str(text).unwrap()
+}
+
+/// Data listing `agents` under `tollgate_config.agents`, as the bundled policy reads it.
+fn data(agents: &[&str]) -> String {
+    let agents: serde_json::Map<String, Value> = agents
+        .iter()
+        .map(|id| (id.to_string(), serde_json::json!({"rules": []})))
+        .collect();
+    serde_json::json!({"tollgate_config": {"agents": agents}}).to_string()
+}
+
+/// An OPA-style bundle: entries named `/policy.wasm`, `/data.json`, `/.manifest`.
+fn bundle(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, *bytes).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// Writes `bytes` to `path` atomically (a reader never sees half a file).
+fn replace_file(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn start(policy_yaml: &str) -> Tollgate {
+    Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+         identity: {{workload_spiffe_id: '{CALLER}'}}\n\
+         policy: {policy_yaml}\n\
+         upstream: {{allow_private: [127.0.0.0/8]}}\n"
+    ))
+}
+
+/// One request through the proxy: (status, decision log line).
+fn call(tg: &Tollgate, origin: &PyOrigin) -> (u16, Value) {
+    let r = python_agent(&AgentRequest::get(origin.url("/echo")).proxy(tg.proxy_url()));
+    let id = r.header("x-tollgate-decision-id").unwrap().to_string();
+    let decision = tg.wait_decision(|d| d["decision_id"] == id, WAIT);
+    if r.status == 403 {
+        assert_eq!(r.json()["reason"], decision["decision"]["reason"]);
+    }
+    (r.status, decision)
+}
+
+fn reason(decision: &Value) -> &str {
+    decision["decision"]["reason"].as_str().unwrap()
+}
+
+fn admin(tg: &Tollgate, method: &str, path: &str) -> (u16, Value) {
+    let url = tg.admin_url(path);
+    let out = curl(&[
+        "-s",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn metrics(tg: &Tollgate) -> String {
+    String::from_utf8_lossy(&curl(&["-s", &tg.admin_url("/metrics")]).stdout).into_owned()
+}
+
+fn wait_reloads(tg: &Tollgate, count: usize) {
+    let deadline = Instant::now() + WAIT;
+    while tg
+        .logs()
+        .iter()
+        .filter(|l| l["message"] == "reloaded: policy revision in force")
+        .count()
+        < count
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no reload #{count}:\n{}",
+            tg.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn allows_and_denies_through_the_proxy_and_reloads_on_a_data_only_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    let data_file = dir.path().join("data.json");
+    std::fs::write(&module, wasm("decision", &[])).unwrap();
+    std::fs::write(&data_file, data(&[CALLER, "spiffe://tollgate.local/other"])).unwrap();
+    // No `engine:` key: auto picks wasm for a .wasm path.
+    let tg = start(&format!(
+        "{{path: '{}', data: '{}', watch: true}}",
+        module.display(),
+        data_file.display()
+    ));
+    let origin = PyOrigin::start(None);
+    let (status, allowed) = call(&tg, &origin);
+    assert_eq!(status, 200, "{allowed}");
+    assert_eq!(reason(&allowed), "agent_listed");
+    assert_eq!(allowed["engine"], "wasm");
+    let first = allowed["policy_revision"].as_str().unwrap().to_string();
+    let text = metrics(&tg);
+    assert!(
+        text.contains(&format!(
+            "tollgate_policy_info{{engine=\"wasm\",revision=\"{first}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("tollgate_policy_eval_duration_seconds_count{engine=\"wasm\"} 1"),
+        "{text}"
+    );
+
+    // A data-only change (the caller removed) reloads through the watcher and denies.
+    replace_file(
+        &data_file,
+        data(&["spiffe://tollgate.local/other"]).as_bytes(),
+    );
+    wait_reloads(&tg, 1);
+    let (status, denied) = call(&tg, &origin);
+    assert_eq!(status, 403, "{denied}");
+    assert_eq!(reason(&denied), "unknown_agent");
+    assert_ne!(denied["policy_revision"].as_str().unwrap(), first);
+}
+
+#[test]
+fn a_runaway_policy_is_a_policy_timeout_and_the_proxy_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    std::fs::write(&module, wasm("never_returns", &[])).unwrap();
+    let tg = start(&format!("{{path: '{}', engine: wasm}}", module.display()));
+    let origin = PyOrigin::start(None);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, decision) = call(&tg, &origin);
+        assert_eq!(status, 403, "{decision}");
+        assert_eq!(reason(&decision), "policy_timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let eval_us = decision["eval_us"].as_u64().unwrap();
+        assert!((50_000..2_000_000).contains(&eval_us), "eval_us {eval_us}");
+    }
+    assert_eq!(admin(&tg, "GET", "/healthz").0, 200);
+    // The same process then serves a working policy.
+    let data_file = dir.path().join("data.json");
+    std::fs::write(&data_file, data(&[CALLER])).unwrap();
+    std::fs::write(&module, wasm("decision", &[])).unwrap();
+    let config = std::fs::read_to_string(tg.config_path().unwrap()).unwrap();
+    let config = config.replace(
+        "engine: wasm}",
+        &format!("engine: wasm, data: '{}'}}", data_file.display()),
+    );
+    std::fs::write(tg.config_path().unwrap(), config).unwrap();
+    assert_eq!(admin(&tg, "POST", "/v1/reload").0, 200);
+    let (status, decision) = call(&tg, &origin);
+    assert_eq!((status, reason(&decision)), (200, "agent_listed"));
+}
+
+#[test]
+fn a_policy_that_exhausts_memory_is_a_policy_error_and_the_proxy_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    std::fs::write(&module, wasm("exhausts_memory", &[])).unwrap();
+    let tg = start(&format!("{{path: '{}'}}", module.display()));
+    let origin = PyOrigin::start(None);
+    for _ in 0..3 {
+        let (status, decision) = call(&tg, &origin);
+        assert_eq!(status, 403, "{decision}");
+        assert_eq!(reason(&decision), "policy_error");
+    }
+    assert!(tg.is_running());
+    assert_eq!(admin(&tg, "GET", "/healthz").0, 200);
+    let logs = tg.stderr_text();
+    assert!(logs.contains("out of memory"), "{logs}");
+}
+
+#[test]
+fn a_missing_builtin_fails_check_and_a_reload_to_it_keeps_the_old_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, wasm("missing_builtin", &[])).unwrap();
+    let config = dir.path().join("check.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\npolicy: {{path: '{}'}}\n",
+            broken.display()
+        ),
+    )
+    .unwrap();
+    let out = Tollgate::run_cli(&["check", "-c", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`custom.nobody_provides`"), "{stderr}");
+
+    let module = dir.path().join("policy.wasm");
+    let data_file = dir.path().join("data.json");
+    std::fs::write(&module, wasm("decision", &[])).unwrap();
+    std::fs::write(&data_file, data(&[CALLER])).unwrap();
+    let tg = start(&format!(
+        "{{path: '{}', data: '{}'}}",
+        module.display(),
+        data_file.display()
+    ));
+    let origin = PyOrigin::start(None);
+    let (status, before) = call(&tg, &origin);
+    assert_eq!(status, 200);
+    replace_file(&module, &wasm("missing_builtin", &[]));
+    let (status, body) = admin(&tg, "POST", "/v1/reload");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("`custom.nobody_provides`"),
+        "{body}"
+    );
+    let (status, after) = call(&tg, &origin);
+    assert_eq!(status, 200);
+    assert_eq!(after["policy_revision"], before["policy_revision"]);
+    // Unusable data keeps the running revision too.
+    replace_file(&module, &wasm("decision", &[]));
+    replace_file(&data_file, b"{not json");
+    let (status, body) = admin(&tg, "POST", "/v1/reload");
+    assert_eq!(status, 422, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("data"), "{body}");
+    let (status, after) = call(&tg, &origin);
+    assert_eq!(status, 200);
+    assert_eq!(after["policy_revision"], before["policy_revision"]);
+    assert!(metrics(&tg).contains("tollgate_policy_reloads_total{result=\"failure\"} 2"));
+}
+
+#[test]
+fn an_opa_bundle_carries_its_data_and_its_manifest_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar.gz");
+    let module = wasm("decision", &[]);
+    let agents = data(&[CALLER]);
+    std::fs::write(
+        &path,
+        bundle(&[
+            (
+                "/.manifest",
+                br#"{"revision": "bundle-rev-7", "roots": [""]}"#,
+            ),
+            ("/data.json", agents.as_bytes()),
+            ("/policy.wasm", &module),
+        ]),
+    )
+    .unwrap();
+    let tg = start(&format!("{{path: '{}', engine: auto}}", path.display()));
+    let origin = PyOrigin::start(None);
+    let (status, decision) = call(&tg, &origin);
+    assert_eq!(status, 200, "{decision}");
+    assert_eq!(decision["policy_revision"], "bundle-rev-7");
+    assert_eq!(decision["engine"], "wasm");
+    let text = metrics(&tg);
+    assert!(
+        text.contains("tollgate_policy_info{engine=\"wasm\",revision=\"bundle-rev-7\"} 1"),
+        "{text}"
+    );
+
+    // A bundle without /policy.wasm is refused; the manifest's revision stays in force.
+    replace_file(&path, &bundle(&[("/data.json", agents.as_bytes())]));
+    let (status, body) = admin(&tg, "POST", "/v1/reload");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no /policy.wasm"),
+        "{body}"
+    );
+    // SIGHUP reloads a fixed bundle.
+    replace_file(
+        &path,
+        &bundle(&[
+            ("/.manifest", br#"{"revision": "bundle-rev-8"}"#),
+            ("/data.json", agents.as_bytes()),
+            ("/policy.wasm", &module),
+        ]),
+    );
+    tg.signal("HUP");
+    wait_reloads(&tg, 1);
+    let (_, decision) = call(&tg, &origin);
+    assert_eq!(decision["policy_revision"], "bundle-rev-8");
+}
+
+#[test]
+fn policy_eval_runs_a_module_and_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    std::fs::write(&module, wasm("decision", &[])).unwrap();
+    let data_file = dir.path().join("data.json");
+    std::fs::write(&data_file, data(&["spiffe://example.org/a"])).unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(
+        &input,
+        r#"{"source": {"spiffe_id": "spiffe://example.org/a"}}"#,
+    )
+    .unwrap();
+    let out = Tollgate::run_cli(&[
+        "policy",
+        "eval",
+        "-p",
+        module.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+        "-d",
+        data_file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["allow"], true);
+    assert_eq!(decision["reason"], "agent_listed");
+
+    // Without data the same input is denied: the -d file really reached the module.
+    let out = Tollgate::run_cli(&[
+        "policy",
+        "eval",
+        "-p",
+        module.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ]);
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["reason"], "unknown_agent");
+
+    let path = dir.path().join("b.tar.gz");
+    let agents = data(&["spiffe://example.org/a"]);
+    let module_bytes = wasm("decision", &[]);
+    std::fs::write(
+        &path,
+        bundle(&[
+            ("/data.json", agents.as_bytes()),
+            ("/policy.wasm", &module_bytes),
+        ]),
+    )
+    .unwrap();
+    let out = Tollgate::run_cli(&[
+        "policy",
+        "eval",
+        "-p",
+        path.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["reason"], "agent_listed");
+
+    // A runaway module: a deny JSON on stdout and a non-zero exit, in bounded time.
+    let runaway = dir.path().join("runaway.wasm");
+    std::fs::write(&runaway, wasm("never_returns", &[])).unwrap();
+    let started = Instant::now();
+    let out = Tollgate::run_cli(&[
+        "policy",
+        "eval",
+        "-p",
+        runaway.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!out.status.success());
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["reason"], "policy_timeout");
+}
