@@ -2,6 +2,8 @@
 # Loopback load comparison: the same small request, in one run, sent by wrk
 #   1. direct to nginx,
 #   2. through tollgate (forward proxy, bundled policy, decision log to a file),
+#   2b. through tollgate injecting a static credential into every request (tollgate-cred:
+#      the bundled policy with a `credential` on the loopback rule; the agent sends none),
 #   3. through Debian's squid (forward proxy, no caching),
 #   4. through tinyproxy,
 # and a table of requests/s, p50, p99 and ratios. Everything listens on 127.0.0.1, lives in a
@@ -18,7 +20,7 @@
 #   -w, --warmup SECONDS      unmeasured warm-up per target (default 2; 0 to skip)
 #   -b, --body-bytes N        size of the /hello body (default 100)
 #   -l, --latency-duration S  measured time of the second pass, 1 connection (default 10; 0 skips)
-#       --targets LIST        comma-separated subset of direct,tollgate,squid,tinyproxy
+#       --targets LIST        comma-separated subset of direct,tollgate,tollgate-cred,squid,tinyproxy
 #       --tollgate-bin PATH   use this tollgate binary; do not build
 #       --no-build            use target/release/tollgate as it is; do not build
 #       --output FILE         also write the results as TSV to FILE
@@ -34,7 +36,8 @@ THREADS=2
 WARMUP=2
 BODY_BYTES=100
 LATENCY_DURATION=10
-TARGETS=direct,tollgate,squid,tinyproxy
+TARGETS=direct,tollgate,tollgate-cred,squid,tinyproxy
+BENCH_TOKEN=bench-token-$RANDOM$RANDOM
 TOLLGATE_BIN=
 BUILD=1
 OUTPUT=
@@ -157,6 +160,11 @@ http {
     server {
         listen 127.0.0.1:$ORIGIN_PORT;
         location = /hello { default_type text/plain; return 200 "$body"; }
+        # tollgate-cred's sanity check: 200 only with the injected credential.
+        location = /auth-check {
+            if (\$http_authorization != "Bearer $BENCH_TOKEN") { return 401; }
+            return 200 "ok";
+        }
     }
 }
 EOF
@@ -180,9 +188,33 @@ build_tollgate() {
   [[ -x $TOLLGATE_BIN ]] || die "no tollgate binary at $TOLLGATE_BIN (drop --no-build, or pass --tollgate-bin)"
 }
 
+# start_tollgate [cred]: the plain variant, or (cred) one that injects a static credential.
+# Sets TOLLGATE_PORT (plain) or TOLLGATE_CRED_PORT (cred).
 start_tollgate() {
-  local d=$WORK/tollgate deadline line
+  local variant=${1:-plain} d=$WORK/tollgate deadline line extra=
+  [[ $variant == cred ]] && d=$WORK/tollgate-cred
   mkdir -p "$d/state"
+  if [[ $variant == cred ]]; then
+    # The bundled policy and data, with the loopback rule asking for credential `bench`.
+    printf '%s' "$BENCH_TOKEN" >"$d/token"
+    python3 - "$ROOT/policy-wasm/data.json" "$d/data.json" <<'PY'
+import json, sys
+data = json.load(open(sys.argv[1]))
+agent = data["tollgate_config"]["agents"]["spiffe://tollgate.local/dev/agent"]
+for rule in agent["rules"]:
+    if rule.get("id") == "loopback":
+        rule["credential"] = {"name": "bench", "scopes": [], "ttl": "1h"}
+json.dump(data, open(sys.argv[2], "w"))
+PY
+    extra="policy:
+  path: $ROOT/policy-wasm
+  data: $d/data.json
+credentials:
+  bench:
+    kind: static
+    source: { file: $d/token }
+    inject: { header: Authorization, value: \"Bearer {token}\" }"
+  fi
   # Config keys per SPEC §2. No policy.path: the bundled policy and data, where the
   # development caller may reach loopback on any port.
   cat >"$d/config.yaml" <<EOF
@@ -199,26 +231,37 @@ upstream:
 telemetry:
   decision_log: $d/decisions.log
   log_format: json
+$extra
 EOF
   TOLLGATE_STATE_DIR=$d/state "$TOLLGATE_BIN" run -c "$d/config.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
   local pid=$!
   PIDS+=("$pid")
   # Readiness per docs/INTERFACES.md: the "listener ready" line carries the bound address.
   deadline=$((SECONDS + START_TIMEOUT))
-  TOLLGATE_PORT=
-  while [[ -z $TOLLGATE_PORT ]]; do
+  local port=
+  while [[ -z $port ]]; do
     line=$(grep -m1 '"message":"listener ready"' "$d/stderr.log" 2>/dev/null || true)
     if [[ -n $line ]]; then
-      TOLLGATE_PORT=$(sed -E 's/.*"address":"127\.0\.0\.1:([0-9]+)".*/\1/' <<<"$line")
-      [[ $TOLLGATE_PORT =~ ^[0-9]+$ ]] || die "cannot read the port from: $line"
+      port=$(sed -E 's/.*"address":"127\.0\.0\.1:([0-9]+)".*/\1/' <<<"$line")
+      [[ $port =~ ^[0-9]+$ ]] || die "cannot read the port from: $line"
       break
     fi
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$d/stderr.log" >&2; die "tollgate exited before it was ready"; }
     (( SECONDS < deadline )) || { tail -n 30 "$d/stderr.log" >&2; die "tollgate not ready after ${START_TIMEOUT}s"; }
     sleep 0.05
   done
-  wait_port tollgate "$TOLLGATE_PORT" "$pid" "$d/stderr.log"
-  log "tollgate ($("$TOLLGATE_BIN" version 2>/dev/null | head -n1 || echo '?')) on 127.0.0.1:$TOLLGATE_PORT"
+  wait_port "tollgate-$variant" "$port" "$pid" "$d/stderr.log"
+  if [[ $variant == cred ]]; then
+    TOLLGATE_CRED_PORT=$port
+    # The credential really reaches the origin (and the agent sends none).
+    local status
+    status=$("$CURL" -s -o /dev/null -w '%{http_code}' --max-time 10 -x "http://127.0.0.1:$port" \
+      "http://127.0.0.1:$ORIGIN_PORT/auth-check" || true)
+    [[ $status == 200 ]] || die "tollgate-cred: the origin did not receive the injected credential (HTTP $status)"
+  else
+    TOLLGATE_PORT=$port
+  fi
+  log "tollgate-$variant ($("$TOLLGATE_BIN" version 2>/dev/null | head -n1 || echo '?')) on 127.0.0.1:$port"
 }
 
 # --- squid -----------------------------------------------------------------------------------
@@ -329,19 +372,21 @@ ratio() {  # ratio A B: A/B with 2 decimals, "-" when either is missing
 }
 
 # --- run ------------------------------------------------------------------------------------
-want tollgate && build_tollgate
+{ want tollgate || want tollgate-cred; } && build_tollgate
 start_nginx
 want tollgate && start_tollgate
+want tollgate-cred && start_tollgate cred
 want squid && start_squid
 want tinyproxy && start_tinyproxy
 
 ORDER=()
-for t in direct tollgate squid tinyproxy; do want "$t" && ORDER+=("$t"); done
+for t in direct tollgate tollgate-cred squid tinyproxy; do want "$t" && ORDER+=("$t"); done
 machine before
 for t in "${ORDER[@]}"; do
   case $t in
     direct) measure direct "$ORIGIN_PORT" ;;
     tollgate) measure tollgate "$TOLLGATE_PORT" ;;
+    tollgate-cred) measure tollgate-cred "$TOLLGATE_CRED_PORT" ;;
     squid) measure squid "$SQUID_PORT" ;;
     tinyproxy) measure tinyproxy "$TINYPROXY_PORT" ;;
   esac
@@ -352,6 +397,7 @@ if (( LATENCY_DURATION > 0 )); then
     case $t in
       direct) port=$ORIGIN_PORT ;;
       tollgate) port=$TOLLGATE_PORT ;;
+      tollgate-cred) port=$TOLLGATE_CRED_PORT ;;
       squid) port=$SQUID_PORT ;;
       tinyproxy) port=$TINYPROXY_PORT ;;
     esac
@@ -364,15 +410,15 @@ machine after
   echo
   echo "Loopback load: wrk $THREADS threads, $CONNECTIONS connections, ${DURATION}s per target (warm-up ${WARMUP}s),"
   echo "GET of a $BODY_BYTES-byte body from nginx; $(nproc) CPUs shared by wrk, the proxy and nginx."
-  printf '%-10s %11s %9s %9s %9s %9s %10s %9s %8s %8s\n' \
+  printf '%-13s %11s %9s %9s %9s %9s %10s %9s %8s %8s\n' \
     target 'req/s' 'p50 ms' 'p99 ms' 'vs direct' 'vs squid' 'vs tinyprx' '+p50 ms' non-2xx 'sock err'
   for t in "${ORDER[@]}"; do
     if [[ ${RPS[$t]} == FAILED ]]; then
-      printf '%-10s %12s\n' "$t" FAILED
+      printf '%-13s %12s\n' "$t" FAILED
       continue
     fi
     added=$(awk -v a="${P50[$t]}" -v b="${P50[direct]:-}" 'BEGIN { if (b == "") print "-"; else printf "%+.3f", a - b }')
-    printf '%-10s %11s %9s %9s %9s %9s %10s %9s %8s %8s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
+    printf '%-13s %11s %9s %9s %9s %9s %10s %9s %8s %8s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
       "$(ratio "${RPS[$t]}" "${RPS[direct]:-}")" "$(ratio "${RPS[$t]}" "${RPS[squid]:-}")" \
       "$(ratio "${RPS[$t]}" "${RPS[tinyproxy]:-}")" "$added" "${NON2XX[$t]}" "${SOCKERR[$t]}"
   done
@@ -380,15 +426,15 @@ machine after
   if (( LATENCY_DURATION > 0 )); then
     echo
     echo "Latency without queueing: wrk 1 thread, 1 connection, ${LATENCY_DURATION}s per target."
-    printf '%-10s %11s %9s %9s %9s\n' target 'req/s' 'p50 ms' 'p99 ms' '+p50 ms'
+    printf '%-13s %11s %9s %9s %9s\n' target 'req/s' 'p50 ms' 'p99 ms' '+p50 ms'
     for t in "${ORDER[@]}"; do
       k="$t@1"
       if [[ ${RPS[$k]:-FAILED} == FAILED ]]; then
-        printf '%-10s %12s\n' "$t" FAILED
+        printf '%-13s %12s\n' "$t" FAILED
         continue
       fi
       added=$(awk -v a="${P50[$k]}" -v b="${P50[direct@1]:-}" 'BEGIN { if (b == "") print "-"; else printf "%+.3f", a - b }')
-      printf '%-10s %11s %9s %9s %9s\n' "$t" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "$added"
+      printf '%-13s %11s %9s %9s %9s\n' "$t" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "$added"
     done
   fi
 }
