@@ -61,6 +61,9 @@ impl crate::admin::Reload for ConfigReloader {
         .map_err(|errors| errors.to_string())
         .and_then(|config| {
             let revision = load_policy(&config).map_err(|e| e.to_string())?;
+            // On reload only: at start-up there is no better revision to keep, and a mistyped
+            // decision still fails closed on every request (policy_error).
+            revision.check_decision_type().map_err(|e| e.to_string())?;
             let previous = self.proxy.credentials.load_full();
             let store =
                 build_credentials(&config, metrics, Some(&previous)).map_err(|e| e.to_string())?;

@@ -335,6 +335,23 @@ fn reloads_the_policy_and_keeps_the_running_one_when_the_new_one_is_broken() {
     );
     assert_eq!(reason(), "v2", "the last good revision stays in force");
 
+    // A type error in the decision (defined, but not a decision) is refused on reload too.
+    std::fs::write(
+        policy.join("p.rego"),
+        "package tollgate\ndecision := {\"allow\": \"yes\", \"reason\": \"v-typo\"}\n",
+    )
+    .unwrap();
+    let (status, body) = admin(&tg, "POST", "/v1/reload", None);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the policy's decision has the wrong type"),
+        "{body}"
+    );
+    assert_eq!(reason(), "v2", "the last good revision stays in force");
+
     std::fs::write(
         policy.join("p.rego"),
         "package tollgate\ndecision := {\"allow\": true, \"reason\": \"v3\"}\n",
@@ -353,7 +370,7 @@ fn reloads_the_policy_and_keeps_the_running_one_when_the_new_one_is_broken() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("tollgate_policy_reloads_total{result=\"failure\"} 1"),
+        metrics.contains("tollgate_policy_reloads_total{result=\"failure\"} 2"),
         "{metrics}"
     );
 }

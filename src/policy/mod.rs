@@ -46,7 +46,31 @@ pub enum PolicyLoadError {
     Data(String),
     #[error("{path}: not a usable OPA bundle: {message}")]
     Bundle { path: PathBuf, message: String },
+    #[error("the policy's decision has the wrong type: {0}")]
+    DecisionType(String),
 }
+
+/// Representative inputs (SPEC §4.1: a request, and a connection-level check) on which a new
+/// revision is tried before a reload publishes it.
+const PROBE_INPUTS: [&str; 2] = [
+    r#"{"version": 1, "time": "2026-11-23T10:00:00.000Z",
+        "source": {"spiffe_id": "spiffe://tollgate.probe/agent", "trust_domain": "tollgate.probe",
+                   "path": "/agent", "authenticated": true, "listener": "probe", "address": "127.0.0.1:1"},
+        "intent": {"name": "probe.read", "task": "probe", "purpose": null, "delegation": [],
+                   "verified": false, "issuer": null, "claims": {}},
+        "request": {"method": "GET", "scheme": "https", "host": "probe.invalid", "port": 443,
+                    "path": "/", "query": "", "headers": {}, "protocol": "HTTP/1.1"},
+        "destination": {"host": "probe.invalid", "port": 443, "ip": null},
+        "connection": {"mode": "forward", "intercepted": true, "tls_sni": "probe.invalid"}}"#,
+    r#"{"version": 1, "time": "2026-11-23T10:00:00.000Z",
+        "source": {"spiffe_id": "spiffe://tollgate.probe/agent", "trust_domain": "tollgate.probe",
+                   "path": "/agent", "authenticated": true, "listener": "probe", "address": "127.0.0.1:1"},
+        "intent": {"name": null, "task": null, "purpose": null, "delegation": [],
+                   "verified": false, "issuer": null, "claims": {}},
+        "request": null,
+        "destination": {"host": "probe.invalid", "port": 443, "ip": null},
+        "connection": {"mode": "forward", "intercepted": false, "tls_sni": null}}"#,
+];
 
 /// Why an evaluation gave no usable decision; both are denies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +249,28 @@ impl PolicyRevision {
         Self::conclude(result, start)
     }
 
+    /// Tries the revision on [`PROBE_INPUTS`]: a decision that comes back *defined* but is not
+    /// a valid decision (`{"allow": "yes"}`) is a type error in the policy, and a reload refuses
+    /// it so the last good revision stays in force. An undefined result, an evaluation error or
+    /// a timeout says nothing certain about other inputs and is left to fail closed per request.
+    pub fn check_decision_type(&self) -> Result<(), PolicyLoadError> {
+        for text in PROBE_INPUTS {
+            let input = Value::from_json_str(text)
+                .map_err(|e| PolicyLoadError::DecisionType(format!("probe input: {e}")))?;
+            let result = match &self.evaluator {
+                Evaluator::Rego(rego) => rego.evaluate(input),
+                Evaluator::Wasm(wasm) => wasm.evaluate(&input),
+            };
+            if let Ok(value) = result
+                && value != Value::Undefined
+                && let Err(e) = Decision::from_value(&value)
+            {
+                return Err(PolicyLoadError::DecisionType(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
     fn conclude(result: Result<Value, EvalError>, start: Instant) -> Evaluation {
         let eval_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         let outcome = match result {
@@ -310,4 +356,52 @@ fn collect_rego_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyLo
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(source: &str) -> PolicyRevision {
+        PolicyRevision::compile(
+            &[("p.rego".to_string(), source.to_string())],
+            "{}",
+            "tollgate/decision",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_mistyped_decision_fails_the_type_check() {
+        let mistyped = revision("package tollgate\ndecision := {\"allow\": \"yes\"}\n");
+        let error = mistyped.check_decision_type().unwrap_err();
+        assert!(matches!(error, PolicyLoadError::DecisionType(_)), "{error}");
+        // A type error only in connection-level decisions: the connection probe catches it.
+        let conn_only = revision(
+            "package tollgate\ndecision := {\"allow\": true} if is_object(input.request)\n\
+             decision := {\"allow\": true, \"mode\": \"sideways\"} if input.request == null\n",
+        );
+        assert!(conn_only.check_decision_type().is_err());
+    }
+
+    #[test]
+    fn valid_undefined_and_erroring_decisions_pass_the_type_check() {
+        for source in [
+            "package tollgate\ndecision := {\"allow\": true}\n",
+            "package tollgate\ndecision := {\"allow\": true} if input.never\n",
+            "package tollgate\ndecision := {\"allow\": 1 / 0 == 1}\n",
+        ] {
+            revision(source).check_decision_type().unwrap();
+        }
+        let bundled = PolicyRevision::compile(
+            &BUNDLED_MODULES
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect::<Vec<_>>(),
+            BUNDLED_DATA,
+            "tollgate/decision",
+        )
+        .unwrap();
+        bundled.check_decision_type().unwrap();
+    }
 }
