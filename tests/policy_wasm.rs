@@ -167,6 +167,18 @@ fn allows_and_denies_through_the_proxy_and_reloads_on_a_data_only_change() {
     assert_eq!(status, 403, "{denied}");
     assert_eq!(reason(&denied), "unknown_agent");
     assert_ne!(denied["policy_revision"].as_str().unwrap(), first);
+
+    // A module change reloads through the watcher too: a rebuilt module whose deny says
+    // something else (same length, so the fixture's memory layout is unchanged).
+    replace_file(
+        &module,
+        &wasm("decision", &[("unknown_agent", "unlisted_agnt")]),
+    );
+    wait_reloads(&tg, 2);
+    let (status, rebuilt) = call(&tg, &origin);
+    assert_eq!(status, 403, "{rebuilt}");
+    assert_eq!(reason(&rebuilt), "unlisted_agnt");
+    assert_ne!(rebuilt["policy_revision"], denied["policy_revision"]);
 }
 
 #[test]
