@@ -134,6 +134,8 @@ fn rate(revision: &Arc<PolicyRevision>, threads: usize, for_: Duration) -> f64 {
             std::thread::spawn(move || {
                 let headers = headers();
                 let input = input(&headers);
+                // What an idle tokio worker does through the park hook (policy::on_worker_park).
+                revision.prepare_thread();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     black_box(revision.evaluate(&input));
@@ -199,6 +201,24 @@ fn report() {
         }
     }
     threads_report();
+    println!("\n# rego at 10,000 agents: load, and a worker's own copy made while idle (ms)");
+    let started = Instant::now();
+    let revision = Arc::new(rego(10_000));
+    println!(
+        "load (generate + parse data, compile, serialize for copies): {:.2}",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    for thread in 1..=2 {
+        let revision = revision.clone();
+        let prepare = std::thread::spawn(move || {
+            let t = Instant::now();
+            revision.prepare_thread();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .join()
+        .unwrap();
+        println!("thread {thread}: own copy (on the park hook, off the request path) {prepare:.3}");
+    }
     println!("\n# wasm: load and first evaluation on a new thread at 10,000 agents (ms)");
     let started = Instant::now();
     let revision = Arc::new(wasm(10_000));

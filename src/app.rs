@@ -305,7 +305,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     }
     let proxy = Arc::new(Proxy {
         credentials: credentials.clone(),
-        policy: PolicyStore::new(revision),
+        policy: {
+            let store = Arc::new(PolicyStore::new(revision));
+            crate::policy::prepare_on_idle(store.clone());
+            store
+        },
         upstream,
         intercept,
         decision_log,

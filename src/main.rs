@@ -178,6 +178,7 @@ fn run(path: Option<PathBuf>, dry_run: bool) -> Result<(), Failure> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(tollgate::policy::on_worker_park)
         .build()
         .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
     let options = RunOptions {

@@ -249,6 +249,14 @@ impl PolicyRevision {
         Self::conclude(result, start)
     }
 
+    /// Prepares this thread for evaluating the revision (see `rego`'s module doc): called by
+    /// idle worker threads, never on a request.
+    pub fn prepare_thread(&self) {
+        if let Evaluator::Rego(rego) = &self.evaluator {
+            rego.prepare_thread();
+        }
+    }
+
     /// Tries the revision on [`PROBE_INPUTS`]: a decision that comes back *defined* but is not
     /// a valid decision (`{"allow": "yes"}`) is a type error in the policy, and a reload refuses
     /// it so the last good revision stays in force. An undefined result, an evaluation error or
@@ -258,7 +266,7 @@ impl PolicyRevision {
             let input = Value::from_json_str(text)
                 .map_err(|e| PolicyLoadError::DecisionType(format!("probe input: {e}")))?;
             let result = match &self.evaluator {
-                Evaluator::Rego(rego) => rego.evaluate(input),
+                Evaluator::Rego(rego) => rego.evaluate_once(input),
                 Evaluator::Wasm(wasm) => wasm.evaluate(&input),
             };
             if let Ok(value) = result
@@ -281,6 +289,24 @@ impl PolicyRevision {
             Err(EvalError::Failed(message)) => Err(PolicyFailure::Error(message)),
         };
         Evaluation { outcome, eval_us }
+    }
+}
+
+/// The store whose revision idle worker threads prepare for (set once by `app::run`).
+static IDLE_PREPARE: std::sync::OnceLock<Arc<PolicyStore>> = std::sync::OnceLock::new();
+
+/// Names the store that [`on_worker_park`] prepares worker threads for. The first call wins:
+/// a process serves one policy store.
+pub fn prepare_on_idle(store: Arc<PolicyStore>) {
+    let _ = IDLE_PREPARE.set(store);
+}
+
+/// The runtime's park hook (`tokio::runtime::Builder::on_thread_park`): an idle worker
+/// thread prepares its per-thread evaluation state for the revision in force (the Rego
+/// engine's own copy of program and data), so that requests never pay for it.
+pub fn on_worker_park() {
+    if let Some(store) = IDLE_PREPARE.get() {
+        store.current.load().prepare_thread();
     }
 }
 
@@ -369,6 +395,58 @@ mod tests {
             "tollgate/decision",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn idle_tokio_workers_move_to_their_own_copy_through_the_park_hook() {
+        let store = Arc::new(PolicyStore::new(revision(
+            "package tollgate\ndecision := {\"allow\": true}\n",
+        )));
+        prepare_on_idle(store.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .on_thread_park(on_worker_park)
+            .build()
+            .unwrap();
+        let input = Value::from_json_str("{}").unwrap();
+        let evaluate_and_report = |store: Arc<PolicyStore>, input: Value| async move {
+            let outcome = store.current().evaluate_value(input).outcome.unwrap();
+            (outcome.reason, rego::thread_has_own_copy())
+        };
+        let (before, after) = runtime.block_on(async move {
+            // Idle: the worker parks while the timer runs, and prepares on the way.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let before = tokio::spawn(evaluate_and_report(store.clone(), input.clone()))
+                .await
+                .unwrap();
+            // A new revision: the worker's next request runs on the shared originals; once
+            // idle again, the worker moves to a copy of the new revision.
+            store.publish(revision(
+                "package tollgate\ndecision := {\"allow\": true, \"reason\": \"r2\"}\n",
+            ));
+            let first = tokio::spawn(evaluate_and_report(store.clone(), input.clone()))
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let after = tokio::spawn(evaluate_and_report(store, input))
+                .await
+                .unwrap();
+            (before, (first, after))
+        });
+        assert_eq!(
+            before.1,
+            Some(true),
+            "after parking, the worker has its own copy"
+        );
+        let (first, after) = after;
+        assert_eq!(first, (Some("r2".to_string()), Some(false)), "shared first");
+        assert_eq!(after.0.as_deref(), Some("r2"));
+        assert_eq!(
+            after.1,
+            Some(true),
+            "and moves to a copy of the new revision while idle"
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ use target::Target;
 
 /// State shared by every request: built once at start-up, read without locks.
 pub struct Proxy {
-    pub policy: PolicyStore,
+    pub policy: Arc<PolicyStore>,
     pub upstream: Upstream,
     pub intercept: InterceptAuthority,
     pub decision_log: DecisionLog,
