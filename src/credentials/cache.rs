@@ -2,6 +2,8 @@
 //!
 //! - **Hit path without a shared lock**: the map is split into shards (a read lock on one of
 //!   64), and each entry's current token sits in an `ArcSwapOption`, read without a lock.
+//!   The lookup is by a borrowed [`KeyRef`] (no allocation); an owned [`CacheKey`] is made
+//!   only when an entry is added.
 //! - **Single flight**: a miss takes the entry's own async mutex; whoever gets it first
 //!   fetches, the others wait and then find the fresh token (one fetch for N concurrent misses).
 //! - **Never stale**: an entry is used until min(token expiry, decision ttl) minus a refresh
@@ -10,13 +12,14 @@
 //! - **Fail closed with backoff**: a failed fetch is an error for the caller; the entry then
 //!   refuses fast until its backoff (250 ms doubling to 30 s) has passed.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use hashbrown::{Equivalent, HashMap};
 
 use super::inject::Injection;
 use super::secret::Secret;
@@ -24,7 +27,7 @@ use super::secret::Secret;
 const SHARDS: usize = 64;
 
 /// One shard of the map: a read lock on the hit path, a write lock to add or remove.
-type Shard = RwLock<HashMap<CacheKey, Arc<Slot>>>;
+type Shard = RwLock<HashMap<CacheKey, Arc<Slot>, RandomState>>;
 const MAX_MARGIN: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -41,25 +44,65 @@ pub struct CacheKey {
     pub destination: Option<Arc<str>>,
 }
 
-impl CacheKey {
-    /// Builds a key, normalizing the scope list.
+/// A [`CacheKey`] borrowed from the request: what a lookup hashes and compares, without
+/// allocating. Hashes exactly as the owned key does (same fields, same order, `str` and
+/// `[String]` underneath).
+#[derive(Debug, Hash)]
+pub struct KeyRef<'a> {
+    pub credential: &'a str,
+    /// Borrowed when the decision's list is already sorted and free of duplicates (the usual
+    /// case); sorted into a copy otherwise.
+    pub scopes: Cow<'a, [String]>,
+    pub caller: Option<&'a str>,
+    pub task: Option<&'a str>,
+    pub destination: Option<&'a str>,
+}
+
+impl<'a> KeyRef<'a> {
+    /// Builds a lookup key, normalizing the scope list.
     pub fn new(
-        credential: Arc<str>,
-        scopes: &[String],
-        caller: Option<&str>,
-        task: Option<&str>,
-        destination: Option<&str>,
-    ) -> CacheKey {
-        let mut sorted = scopes.to_vec();
-        sorted.sort();
-        sorted.dedup();
-        CacheKey {
+        credential: &'a str,
+        scopes: &'a [String],
+        caller: Option<&'a str>,
+        task: Option<&'a str>,
+        destination: Option<&'a str>,
+    ) -> KeyRef<'a> {
+        let scopes = if scopes.windows(2).all(|pair| pair[0] < pair[1]) {
+            Cow::Borrowed(scopes)
+        } else {
+            let mut sorted = scopes.to_vec();
+            sorted.sort();
+            sorted.dedup();
+            Cow::Owned(sorted)
+        };
+        KeyRef {
             credential,
-            scopes: sorted.into(),
-            caller: caller.map(Arc::from),
-            task: task.map(Arc::from),
-            destination: destination.map(Arc::from),
+            scopes,
+            caller,
+            task,
+            destination,
         }
+    }
+
+    /// The owned key, for a new entry.
+    pub fn to_key(&self) -> CacheKey {
+        CacheKey {
+            credential: Arc::from(self.credential),
+            scopes: Arc::from(&*self.scopes),
+            caller: self.caller.map(Arc::from),
+            task: self.task.map(Arc::from),
+            destination: self.destination.map(Arc::from),
+        }
+    }
+}
+
+impl Equivalent<CacheKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        self.credential == &*key.credential
+            && *self.scopes == *key.scopes
+            && self.caller == key.caller.as_deref()
+            && self.task == key.task.as_deref()
+            && self.destination == key.destination.as_deref()
     }
 }
 
@@ -117,7 +160,9 @@ pub struct TokenCache {
 impl Default for TokenCache {
     fn default() -> Self {
         TokenCache {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::with_hasher(RandomState::new())))
+                .collect(),
             hasher: RandomState::new(),
         }
     }
@@ -134,26 +179,27 @@ fn use_until(now: Instant, expires_at: SystemTime, ttl: Option<Duration>) -> Ins
 }
 
 impl TokenCache {
-    fn shard(&self, key: &CacheKey) -> &Shard {
+    fn shard(&self, key: &KeyRef<'_>) -> &Shard {
         let index = self.hasher.hash_one(key) as usize % SHARDS;
         &self.shards[index]
     }
 
-    fn slot(&self, key: &CacheKey) -> Arc<Slot> {
+    fn slot(&self, key: &KeyRef<'_>) -> Arc<Slot> {
         let shard = self.shard(key);
         if let Some(slot) = shard.read().unwrap_or_else(|e| e.into_inner()).get(key) {
             return slot.clone();
         }
-        shard
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone()
+        let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = map.get(key) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot::default());
+        map.insert(key.to_key(), slot.clone());
+        slot
     }
 
     /// A usable cached token, without fetching.
-    pub fn peek(&self, key: &CacheKey, ttl: Option<Duration>) -> Option<Arc<CachedToken>> {
+    pub fn peek(&self, key: &KeyRef<'_>, ttl: Option<Duration>) -> Option<Arc<CachedToken>> {
         let shard = self.shard(key);
         let slot = shard
             .read()
@@ -169,7 +215,7 @@ impl TokenCache {
     /// time). `Ok((token, hit))`.
     pub async fn get_or_fetch<E, F, Fut>(
         &self,
-        key: &CacheKey,
+        key: &KeyRef<'_>,
         ttl: Option<Duration>,
         fetch: F,
     ) -> Result<(Arc<CachedToken>, bool), CacheError<E>>
@@ -288,14 +334,9 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn key(task: &str) -> CacheKey {
-        CacheKey::new(
-            Arc::from("c"),
-            &["b".to_string(), "a".to_string()],
-            Some("spiffe://x/y"),
-            Some(task),
-            None,
-        )
+    fn key(task: &'static str) -> KeyRef<'static> {
+        let scopes: &'static [String] = Box::leak(Box::new(["b".to_string(), "a".to_string()]));
+        KeyRef::new("c", scopes, Some("spiffe://x/y"), Some(task), None)
     }
 
     fn fresh(value: &str, lifetime: Duration) -> Fresh {
@@ -313,15 +354,44 @@ mod tests {
 
     #[test]
     fn scopes_are_normalized() {
-        let a = CacheKey::new(Arc::from("c"), &["x".into(), "y".into()], None, None, None);
-        let b = CacheKey::new(
-            Arc::from("c"),
-            &["y".into(), "x".into(), "x".into()],
-            None,
-            None,
-            None,
+        let (sorted, unsorted) = (
+            ["x".to_string(), "y".to_string()],
+            ["y".to_string(), "x".to_string(), "x".to_string()],
         );
-        assert_eq!(a, b);
+        let a = KeyRef::new("c", &sorted, None, None, None);
+        let b = KeyRef::new("c", &unsorted, None, None, None);
+        assert!(
+            matches!(a.scopes, Cow::Borrowed(_)),
+            "a sorted list is not copied"
+        );
+        assert!(matches!(b.scopes, Cow::Owned(_)));
+        assert_eq!(a.to_key(), b.to_key());
+    }
+
+    #[test]
+    fn a_borrowed_key_finds_its_owned_entry() {
+        let scopes = ["a".to_string()];
+        let borrowed = KeyRef::new("c", &scopes, Some("spiffe://x/y"), Some("t"), Some("h"));
+        let owned = borrowed.to_key();
+        let hasher = RandomState::new();
+        assert_eq!(hasher.hash_one(&borrowed), hasher.hash_one(&owned));
+        assert!(borrowed.equivalent(&owned));
+        for other in [
+            KeyRef::new("d", &scopes, Some("spiffe://x/y"), Some("t"), Some("h")),
+            KeyRef::new("c", &[], Some("spiffe://x/y"), Some("t"), Some("h")),
+            KeyRef::new("c", &scopes, None, Some("t"), Some("h")),
+            KeyRef::new("c", &scopes, Some("spiffe://x/y"), Some("u"), Some("h")),
+            KeyRef::new("c", &scopes, Some("spiffe://x/y"), Some("t"), None),
+        ] {
+            assert!(!other.equivalent(&owned), "{other:?}");
+        }
+        let cache = TokenCache::default();
+        let slot = cache.slot(&borrowed);
+        assert!(
+            Arc::ptr_eq(&slot, &cache.slot(&borrowed)),
+            "one entry per key"
+        );
+        assert_eq!(cache.len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -31,7 +31,7 @@ use crate::kill::KillTarget;
 use crate::policy::decision::CredentialRequest;
 use crate::telemetry::metrics::Metrics;
 
-use cache::{CacheError, CacheKey, CachedToken, Fresh, TokenCache};
+use cache::{CacheError, CacheKey, CachedToken, Fresh, KeyRef, TokenCache};
 use inject::{AgentSecrets, Injection};
 use jwt::{Claims, JwtSigner};
 use oauth2::{OAuth2Client, TokenRequest};
@@ -362,7 +362,7 @@ impl CredentialStore {
             Provider::Static(_) => &[],
             _ => &request.scopes,
         };
-        let key = CacheKey::new(credential.name.clone(), scopes, caller, task, destination);
+        let key = KeyRef::new(&credential.name, scopes, caller, task, destination);
         let result = self
             .cache
             .get_or_fetch(&key, request.ttl, || fetch(credential, request, ctx))
