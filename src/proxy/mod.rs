@@ -197,8 +197,6 @@ async fn stages(
             }
         }
     }
-    let task = intent.task.clone();
-    let intent_name = intent.name.clone();
 
     // 5. authorize
     let subject = Subject {
@@ -232,10 +230,15 @@ async fn stages(
     let token = match &permit.decision().credential {
         None => None,
         Some(wanted) => {
+            // The intent went to the policy; the record kept its name and task.
+            let (intent_name, task) = match &record.intent {
+                Some((name, task, _)) => (name.as_deref(), task.as_deref()),
+                None => (None, None),
+            };
             let ctx = crate::credentials::RequestContext {
                 caller: conn.caller.spiffe_id().map(|id| id.as_str()),
-                task: task.as_deref(),
-                intent: intent_name.as_deref(),
+                task,
+                intent: intent_name,
                 destination: &target.host,
             };
             match credentials.get(wanted, &ctx).await {
