@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -42,31 +41,6 @@ fn tollgate(dir: &Path) -> Tollgate {
         .start()
 }
 
-/// `curl` against the admin API: (status, JSON body).
-fn admin(tg: &Tollgate, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let url = tg.admin_url(path);
-    let mut args = vec![
-        "-s",
-        "--max-time",
-        "10",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-        url.as_str(),
-    ];
-    if let Some(body) = body {
-        args.extend(["-H", "content-type: application/json", "-d", body]);
-    }
-    let out = curl(&args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (json, status) = text.rsplit_once('\n').expect("status line");
-    (
-        status.parse().expect("status"),
-        serde_json::from_str(json).unwrap_or(Value::Null),
-    )
-}
-
 #[test]
 fn kills_the_next_request_on_an_open_keep_alive_connection_and_lifts() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,8 +50,7 @@ fn kills_the_next_request_on_an_open_keep_alive_connection_and_lifts() {
     let mut conn = KeepAlive::connect(tg.proxy_addr("agents"), WAIT);
     assert_eq!(conn.get(&url).0, 200);
 
-    let (status, body) = admin(
-        &tg,
+    let (status, body) = tg.admin_json(
         "POST",
         "/v1/kill",
         Some(&format!(
@@ -93,11 +66,11 @@ fn kills_the_next_request_on_an_open_keep_alive_connection_and_lifts() {
         String::from_utf8_lossy(&curl(&["-s", &tg.admin_url("/metrics")]).stdout).into_owned();
     assert!(metrics.contains("tollgate_kills_active 1"), "{metrics}");
 
-    let (status, listed) = admin(&tg, "GET", "/v1/kill", None);
+    let (status, listed) = tg.admin_json("GET", "/v1/kill", None);
     assert_eq!(status, 200);
     assert_eq!(listed["kills"][0]["target"]["spiffe_id"], CALLER);
     let id = listed["kills"][0]["id"].as_str().unwrap().to_string();
-    let (status, _) = admin(&tg, "DELETE", &format!("/v1/kill/{id}"), None);
+    let (status, _) = tg.admin_json("DELETE", &format!("/v1/kill/{id}"), None);
     assert_eq!(status, 200);
     assert_eq!(
         conn.get(&url).0,
@@ -119,18 +92,20 @@ fn kills_by_task_and_all() {
         python_agent(&request).status
     };
     assert_eq!(
-        admin(&tg, "POST", "/v1/kill", Some(r#"{"task": "t-42"}"#)).0,
+        tg.admin_json("POST", "/v1/kill", Some(r#"{"task": "t-42"}"#))
+            .0,
         201
     );
     assert_eq!(get(Some("t-42")), 403);
     assert_eq!(get(Some("t-43")), 200);
     assert_eq!(
-        admin(&tg, "POST", "/v1/kill", Some(r#"{"all": true}"#)).0,
+        tg.admin_json("POST", "/v1/kill", Some(r#"{"all": true}"#))
+            .0,
         201
     );
     assert_eq!(get(Some("t-43")), 403);
     assert_eq!(get(None), 403);
-    assert_eq!(admin(&tg, "DELETE", "/v1/kill/all", None).0, 200);
+    assert_eq!(tg.admin_json("DELETE", "/v1/kill/all", None).0, 200);
     assert_eq!(get(None), 200);
     // Bad kill requests are refused precisely.
     for bad in [
@@ -139,7 +114,7 @@ fn kills_by_task_and_all() {
         "not json",
         r#"{"task": "a", "all": true}"#,
     ] {
-        let (status, body) = admin(&tg, "POST", "/v1/kill", Some(bad));
+        let (status, body) = tg.admin_json("POST", "/v1/kill", Some(bad));
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["error"], "bad_request");
     }
@@ -192,8 +167,7 @@ r = client.get(sys.argv[3]); print(r.http_version, r.status_code, r.json().get("
     let _guard = ChildGuard::new(child);
     assert_eq!(lines.next().unwrap().unwrap(), "HTTP/2 200");
     assert_eq!(
-        admin(
-            &tg,
+        tg.admin_json(
             "POST",
             "/v1/kill",
             Some(&format!(r#"{{"spiffe_id": "{CALLER}"}}"#))
@@ -237,8 +211,7 @@ fn closes_a_blind_tunnel_of_a_killed_caller() {
         .unwrap();
     while matches!(stream.read(&mut rest), Ok(n) if n > 0) {}
     assert_eq!(
-        admin(
-            &tg,
+        tg.admin_json(
             "POST",
             "/v1/kill",
             Some(&format!(r#"{{"spiffe_id": "{CALLER}"}}"#))
@@ -262,13 +235,14 @@ fn keeps_kills_across_a_restart() {
     {
         let tg = tollgate(dir.path());
         assert_eq!(
-            admin(&tg, "POST", "/v1/kill", Some(r#"{"task": "t-9"}"#)).0,
+            tg.admin_json("POST", "/v1/kill", Some(r#"{"task": "t-9"}"#))
+                .0,
             201
         );
         assert_eq!(tg.terminate(WAIT).code(), Some(0));
     }
     let tg = tollgate(dir.path());
-    let (_, listed) = admin(&tg, "GET", "/v1/kill", None);
+    let (_, listed) = tg.admin_json("GET", "/v1/kill", None);
     assert_eq!(listed["kills"][0]["target"]["task"], "t-9");
     let killed = python_agent(
         &AgentRequest::get(origin.url("/echo"))
@@ -277,7 +251,7 @@ fn keeps_kills_across_a_restart() {
     );
     assert_eq!(killed.status, 403);
     assert_eq!(killed.json()["reason"], "killed");
-    assert_eq!(admin(&tg, "DELETE", "/v1/kill/task/t-9", None).0, 200);
+    assert_eq!(tg.admin_json("DELETE", "/v1/kill/task/t-9", None).0, 200);
     let allowed = python_agent(
         &AgentRequest::get(origin.url("/echo"))
             .proxy(tg.proxy_url())
@@ -319,12 +293,12 @@ fn reloads_the_policy_and_keeps_the_running_one_when_the_new_one_is_broken() {
         "package tollgate\ndecision := {\"allow\": true, \"reason\": \"v2\"}\n",
     )
     .unwrap();
-    let (status, body) = admin(&tg, "POST", "/v1/reload", None);
+    let (status, body) = tg.admin_json("POST", "/v1/reload", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(reason(), "v2");
 
     std::fs::write(policy.join("p.rego"), "package tollgate\ndecision := {\n").unwrap();
-    let (status, body) = admin(&tg, "POST", "/v1/reload", None);
+    let (status, body) = tg.admin_json("POST", "/v1/reload", None);
     assert_eq!(status, 422, "{body}");
     assert!(
         body["message"]
@@ -341,7 +315,7 @@ fn reloads_the_policy_and_keeps_the_running_one_when_the_new_one_is_broken() {
         "package tollgate\ndecision := {\"allow\": \"yes\", \"reason\": \"v-typo\"}\n",
     )
     .unwrap();
-    let (status, body) = admin(&tg, "POST", "/v1/reload", None);
+    let (status, body) = tg.admin_json("POST", "/v1/reload", None);
     assert_eq!(status, 422, "{body}");
     assert!(
         body["message"]
@@ -387,7 +361,7 @@ fn lists_recent_decisions_newest_first_and_answers_tasks_and_jwks() {
     }
     let last = ids[2].clone();
     tg.wait_decision(|d| d["decision_id"] == last, WAIT);
-    let (status, body) = admin(&tg, "GET", "/v1/decisions?limit=2", None);
+    let (status, body) = tg.admin_json("GET", "/v1/decisions?limit=2", None);
     assert_eq!(status, 200);
     let got: Vec<&str> = body["decisions"]
         .as_array()
@@ -396,15 +370,18 @@ fn lists_recent_decisions_newest_first_and_answers_tasks_and_jwks() {
         .map(|d| d["decision_id"].as_str().unwrap())
         .collect();
     assert_eq!(got, vec![ids[2].as_str(), ids[1].as_str()]);
-    assert_eq!(admin(&tg, "GET", "/v1/decisions?limit=zero", None).0, 400);
-    let (status, body) = admin(&tg, "DELETE", "/v1/tasks/t-42", None);
+    assert_eq!(
+        tg.admin_json("GET", "/v1/decisions?limit=zero", None).0,
+        400
+    );
+    let (status, body) = tg.admin_json("DELETE", "/v1/tasks/t-42", None);
     assert_eq!(status, 200);
     assert_eq!(body["task"], "t-42");
-    assert_eq!(admin(&tg, "DELETE", "/v1/tasks/bad%20task", None).0, 400);
-    let (status, body) = admin(&tg, "GET", "/.well-known/jwks.json", None);
+    assert_eq!(tg.admin_json("DELETE", "/v1/tasks/bad%20task", None).0, 400);
+    let (status, body) = tg.admin_json("GET", "/.well-known/jwks.json", None);
     assert_eq!(status, 200);
     assert_eq!(body["keys"], serde_json::json!([]));
-    assert_eq!(admin(&tg, "GET", "/v1/nope", None).0, 404);
+    assert_eq!(tg.admin_json("GET", "/v1/nope", None).0, 404);
 }
 
 #[test]

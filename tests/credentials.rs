@@ -76,35 +76,9 @@ fn call(
     python_agent(&req)
 }
 
-fn admin(tg: &Tollgate, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let url = tg.admin_url(path);
-    let mut args = vec![
-        "-s",
-        "--max-time",
-        "20",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-        url.as_str(),
-    ];
-    if let Some(body) = body {
-        args.extend(["-H", "content-type: application/json", "-d", body]);
-    }
-    let out = curl(&args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').expect("status line");
-    (status.parse().expect("status"), body.to_string())
-}
-
-fn admin_json(tg: &Tollgate, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let (status, text) = admin(tg, method, path, body);
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 /// The value of one sample line of `/metrics` (0 when absent).
 fn metric(tg: &Tollgate, series: &str) -> f64 {
-    let text = admin(tg, "GET", "/metrics", None).1;
+    let text = tg.admin("GET", "/metrics", None).1;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -427,7 +401,7 @@ fn bearer(echoed: &Value) -> String {
 #[test]
 fn jwt_tokens_verify_against_the_jwks_with_every_claim() {
     let tg = jwt_tollgate("5m");
-    let (status, jwks) = admin(&tg, "GET", "/.well-known/jwks.json", None);
+    let (status, jwks) = tg.admin("GET", "/.well-known/jwks.json", None);
     assert_eq!(status, 200);
     let keys: Value = serde_json::from_str(&jwks).unwrap();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
@@ -564,7 +538,7 @@ fn ending_a_task_drops_its_tokens_and_a_kill_drops_the_killed_callers() {
         bearer(&call(&tg, &url, "call.internal", Some("t-end"), &[]).json()),
         first
     );
-    let (status, body) = admin_json(&tg, "DELETE", "/v1/tasks/t-end", None);
+    let (status, body) = tg.admin_json("DELETE", "/v1/tasks/t-end", None);
     assert_eq!(status, 200);
     assert_eq!(
         body,
@@ -573,16 +547,15 @@ fn ending_a_task_drops_its_tokens_and_a_kill_drops_the_killed_callers() {
     let fresh = bearer(&call(&tg, &url, "call.internal", Some("t-end"), &[]).json());
     assert_ne!(fresh, first, "a task that ended got its old token back");
     assert_eq!(issued(&tg), 2.0);
-    let (_, body) = admin_json(&tg, "DELETE", "/v1/tasks/t-end", None);
+    let (_, body) = tg.admin_json("DELETE", "/v1/tasks/t-end", None);
     assert_eq!(body["credentials_dropped"], 1);
-    let (_, body) = admin_json(&tg, "DELETE", "/v1/tasks/t-end", None);
+    let (_, body) = tg.admin_json("DELETE", "/v1/tasks/t-end", None);
     assert_eq!(body["credentials_dropped"], 0);
 
     // A kill of the caller drops its cached tokens: after the kill is lifted, a new one.
     let before_kill = bearer(&call(&tg, &url, "call.internal", Some("t-kill"), &[]).json());
     assert_eq!(issued(&tg), 3.0);
-    let (status, _) = admin_json(
-        &tg,
+    let (status, _) = tg.admin_json(
         "POST",
         "/v1/kill",
         Some(&json!({"spiffe_id": CALLER}).to_string()),
@@ -596,8 +569,7 @@ fn ending_a_task_drops_its_tokens_and_a_kill_drops_the_killed_callers() {
         deny_reason(&call(&tg, &url, "call.internal", Some("t-kill"), &[])),
         "killed"
     );
-    let (status, _) = admin_json(
-        &tg,
+    let (status, _) = tg.admin_json(
         "DELETE",
         "/v1/kill",
         Some(&json!({"spiffe_id": CALLER}).to_string()),
@@ -625,7 +597,7 @@ fn a_reload_keeps_the_tokens_of_unchanged_credentials_and_applies_new_ones() {
         deny_reason(&call(&tg, &url, "call.static", None, &[])),
         "credential_unavailable"
     );
-    let jwks = admin(&tg, "GET", "/.well-known/jwks.json", None).1;
+    let jwks = tg.admin("GET", "/.well-known/jwks.json", None).1;
 
     // Same jwt definition, one credential added.
     let config = std::fs::read_to_string(tg.config_path().unwrap()).unwrap();
@@ -637,12 +609,12 @@ fn a_reload_keeps_the_tokens_of_unchanged_credentials_and_applies_new_ones() {
         ),
     );
     std::fs::write(tg.config_path().unwrap(), config).unwrap();
-    assert_eq!(admin(&tg, "POST", "/v1/reload", None).0, 200);
+    assert_eq!(tg.admin("POST", "/v1/reload", None).0, 200);
     assert_eq!(
         bearer(&call(&tg, &url, "call.internal", Some("t-r"), &[]).json()),
         before
     );
-    assert_eq!(admin(&tg, "GET", "/.well-known/jwks.json", None).1, jwks);
+    assert_eq!(tg.admin("GET", "/.well-known/jwks.json", None).1, jwks);
     assert_eq!(
         call(&tg, &url, "call.static", None, &[]).json()["headers"]["authorization"],
         "Bearer reload-static-value"
@@ -659,10 +631,10 @@ fn a_reload_keeps_the_tokens_of_unchanged_credentials_and_applies_new_ones() {
     std::fs::create_dir_all(tg.dir().join("rotated")).unwrap();
     let rotated = jwt_key(&tg.dir().join("rotated"), "ES256");
     std::fs::rename(&rotated, &es).unwrap();
-    assert_eq!(admin(&tg, "POST", "/v1/reload", None).0, 200);
+    assert_eq!(tg.admin("POST", "/v1/reload", None).0, 200);
     let after_rotation = bearer(&call(&tg, &url, "call.internal", Some("t-r"), &[]).json());
     assert_ne!(after_rotation, before);
-    let rotated_jwks = admin(&tg, "GET", "/.well-known/jwks.json", None).1;
+    let rotated_jwks = tg.admin("GET", "/.well-known/jwks.json", None).1;
     assert_ne!(rotated_jwks, jwks);
     let before = after_rotation;
 
@@ -677,7 +649,7 @@ fn a_reload_keeps_the_tokens_of_unchanged_credentials_and_applies_new_ones() {
         ),
     )
     .unwrap();
-    let (status, body) = admin(&tg, "POST", "/v1/reload", None);
+    let (status, body) = tg.admin("POST", "/v1/reload", None);
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("credentials.internal"), "{body}");
     assert_eq!(
@@ -716,7 +688,7 @@ fn check_reports_unresolvable_credentials() {
 #[test]
 fn metrics_series_exist_for_every_configured_credential_from_the_start() {
     let tg = jwt_tollgate("5m");
-    let text = admin(&tg, "GET", "/metrics", None).1;
+    let text = tg.admin("GET", "/metrics", None).1;
     for series in [
         "tollgate_credential_issued_total{credential=\"internal\",kind=\"jwt\"} 0",
         "tollgate_credential_cache_hits_total{credential=\"edwards\"} 0",
@@ -848,7 +820,7 @@ fn no_secret_value_is_ever_written_anywhere() {
         ("DELETE", "/v1/tasks/t-leak", None),
         ("POST", "/v1/reload", None),
     ] {
-        admin_text.push_str(&admin(&tg, method, path, body).1);
+        admin_text.push_str(&tg.admin(method, path, body).1);
     }
     tg.terminate(WAIT);
     let written = format!(
@@ -999,7 +971,7 @@ fn oauth2_client_credentials_token_is_active_until_its_task_ends() {
     );
 
     // Ending the task revokes its token at the server; the other task's stays active.
-    let (status, body) = admin_json(&tg, "DELETE", "/v1/tasks/t-oauth", None);
+    let (status, body) = tg.admin_json("DELETE", "/v1/tasks/t-oauth", None);
     assert_eq!(status, 200);
     assert_eq!(
         body,
@@ -1016,7 +988,7 @@ fn oauth2_client_credentials_token_is_active_until_its_task_ends() {
     assert_eq!(authz.token_requests("client_credentials"), 3);
 
     // A kill of the task drops and revokes its token; after the kill is lifted, a new one.
-    let (status, _) = admin_json(&tg, "POST", "/v1/kill", Some(r#"{"task": "t-oauth"}"#));
+    let (status, _) = tg.admin_json("POST", "/v1/kill", Some(r#"{"task": "t-oauth"}"#));
     assert_eq!(status, 201);
     poll(WAIT, "the killed task's token to be revoked", || {
         (introspect(&authz, &fresh)["active"] == false).then_some(())
@@ -1026,7 +998,7 @@ fn oauth2_client_credentials_token_is_active_until_its_task_ends() {
         "killed"
     );
     assert_eq!(
-        admin_json(&tg, "DELETE", "/v1/kill/task/t-oauth", None).0,
+        tg.admin_json("DELETE", "/v1/kill/task/t-oauth", None).0,
         200
     );
     let after_kill = bearer(&call(&tg, &url, "call.partner", Some("t-oauth"), &[]).json());
@@ -1071,7 +1043,7 @@ fn oauth2_token_exchange_trades_a_minted_subject_jwt_for_an_access_token() {
     assert_eq!(exchange["scope"], "orders:read");
     assert_eq!(exchange["claims"]["task"], "t-x");
     assert_eq!(exchange["claims"]["intent"], "call.exchanged");
-    let (_, body) = admin_json(&tg, "DELETE", "/v1/tasks/t-x", None);
+    let (_, body) = tg.admin_json("DELETE", "/v1/tasks/t-x", None);
     assert_eq!(body["credentials_revoked"], 1, "{body}");
     assert_eq!(introspect(&authz, &token)["active"], false);
 }

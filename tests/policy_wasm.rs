@@ -35,24 +35,6 @@ fn data(agents: &[&str]) -> String {
     serde_json::json!({"tollgate_config": {"agents": agents}}).to_string()
 }
 
-/// An OPA-style bundle: entries named `/policy.wasm`, `/data.json`, `/.manifest`.
-fn bundle(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for (name, bytes) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.set_cksum();
-        builder.append(&header, *bytes).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
-}
-
 /// Writes `bytes` to `path` atomically (a reader never sees half a file).
 fn replace_file(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp-write");
@@ -82,26 +64,6 @@ fn call(tg: &Tollgate, origin: &PyOrigin) -> (u16, Value) {
 
 fn reason(decision: &Value) -> &str {
     decision["decision"]["reason"].as_str().unwrap()
-}
-
-fn admin(tg: &Tollgate, method: &str, path: &str) -> (u16, Value) {
-    let url = tg.admin_url(path);
-    let out = curl(&[
-        "-s",
-        "--max-time",
-        "10",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-        &url,
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (
-        status.parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
 }
 
 fn metrics(tg: &Tollgate) -> String {
@@ -201,7 +163,7 @@ fn a_runaway_policy_is_a_policy_timeout_and_the_proxy_keeps_serving() {
         let eval_us = decision["eval_us"].as_u64().unwrap();
         assert!((50_000..2_000_000).contains(&eval_us), "eval_us {eval_us}");
     }
-    assert_eq!(admin(&tg, "GET", "/healthz").0, 200);
+    assert_eq!(tg.admin_json("GET", "/healthz", None).0, 200);
     // The same process then serves a working policy.
     let data_file = dir.path().join("data.json");
     std::fs::write(&data_file, data(&[CALLER])).unwrap();
@@ -212,7 +174,7 @@ fn a_runaway_policy_is_a_policy_timeout_and_the_proxy_keeps_serving() {
         &format!("engine: wasm, data: '{}'}}", data_file.display()),
     );
     std::fs::write(tg.config_path().unwrap(), config).unwrap();
-    assert_eq!(admin(&tg, "POST", "/v1/reload").0, 200);
+    assert_eq!(tg.admin_json("POST", "/v1/reload", None).0, 200);
     let (status, decision) = call(&tg, &origin);
     assert_eq!((status, reason(&decision)), (200, "agent_listed"));
 }
@@ -230,7 +192,7 @@ fn a_policy_that_exhausts_memory_is_a_policy_error_and_the_proxy_keeps_serving()
         assert_eq!(reason(&decision), "policy_error");
     }
     assert!(tg.is_running());
-    assert_eq!(admin(&tg, "GET", "/healthz").0, 200);
+    assert_eq!(tg.admin_json("GET", "/healthz", None).0, 200);
     let logs = tg.stderr_text();
     assert!(logs.contains("out of memory"), "{logs}");
 }
@@ -267,7 +229,7 @@ fn a_missing_builtin_fails_check_and_a_reload_to_it_keeps_the_old_revision() {
     let (status, before) = call(&tg, &origin);
     assert_eq!(status, 200);
     replace_file(&module, &wasm("missing_builtin", &[]));
-    let (status, body) = admin(&tg, "POST", "/v1/reload");
+    let (status, body) = tg.admin_json("POST", "/v1/reload", None);
     assert_eq!(status, 422, "{body}");
     assert!(
         body["message"]
@@ -282,7 +244,7 @@ fn a_missing_builtin_fails_check_and_a_reload_to_it_keeps_the_old_revision() {
     // Unusable data keeps the running revision too.
     replace_file(&module, &wasm("decision", &[]));
     replace_file(&data_file, b"{not json");
-    let (status, body) = admin(&tg, "POST", "/v1/reload");
+    let (status, body) = tg.admin_json("POST", "/v1/reload", None);
     assert_eq!(status, 422, "{body}");
     assert!(body["message"].as_str().unwrap().contains("data"), "{body}");
     let (status, after) = call(&tg, &origin);
@@ -299,7 +261,7 @@ fn an_opa_bundle_carries_its_data_and_its_manifest_revision() {
     let agents = data(&[CALLER]);
     std::fs::write(
         &path,
-        bundle(&[
+        opa_bundle(&[
             (
                 "/.manifest",
                 br#"{"revision": "bundle-rev-7", "roots": [""]}"#,
@@ -322,8 +284,8 @@ fn an_opa_bundle_carries_its_data_and_its_manifest_revision() {
     );
 
     // A bundle without /policy.wasm is refused; the manifest's revision stays in force.
-    replace_file(&path, &bundle(&[("/data.json", agents.as_bytes())]));
-    let (status, body) = admin(&tg, "POST", "/v1/reload");
+    replace_file(&path, &opa_bundle(&[("/data.json", agents.as_bytes())]));
+    let (status, body) = tg.admin_json("POST", "/v1/reload", None);
     assert_eq!(status, 422, "{body}");
     assert!(
         body["message"]
@@ -335,7 +297,7 @@ fn an_opa_bundle_carries_its_data_and_its_manifest_revision() {
     // SIGHUP reloads a fixed bundle.
     replace_file(
         &path,
-        &bundle(&[
+        &opa_bundle(&[
             ("/.manifest", br#"{"revision": "bundle-rev-8"}"#),
             ("/data.json", agents.as_bytes()),
             ("/policy.wasm", &module),
@@ -396,7 +358,7 @@ fn policy_eval_runs_a_module_and_a_bundle() {
     let module_bytes = wasm("decision", &[]);
     std::fs::write(
         &path,
-        bundle(&[
+        opa_bundle(&[
             ("/data.json", agents.as_bytes()),
             ("/policy.wasm", &module_bytes),
         ]),

@@ -85,23 +85,6 @@ fn data() -> String {
     format!(r#"{{"tollgate_config": {{"agents": {{"{CALLER}": {{"rules": []}}}}}}}}"#)
 }
 
-fn bundle(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for (name, bytes) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.set_cksum();
-        builder.append(&header, *bytes).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
-}
-
 #[test]
 fn answers_every_request_while_the_policy_is_reloaded_20_times() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,23 +133,23 @@ fn answers_every_request_while_an_opa_bundle_is_reloaded_20_times() {
         let manifest = format!(r#"{{"revision": "bundle-{n}"}}"#);
         let (bytes, broken) = match n {
             5 => (
-                bundle(&[
+                opa_bundle(&[
                     ("/data.json", data.as_bytes()),
                     ("/policy.wasm", b"garbage"),
                 ]),
                 true,
             ),
             10 => (
-                bundle(&[
+                opa_bundle(&[
                     ("/data.json", data.as_bytes()),
                     ("/policy.wasm", &missing_builtin()),
                 ]),
                 true,
             ),
-            15 => (bundle(&[("/data.json", data.as_bytes())]), true),
+            15 => (opa_bundle(&[("/data.json", data.as_bytes())]), true),
             20 => (b"not a tarball".to_vec(), true),
             _ => (
-                bundle(&[
+                opa_bundle(&[
                     ("/.manifest", manifest.as_bytes()),
                     ("/data.json", data.as_bytes()),
                     ("/policy.wasm", &module(n)),

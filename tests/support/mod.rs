@@ -494,3 +494,23 @@ impl KeepAlive {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 }
+
+/// An OPA-style bundle (`.tar.gz`) holding `files`, named as OPA names them (`/policy.wasm`,
+/// `/data.json`, `/.manifest`).
+pub fn opa_bundle(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        // Set raw: `set_path` refuses the leading `/` that OPA writes.
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, *bytes).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}

@@ -304,6 +304,43 @@ impl Tollgate {
         self.admin
     }
     /// `http://ADMIN{path}`; panics without an admin listener.
+    /// `curl` against the admin API: (status, body text). A JSON `body` is sent with its
+    /// content type.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let url = self.admin_url(path);
+        let mut args = vec![
+            "-s",
+            "--max-time",
+            "20",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+            url.as_str(),
+        ];
+        if let Some(body) = body {
+            args.extend(["-H", "content-type: application/json", "-d", body]);
+        }
+        let out = super::curl(&args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').expect("curl's status line");
+        (status.parse().expect("an HTTP status"), body.to_string())
+    }
+
+    /// [`admin`](Tollgate::admin) with the body parsed as JSON (`Null` when it is not JSON).
+    pub fn admin_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) = self.admin(method, path, body);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!(
             "http://{}{path}",
