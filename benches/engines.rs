@@ -11,67 +11,22 @@
 //!
 //! Run: `cargo bench --bench engines`. Results and machine load go in docs/BENCHMARKS.md.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use http::HeaderMap;
 use serde_json::{Value as Json, json};
 
-use tollgate::identity::{Caller, SpiffeId};
-use tollgate::intent::parse_intent;
-use tollgate::policy::input::{
-    ConnectionFacts, DestinationFacts, PolicyInput, RequestFacts, SourceFacts, policy_headers,
-};
+use common::{headers, input};
+
+use tollgate::policy::input::PolicyInput;
 use tollgate::policy::{BUNDLED_DATA, BUNDLED_MODULES, PolicyRevision};
 
 const AGENTS: [usize; 4] = [10, 100, 1_000, 10_000];
-const CALLER: &str = "spiffe://tollgate.local/dev/agent";
-
-fn headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert("host", "api.github.com".parse().unwrap());
-    h.insert("user-agent", "agent/1.0".parse().unwrap());
-    h.insert("accept", "application/vnd.github+json".parse().unwrap());
-    h.insert("authorization", "Bearer not-a-real-token".parse().unwrap());
-    h.insert("x-agent-intent", "issues.read".parse().unwrap());
-    h.insert("x-agent-task", "t-42".parse().unwrap());
-    h
-}
-
-fn input(headers: &HeaderMap) -> PolicyInput {
-    PolicyInput {
-        time: SystemTime::now(),
-        source: SourceFacts {
-            caller: Caller::Authenticated(SpiffeId::parse(CALLER).unwrap()),
-            listener: Arc::from("agents"),
-            address: "127.0.0.1:51234".parse().unwrap(),
-        },
-        intent: parse_intent(headers).unwrap(),
-        request: Some(RequestFacts {
-            method: "GET".into(),
-            scheme: "https",
-            host: "api.github.com".into(),
-            port: 443,
-            path: "/repos/acme/app/issues".into(),
-            query: Some("state=open".into()),
-            headers: policy_headers(headers, &[]),
-            protocol: "HTTP/1.1",
-        }),
-        destination: DestinationFacts {
-            host: "api.github.com".into(),
-            port: 443,
-            ip: Some("140.82.112.6".parse().unwrap()),
-        },
-        connection: ConnectionFacts {
-            mode: "forward",
-            intercepted: true,
-            tls_sni: Some("api.github.com".into()),
-        },
-    }
-}
 
 /// The bundled data plus synthetic agents up to `agents` entries in all.
 fn data(agents: usize) -> Json {
@@ -133,7 +88,7 @@ fn rate(revision: &Arc<PolicyRevision>, threads: usize, for_: Duration) -> f64 {
             let (revision, stop, count) = (revision.clone(), stop.clone(), count.clone());
             std::thread::spawn(move || {
                 let headers = headers();
-                let input = input(&headers);
+                let input = input("GET", "/repos/acme/app/issues", &headers);
                 // What an idle tokio worker does through the park hook (policy::on_worker_park).
                 revision.prepare_thread();
                 let mut n = 0u64;
@@ -189,7 +144,7 @@ fn report() {
         return threads_report();
     }
     let request_headers = headers();
-    let request = input(&request_headers);
+    let request = input("GET", "/repos/acme/app/issues", &request_headers);
     println!("\n# per-iteration percentiles (20,000 evaluations after 2,000 warm-up; µs)");
     println!("engine agents     p50      p99");
     for agents in AGENTS {
@@ -234,7 +189,7 @@ fn report() {
         let revision = revision.clone();
         let first = std::thread::spawn(move || {
             let headers = headers();
-            let input = input(&headers);
+            let input = input("GET", "/repos/acme/app/issues", &headers);
             let t = Instant::now();
             black_box(revision.evaluate(&input));
             t.elapsed().as_secs_f64() * 1000.0
@@ -281,7 +236,7 @@ fn bench(c: &mut Criterion) {
         return;
     }
     let headers = headers();
-    let input = input(&headers);
+    let input = input("GET", "/repos/acme/app/issues", &headers);
     let mut group = c.benchmark_group("engines");
     group
         .warm_up_time(Duration::from_secs(1))

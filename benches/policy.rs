@@ -4,66 +4,18 @@
 //!
 //! Run: `cargo bench --bench policy`. Results and machine load go in docs/BENCHMARKS.md.
 
-use std::hint::black_box;
-use std::sync::Arc;
-use std::time::SystemTime;
+mod common;
 
+use std::hint::black_box;
+
+use common::{headers, input};
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::HeaderMap;
 
 use tollgate::config::{DataSource, EngineKind, PolicyConfig, PolicySource};
-use tollgate::identity::{Caller, SpiffeId};
 use tollgate::intent::parse_intent;
 use tollgate::policy::PolicyRevision;
-use tollgate::policy::input::{
-    ConnectionFacts, DestinationFacts, PolicyInput, RequestFacts, SourceFacts, policy_headers,
-};
+use tollgate::policy::input::policy_headers;
 use tollgate::proxy::target::forward_target;
-
-fn headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert("host", "api.github.com".parse().unwrap());
-    h.insert("user-agent", "agent/1.0".parse().unwrap());
-    h.insert("accept", "application/vnd.github+json".parse().unwrap());
-    h.insert("authorization", "Bearer not-a-real-token".parse().unwrap());
-    h.insert("x-agent-intent", "issues.read".parse().unwrap());
-    h.insert("x-agent-task", "t-42".parse().unwrap());
-    h
-}
-
-fn input(method: &str, path: &str, headers: &HeaderMap) -> PolicyInput {
-    PolicyInput {
-        time: SystemTime::now(),
-        source: SourceFacts {
-            caller: Caller::Authenticated(
-                SpiffeId::parse("spiffe://tollgate.local/dev/agent").unwrap(),
-            ),
-            listener: Arc::from("agents"),
-            address: "127.0.0.1:51234".parse().unwrap(),
-        },
-        intent: parse_intent(headers).unwrap(),
-        request: Some(RequestFacts {
-            method: method.into(),
-            scheme: "https",
-            host: "api.github.com".into(),
-            port: 443,
-            path: path.into(),
-            query: Some("state=open".into()),
-            headers: policy_headers(headers, &[]),
-            protocol: "HTTP/1.1",
-        }),
-        destination: DestinationFacts {
-            host: "api.github.com".into(),
-            port: 443,
-            ip: Some("140.82.112.6".parse().unwrap()),
-        },
-        connection: ConnectionFacts {
-            mode: "forward",
-            intercepted: true,
-            tls_sni: Some("api.github.com".into()),
-        },
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let revision = PolicyRevision::load(&PolicyConfig {
