@@ -328,11 +328,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, tls: Option<Ar
                     let reason = crate::identity::svid::rejection_of_io(&e)
                         .map_or("tls_error", |r| r.reason().as_str());
                     if reason != "tls_error" {
-                        state
-                            .metrics
-                            .identity_rejections
-                            .with_label_values(&[reason])
-                            .inc();
+                        state.metrics.identity_rejected(reason);
                     }
                     tracing::warn!(%peer, reason, "admin caller refused during the TLS handshake");
                     return;

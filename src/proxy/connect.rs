@@ -262,11 +262,7 @@ async fn intercept(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             if let Some(rejection) = crate::identity::svid::rejection_of_io(&e) {
-                proxy
-                    .metrics
-                    .identity_rejections
-                    .with_label_values(&[rejection.reason().as_str()])
-                    .inc();
+                proxy.metrics.identity_rejected(rejection.reason().as_str());
                 tracing::warn!(host = %authority.host, reason = rejection.reason().as_str(), "{rejection}");
             }
             proxy.metrics.agent_tls_error();

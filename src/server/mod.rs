@@ -143,11 +143,7 @@ async fn serve_agent_connection(
                 }
                 Ok(Err(e)) => {
                     if let Some(rejection) = crate::identity::svid::rejection_of_io(&e) {
-                        proxy
-                            .metrics
-                            .identity_rejections
-                            .with_label_values(&[rejection.reason().as_str()])
-                            .inc();
+                        proxy.metrics.identity_rejected(rejection.reason().as_str());
                         tracing::warn!(
                             listener = %name,
                             %peer,

@@ -132,7 +132,7 @@ pub struct Metrics {
     /// `tollgate_credential_errors_total{credential}` (credentials release).
     pub credential_errors: IntCounterVec,
     /// `tollgate_identity_rejections_total{reason}` (identity release).
-    pub identity_rejections: IntCounterVec,
+    identity_rejections: IntCounterVec,
     tls_errors_agent: IntCounter,
     tls_errors_origin: IntCounter,
     /// `tollgate_kills_active`.
@@ -400,6 +400,12 @@ impl Metrics {
         self.policy_info
             .with_label_values(&[revision, engine])
             .set(1);
+    }
+
+    /// A peer's certificate was refused as an X.509-SVID (`reason` from the closed set of
+    /// `identity::svid`).
+    pub fn identity_rejected(&self, reason: &str) {
+        self.identity_rejections.with_label_values(&[reason]).inc();
     }
 
     /// A TLS handshake with an agent failed.
