@@ -160,6 +160,16 @@ impl ProxyError {
 
     /// The reason shown to the agent and written to the decision log: the policy's own words
     /// for a policy deny, the closed reason otherwise.
+    /// Whether this refusal is a deny even when the policy allowed: tollgate's own conditions
+    /// for forwarding (the credential the decision named, no agent secrets when so
+    /// configured), recorded as a deny with this reason rather than as an allowed call's error.
+    pub fn denies_after_allow(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::CredentialUnavailable(_) | ProxyError::AgentSecretPresent(_)
+        )
+    }
+
     pub fn public_reason(&self) -> &str {
         match self {
             ProxyError::Denied { reason } => reason,

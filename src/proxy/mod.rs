@@ -188,8 +188,6 @@ async fn stages(
         let names = present.join(", ");
         match credentials.agent_secrets().on_present {
             crate::config::credentials::OnPresent::Deny => {
-                record.allow = false;
-                record.reason = Some("agent_secret_present".to_string());
                 return Err(ProxyError::AgentSecretPresent(names));
             }
             crate::config::credentials::OnPresent::Remove => {
@@ -245,8 +243,6 @@ async fn stages(
                 Ok(token) => Some(token),
                 Err(error) => {
                     tracing::warn!(decision_id = %record.decision_id, credential = %wanted.name, %error, "credential unavailable; denying");
-                    record.allow = false;
-                    record.reason = Some("credential_unavailable".to_string());
                     return Err(ProxyError::CredentialUnavailable(wanted.name.clone()));
                 }
             }
@@ -343,7 +339,10 @@ fn head_size<B>(request: &Request<B>) -> usize {
 
 /// The one place a [`ProxyError`] becomes a response (SPEC §6).
 pub fn error_response(error: &ProxyError, record: &mut Recorder) -> Response<ResponseBody> {
-    if record.reason.is_none() {
+    if error.denies_after_allow() {
+        record.allow = false;
+        record.reason = Some(error.public_reason().to_string());
+    } else if record.reason.is_none() {
         record.reason = Some(error.public_reason().to_string());
     }
     if !matches!(error, ProxyError::Denied { .. } | ProxyError::Policy(_)) {
