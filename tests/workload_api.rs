@@ -112,13 +112,15 @@ fn rotate(server: &Streaming, generation: u64) {
 
 /// Waits (bounded) for `pred` on the source, re-checking after every bump of the watch.
 /// Returns how many bumps were seen.
+/// Waits until `pred` holds; returns how often the watch was bumped since `start` (its value
+/// read before the change was triggered, so an update that lands at once is still counted).
 async fn wait_until(
+    start: u64,
     rx: &mut watch::Receiver<u64>,
     source: &WorkloadApiSource,
     what: &str,
     pred: impl Fn(&WorkloadApiSource) -> bool,
 ) -> u64 {
-    let start = *rx.borrow_and_update();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !pred(source) {
         match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -178,10 +180,11 @@ async fn follows_svid_rotation_and_bundle_changes_pushed_by_the_agent() {
     let mut rx = source.subscribe();
 
     // Rotation: SVID #2 pushed on the open stream.
+    let start = *rx.borrow_and_update();
     inputs.set_svid(&svid2);
     rotate(&server, 2);
     let svid2_leaf = certs_der(&svid2.cert).remove(0);
-    let bumps = wait_until(&mut rx, &source, "SVID #2", |s| {
+    let bumps = wait_until(start, &mut rx, &source, "SVID #2", |s| {
         svid_leaf(s).as_ref() == Some(&svid2_leaf)
     })
     .await;
@@ -199,9 +202,10 @@ async fn follows_svid_rotation_and_bundle_changes_pushed_by_the_agent() {
     assert!(source.is_healthy());
 
     // Bundle change: the agent starts federating with other.test.
+    let start = *rx.borrow_and_update();
     inputs.set_federated("other.test", Some(&other.ca_cert()));
     rotate(&server, 3);
-    wait_until(&mut rx, &source, "the other.test bundle", |s| {
+    wait_until(start, &mut rx, &source, "the other.test bundle", |s| {
         s.bundles().contains_key("other.test")
     })
     .await;
@@ -215,9 +219,10 @@ async fn follows_svid_rotation_and_bundle_changes_pushed_by_the_agent() {
     assert_eq!(svid_leaf(&source).as_ref(), Some(&svid2_leaf));
 
     // …and stops: the removed trust domain is no longer trusted.
+    let start = *rx.borrow_and_update();
     inputs.set_federated("other.test", None);
     rotate(&server, 4);
-    wait_until(&mut rx, &source, "other.test to go", |s| {
+    wait_until(start, &mut rx, &source, "other.test to go", |s| {
         !s.bundles().contains_key("other.test")
     })
     .await;
