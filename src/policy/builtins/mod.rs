@@ -5,15 +5,88 @@
 //! with versions that cache their compiled patterns per thread (`glob.match`, `regex.match`).
 //! The Wasm engine's host builtins delegate to a regorus engine prepared with [`register`],
 //! so a builtin decides the same on both engines: there is one implementation of each.
+//!
+//! Errors follow OPA's default (non-strict) mode: a builtin that cannot answer — a wrong
+//! argument type, a malformed token, an invalid pattern — makes its call undefined, exactly
+//! as a failing regorus builtin does with strict errors off. Only a resource limit is an
+//! error, so that a limit can never turn `not builtin(...)` into true.
 
-use regorus::Engine;
+pub mod calls;
+pub mod patterns;
+
+use regorus::{Engine, Value};
 
 use super::PolicyLoadError;
 
 /// Builtins that reach the network: a policy that calls one is refused at load, naming it.
 pub const REFUSED_NETWORK_BUILTINS: &[&str] = &["http.send", "net.lookup_ip_addr"];
 
+/// Why one of tollgate's builtins gave no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuiltinError {
+    /// The call is undefined (OPA's non-strict builtin error).
+    #[error("{0}")]
+    Undefined(String),
+    /// A resource limit: the evaluation fails.
+    #[error("{0}")]
+    Limit(String),
+}
+
+impl From<patterns::PatternError> for BuiltinError {
+    fn from(error: patterns::PatternError) -> Self {
+        match error {
+            patterns::PatternError::Invalid(m) => BuiltinError::Undefined(m),
+            limit @ patterns::PatternError::TooBig => BuiltinError::Limit(limit.to_string()),
+        }
+    }
+}
+
+/// One builtin of tollgate's: its OPA name, its number of arguments, and its implementation.
+struct Builtin {
+    name: &'static str,
+    arity: u8,
+    call: fn(&[Value]) -> Result<Value, BuiltinError>,
+}
+
+/// Every builtin tollgate adds or replaces.
+const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "glob.match",
+        arity: 3,
+        call: |args| Ok(patterns::glob_match(args)?),
+    },
+    Builtin {
+        name: "regex.match",
+        arity: 2,
+        call: |args| Ok(patterns::regex_match(args)?),
+    },
+];
+
+/// The names of tollgate's own builtins (the native engine's extensions).
+pub fn names() -> Vec<&'static str> {
+    BUILTINS.iter().map(|b| b.name).collect()
+}
+
 /// Adds tollgate's builtins to `engine` (call before adding policies).
-pub fn register(_engine: &mut Engine) -> Result<(), PolicyLoadError> {
+pub fn register(engine: &mut Engine) -> Result<(), PolicyLoadError> {
+    for builtin in BUILTINS {
+        let call = builtin.call;
+        engine
+            .add_extension(
+                builtin.name.to_string(),
+                builtin.arity,
+                Box::new(move |args: Vec<Value>| match call(&args) {
+                    Ok(value) => Ok(value),
+                    Err(BuiltinError::Undefined(_)) => Ok(Value::Undefined),
+                    Err(BuiltinError::Limit(message)) => Err(anyhow::anyhow!(message)),
+                }),
+            )
+            .map_err(|e| PolicyLoadError::Compile(format!("builtin {}: {e}", builtin.name)))?;
+    }
     Ok(())
+}
+
+/// Checks the functions the engine's policies call (see [`calls`]).
+pub fn check_calls(engine: &mut Engine) -> Result<(), PolicyLoadError> {
+    calls::check(engine, &names()).map_err(|e| PolicyLoadError::Compile(e.to_string()))
 }
