@@ -12,6 +12,9 @@
 //! error, so that a limit can never turn `not builtin(...)` into true.
 
 pub mod calls;
+pub mod crypto;
+pub mod jwt;
+pub mod net;
 pub mod patterns;
 
 use regorus::{Engine, Value};
@@ -48,8 +51,45 @@ struct Builtin {
     call: fn(&[Value]) -> Result<Value, BuiltinError>,
 }
 
+/// A table row: OPA's name, the number of arguments, the function.
+macro_rules! builtin {
+    ($name:literal, $arity:literal, $call:path) => {
+        Builtin {
+            name: $name,
+            arity: $arity,
+            call: $call,
+        }
+    };
+}
+
 /// Every builtin tollgate adds or replaces.
 const BUILTINS: &[Builtin] = &[
+    builtin!("crypto.md5", 1, crypto::md5),
+    builtin!("crypto.sha1", 1, crypto::sha1),
+    builtin!("crypto.sha256", 1, crypto::sha256),
+    builtin!("crypto.hmac.md5", 2, crypto::hmac_md5),
+    builtin!("crypto.hmac.sha1", 2, crypto::hmac_sha1),
+    builtin!("crypto.hmac.sha256", 2, crypto::hmac_sha256),
+    builtin!("crypto.hmac.sha512", 2, crypto::hmac_sha512),
+    builtin!("crypto.hmac.equal", 2, crypto::hmac_equal),
+    builtin!("io.jwt.decode", 1, jwt::decode),
+    builtin!("io.jwt.decode_verify", 2, jwt::decode_verify),
+    builtin!("io.jwt.verify_rs256", 2, jwt::rs256),
+    builtin!("io.jwt.verify_rs384", 2, jwt::rs384),
+    builtin!("io.jwt.verify_rs512", 2, jwt::rs512),
+    builtin!("io.jwt.verify_ps256", 2, jwt::ps256),
+    builtin!("io.jwt.verify_ps384", 2, jwt::ps384),
+    builtin!("io.jwt.verify_ps512", 2, jwt::ps512),
+    builtin!("io.jwt.verify_es256", 2, jwt::es256),
+    builtin!("io.jwt.verify_es384", 2, jwt::es384),
+    builtin!("io.jwt.verify_es512", 2, jwt::es512),
+    builtin!("io.jwt.verify_hs256", 2, jwt::hs256),
+    builtin!("io.jwt.verify_hs384", 2, jwt::hs384),
+    builtin!("io.jwt.verify_hs512", 2, jwt::hs512),
+    builtin!("io.jwt.verify_eddsa", 2, jwt::eddsa),
+    builtin!("net.cidr_intersects", 2, net::cidr_intersects),
+    builtin!("net.cidr_merge", 1, net::cidr_merge),
+    builtin!("net.cidr_contains_matches", 2, net::cidr_contains_matches),
     Builtin {
         name: "glob.match",
         arity: 3,
