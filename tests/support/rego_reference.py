@@ -14,10 +14,11 @@ Engines:
           (for example reading a binding of an undefined result), and one case must not take
           the others with it; such a case is answered as `crash`.
 
-Each input line is one case:
-  {"id": "...", "modules": [["name.rego", "text"], ...], "data": {...}, "input": {...},
-   "query": "data.pkg.rule"}
-and each output line its answer:
+Each input line is one group of cases that share their modules and data (the engine is
+prepared once per group):
+  {"modules": [["name.rego", "text"], ...], "data": {...},
+   "cases": [{"id": "...", "input": {...}, "query": "data.pkg.rule"}, ...]}
+and each output line the answer to one case:
   {"id": "...", "outcome": "value" | "undefined" | "error" | "crash", "value": ..., "error": "..."}
 
 Numbers keep their exact digits (Python ints are unbounded). Sets are rendered as JSON
@@ -33,74 +34,103 @@ import sys
 CASE_SECONDS = 20
 
 
-def answer_opa(case):
+def answer_opa(group, emit):
     from opa_bindings.engine import OpaEngine, OpaError, OpaUndefinedError
 
     engine = OpaEngine()
     try:
-        for name, text in case["modules"]:
-            engine.add_policy(name, text)
-        engine.add_data(case.get("data") or {})
-        path = case["query"]
-        if not path.startswith("data."):
-            raise ValueError(f"query must be a data reference: {path}")
-        value = engine.eval_document(path[len("data.") :], case.get("input"))
-        return {"outcome": "value", "value": value}
-    except OpaUndefinedError:
-        return {"outcome": "undefined"}
-    except OpaError as e:
-        return {"outcome": "error", "error": f"{e.code}: {e.message}"}
+        try:
+            for name, text in group["modules"]:
+                engine.add_policy(name, text)
+            engine.add_data(group.get("data") or {})
+        except OpaError as e:
+            for case in group["cases"]:
+                emit(case, {"outcome": "error", "error": f"{e.code}: {e.message}"})
+            return
+        for case in group["cases"]:
+            path = case["query"]
+            if not path.startswith("data."):
+                raise ValueError(f"query must be a data reference: {path}")
+            try:
+                value = engine.eval_document(path[len("data.") :], case.get("input"))
+                emit(case, {"outcome": "value", "value": value})
+            except OpaUndefinedError:
+                emit(case, {"outcome": "undefined"})
+            except OpaError as e:
+                emit(case, {"outcome": "error", "error": f"{e.code}: {e.message}"})
     finally:
         engine.close()
 
 
-def regopy_in_child(case):
+def regopy_group_in_child(group, emit):
     from regopy import Interpreter
 
     rego = Interpreter()
     try:
-        for name, text in case["modules"]:
+        for name, text in group["modules"]:
             rego.add_module(name, text)
-        rego.add_data_json(json.dumps(case.get("data") or {}))
-        rego.set_input_term(json.dumps(case.get("input")))
-        output = rego.query(f"x = {case['query']}")
-    except Exception as e:  # parse and compile errors are raised here
-        return {"outcome": "error", "error": str(e).strip()[:500]}
-    if not output.ok():
-        return {"outcome": "error", "error": "rego-cpp reported an error"}
-    # Never call output.binding() on an undefined result: rego-cpp aborts the process.
-    text = str(output).strip()
-    if text == "undefined" or text == "":
-        return {"outcome": "undefined"}
-    parsed = json.loads(text)
-    bindings = parsed.get("bindings") or {}
-    if "x" not in bindings:
-        return {"outcome": "undefined"}
-    return {"outcome": "value", "value": bindings["x"]}
+        rego.add_data_json(json.dumps(group.get("data") or {}))
+    except Exception as e:  # parse errors are raised here
+        for case in group["cases"]:
+            emit(case, {"outcome": "error", "error": str(e).strip()[:500]})
+        return
+    for case in group["cases"]:
+        try:
+            rego.set_input_term(json.dumps(case.get("input")))
+            output = rego.query(f"x = {case['query']}")
+        except Exception as e:  # compile errors and unreadable results are raised here
+            emit(case, {"outcome": "error", "error": str(e).strip()[:500]})
+            continue
+        if not output.ok():
+            emit(case, {"outcome": "error", "error": "rego-cpp reported an error"})
+            continue
+        # Never call output.binding() on an undefined result: rego-cpp aborts the process.
+        text = str(output).strip()
+        if text in ("undefined", ""):
+            emit(case, {"outcome": "undefined"})
+            continue
+        bindings = json.loads(text).get("bindings") or {}
+        if "x" in bindings:
+            emit(case, {"outcome": "value", "value": bindings["x"]})
+        else:
+            emit(case, {"outcome": "undefined"})
 
 
-def answer_regopy(case):
+def answer_regopy(group, emit):
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
         # rego-cpp prints some diagnostics on standard output: keep them off the answers.
         os.dup2(2, 1)
-        signal.alarm(CASE_SECONDS)
-        try:
-            result = regopy_in_child(case)
-        except Exception as e:
-            result = {"outcome": "error", "error": f"driver: {e!r}"}
+        signal.alarm(CASE_SECONDS * max(1, len(group["cases"])))
         with os.fdopen(write_end, "w") as out:
-            out.write(json.dumps(result))
+
+            def child_emit(case, result):
+                out.write(json.dumps({"id": case["id"], **result}) + "\n")
+                out.flush()
+
+            try:
+                regopy_group_in_child(group, child_emit)
+            except Exception as e:
+                out.write(json.dumps({"driver_error": repr(e)}) + "\n")
         os._exit(0)
     os.close(write_end)
+    answered = {}
     with os.fdopen(read_end) as inp:
-        text = inp.read()
+        for line in inp:
+            result = json.loads(line)
+            if "id" in result:
+                answered[result.pop("id")] = result
     _, status = os.waitpid(pid, 0)
-    if text:
-        return json.loads(text)
-    return {"outcome": "crash", "error": f"rego-cpp ended the process (wait status {status})"}
+    for case in group["cases"]:
+        result = answered.get(case["id"])
+        if result is None:
+            result = {
+                "outcome": "crash",
+                "error": f"rego-cpp ended the process (wait status {status})",
+            }
+        emit(case, result)
 
 
 def main():
@@ -119,14 +149,13 @@ def main():
     if args.check:
         print(f"{args.engine}: ok")
         return
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        case = json.loads(line)
-        result = answer(case)
-        result["id"] = case["id"]
-        sys.stdout.write(json.dumps(result) + "\n")
+    def emit(case, result):
+        sys.stdout.write(json.dumps({"id": case["id"], **result}) + "\n")
         sys.stdout.flush()
+
+    for line in sys.stdin:
+        if line.strip():
+            answer(json.loads(line), emit)
 
 
 if __name__ == "__main__":
