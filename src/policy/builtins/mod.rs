@@ -6,6 +6,8 @@
 //! The Wasm engine's host builtins delegate to a regorus engine prepared with [`register`],
 //! so a builtin decides the same on both engines: there is one implementation of each.
 
+mod opa_strings;
+
 use regorus::Engine;
 
 use super::PolicyLoadError;
@@ -14,6 +16,7 @@ use super::PolicyLoadError;
 pub const REFUSED_NETWORK_BUILTINS: &[&str] = &["http.send", "net.lookup_ip_addr"];
 
 /// Adds tollgate's builtins to `engine` (call before adding policies).
-pub fn register(_engine: &mut Engine) -> Result<(), PolicyLoadError> {
+pub fn register(engine: &mut Engine) -> Result<(), PolicyLoadError> {
+    opa_strings::register(engine)?;
     Ok(())
 }
