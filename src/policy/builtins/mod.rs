@@ -15,6 +15,7 @@ pub mod calls;
 pub mod crypto;
 pub mod jwt;
 pub mod net;
+mod opa_strings;
 pub mod patterns;
 
 use regorus::{Engine, Value};
@@ -123,6 +124,7 @@ pub fn register(engine: &mut Engine) -> Result<(), PolicyLoadError> {
             )
             .map_err(|e| PolicyLoadError::Compile(format!("builtin {}: {e}", builtin.name)))?;
     }
+    opa_strings::register(engine)?;
     Ok(())
 }
 

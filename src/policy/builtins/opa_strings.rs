@@ -1,0 +1,127 @@
+//! OPA's semantics for builtins where regorus 0.14.1 answers differently, found by OPA's own
+//! conformance cases (docs/POLICY.md, "Conformance"):
+//!
+//! - `strings.count(search, substring)`: Go's `strings.Count` — non-overlapping matches, and
+//!   for an empty substring the number of code points plus one. regorus counts overlapping
+//!   windows (`strings.count("11111", "11")` is 4, OPA says 2) and panics on an empty
+//!   substring (a policy could turn an input value into a panic on the request path).
+//! - `json.is_valid(x)` / `yaml.is_valid(x)`: false for anything that is not a string (regorus
+//!   raises a type error); `yaml.is_valid` checks every document of a multi-document string
+//!   (`"a: 1\n---\nb: 2\n"` is valid in OPA, regorus says no).
+//!
+//! regorus looks a call up among an engine's extensions before its own builtins, so adding
+//! these as extensions replaces regorus' versions for that engine.
+
+use regorus::{Engine, Value};
+
+use crate::policy::PolicyLoadError;
+
+/// Adds the replacements to `engine`.
+pub fn register(engine: &mut Engine) -> Result<(), PolicyLoadError> {
+    let add = |engine: &mut Engine, name: &str, nargs: u8, f: Box<dyn regorus::Extension>| {
+        engine
+            .add_extension(name.to_string(), nargs, f)
+            .map_err(|e| PolicyLoadError::Compile(format!("builtin {name}: {e}")))
+    };
+    add(engine, "strings.count", 2, Box::new(strings_count))?;
+    add(engine, "json.is_valid", 1, Box::new(json_is_valid))?;
+    add(engine, "yaml.is_valid", 1, Box::new(yaml_is_valid))?;
+    Ok(())
+}
+
+fn string_arg<'a>(args: &'a [Value], i: usize, name: &str) -> anyhow::Result<&'a str> {
+    match args.get(i) {
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => anyhow::bail!(
+            "{name}: operand {} must be string but got {}",
+            i + 1,
+            type_name(other)
+        ),
+        None => anyhow::bail!("{name}: missing operand {}", i + 1),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Set(_) => "set",
+        Value::Object(_) => "object",
+        Value::Undefined => "undefined",
+    }
+}
+
+/// Go's `strings.Count`.
+fn count(search: &str, substring: &str) -> usize {
+    if substring.is_empty() {
+        search.chars().count() + 1
+    } else {
+        search.matches(substring).count()
+    }
+}
+
+fn strings_count(args: Vec<Value>) -> anyhow::Result<Value> {
+    let search = string_arg(&args, 0, "strings.count")?;
+    let substring = string_arg(&args, 1, "strings.count")?;
+    Ok(Value::from(count(search, substring)))
+}
+
+fn json_is_valid(args: Vec<Value>) -> anyhow::Result<Value> {
+    let valid = match args.first() {
+        Some(Value::String(s)) => serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok(),
+        _ => false,
+    };
+    Ok(Value::from(valid))
+}
+
+/// Every document of the string parses as YAML.
+fn yaml_documents_valid(text: &str) -> bool {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .all(|document| serde_yaml::Value::deserialize(document).is_ok())
+}
+
+fn yaml_is_valid(args: Vec<Value>) -> anyhow::Result<Value> {
+    let valid = match args.first() {
+        Some(Value::String(s)) => yaml_documents_valid(s),
+        _ => false,
+    };
+    Ok(Value::from(valid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(query: &str) -> Value {
+        let mut engine = Engine::new();
+        register(&mut engine).unwrap();
+        let results = engine.eval_query(query.to_string(), false).unwrap();
+        results.result[0].expressions[0].value.clone()
+    }
+
+    #[test]
+    fn strings_count_is_go_strings_count() {
+        assert_eq!(count("cheese", "e"), 3);
+        assert_eq!(count("11111", "11"), 2, "non-overlapping");
+        assert_eq!(count("dummy", ""), 6, "code points plus one");
+        assert_eq!(count("", ""), 1);
+        assert_eq!(count("μx", ""), 3, "code points, not bytes");
+        assert_eq!(eval(r#"strings.count("11111", "11")"#), Value::from(2));
+        assert_eq!(eval(r#"strings.count("dummy", "")"#), Value::from(6));
+    }
+
+    #[test]
+    fn is_valid_is_false_for_non_strings_and_checks_every_yaml_document() {
+        assert_eq!(eval("json.is_valid(1)"), Value::from(false));
+        assert_eq!(eval(r#"json.is_valid("{\"a\": 1}")"#), Value::from(true));
+        assert_eq!(eval(r#"json.is_valid("{")"#), Value::from(false));
+        assert_eq!(eval("yaml.is_valid(1)"), Value::from(false));
+        assert!(yaml_documents_valid("a: 1\n---\nb: 2\n"));
+        assert!(!yaml_documents_valid("a: 1\n---\n\tb: 2\n"));
+        assert!(!yaml_documents_valid("  test:\ntest1: hello\n"));
+    }
+}

@@ -1,0 +1,232 @@
+//! OPA's own conformance cases (`open-policy-agent/opa`, `v1/test/cases/testdata/v1/`) on the
+//! native engine: regorus' interpreter with tollgate's builtins registered
+//! (`tollgate::policy::builtins::register`). Opt-in: the cases are not part of this
+//! repository (docs/TESTING.md says how to get them).
+//!
+//! ```text
+//! TOLLGATE_OPA_CASES=/work/opa-cases/v1 cargo test --test opa_conformance -- --nocapture
+//! ```
+//!
+//! Without `TOLLGATE_OPA_CASES` the test prints `skipped: TOLLGATE_OPA_CASES not set`. With it,
+//! every `*.yaml`/`*.yml` file under the folder is read in OPA's format (`cases:` with `note`,
+//! `modules`, `data`, `input` or `input_term`, `query`, `want_result`, `want_error`,
+//! `want_error_code`, `strict_error`, `sort_bindings`) and each case is evaluated as OPA's own
+//! runner does: the query's result set is a list of binding objects (or of the last
+//! expression's value when the query binds nothing), compared with `want_result`; a case that
+//! wants an error passes when evaluation fails. The run prints pass/fail counts per folder and
+//! each failing case's note. `TOLLGATE_OPA_CASES_STRICT=1` makes any failure fail the test.
+//! `TOLLGATE_OPA_CASES_FOLDERS=a,b` limits the run to those folders.
+//!
+//! The format is read as regorus' own runner reads it (regorus-0.14.1/tests/opa.rs).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use regorus::{Engine, Value};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+#[derive(Debug, Deserialize)]
+struct CaseFile {
+    cases: Vec<OpaCase>,
+}
+
+/// One case of OPA's format; fields the runner does not use (e.g. `traces`) are accepted.
+#[derive(Debug, Deserialize)]
+struct OpaCase {
+    note: String,
+    query: String,
+    modules: Option<Vec<String>>,
+    data: Option<Json>,
+    input: Option<Json>,
+    input_term: Option<String>,
+    want_result: Option<Json>,
+    want_error: Option<String>,
+    want_error_code: Option<String>,
+    strict_error: Option<bool>,
+    sort_bindings: Option<bool>,
+    skip: Option<bool>,
+}
+
+fn value(json: &Json) -> Result<Value, String> {
+    Value::from_json_str(&json.to_string()).map_err(|e| e.to_string())
+}
+
+/// The query's result set in OPA's shape: bindings per result, or the last expression's value.
+fn evaluate(case: &OpaCase) -> Result<Value, String> {
+    let mut engine = Engine::new();
+    tollgate::policy::builtins::register(&mut engine).map_err(|e| e.to_string())?;
+    engine.set_rego_v0(false);
+    if let Some(data) = &case.data {
+        engine.add_data(value(data)?).map_err(|e| e.to_string())?;
+    }
+    if let Some(input) = &case.input {
+        engine.set_input(value(input)?);
+    }
+    if let Some(term) = &case.input_term {
+        let results = engine
+            .eval_query(term.clone(), false)
+            .map_err(|e| e.to_string())?;
+        let input = results
+            .result
+            .last()
+            .and_then(|r| r.expressions.last())
+            .map(|e| e.value.clone())
+            .ok_or("input_term has no value")?;
+        engine.set_input(input);
+    }
+    for (i, module) in case.modules.iter().flatten().enumerate() {
+        engine
+            .add_policy(format!("case_{i}.rego"), module.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    engine.set_strict_builtin_errors(case.strict_error.unwrap_or(false));
+    let results = engine
+        .eval_query(case.query.clone(), false)
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for r in results.result {
+        let has_bindings = r.bindings.as_object().is_ok_and(|b| !b.is_empty());
+        let mut row = if has_bindings {
+            r.bindings.clone()
+        } else if let Some(e) = r.expressions.last() {
+            e.value.clone()
+        } else {
+            Value::Undefined
+        };
+        if case.sort_bindings == Some(true)
+            && let Ok(map) = row.as_object_mut()
+        {
+            for (_, v) in map.iter_mut() {
+                if let Ok(items) = v.as_array_mut() {
+                    items.sort();
+                }
+            }
+        }
+        rows.push(row);
+    }
+    // Through JSON, as OPA compares: sets become arrays.
+    Value::from_json_str(&Value::from(rows).to_string()).map_err(|e| e.to_string())
+}
+
+/// Whether the case passes, and what was got when it does not.
+fn run_case(case: &OpaCase) -> Result<(), String> {
+    // `strict_error` only selects strict builtin errors; an error is wanted only when the case
+    // names one.
+    let wants_error = case.want_error.is_some() || case.want_error_code.is_some();
+    match (evaluate(case), &case.want_result) {
+        (Ok(got), Some(want)) => {
+            let want = value(want)?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("got {got}, want {want}"))
+            }
+        }
+        (Ok(got), None) if !wants_error && got == Value::new_array() => Ok(()),
+        (Ok(got), None) => Err(format!(
+            "got {got}, want an error ({:?})",
+            case.want_error_code
+        )),
+        (Err(_), _) if wants_error => Ok(()),
+        (Err(e), _) => Err(format!(
+            "error: {}",
+            e.split_whitespace().collect::<Vec<_>>().join(" ")
+        )),
+    }
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, out);
+        } else if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+fn say(line: &str) {
+    let _ = std::io::stdout().write_all(format!("{line}\n").as_bytes());
+}
+
+#[test]
+fn opa_conformance_cases_on_the_native_engine() {
+    let Some(root) = std::env::var_os("TOLLGATE_OPA_CASES").map(PathBuf::from) else {
+        let _ = std::io::stderr()
+            .write_all(b"opa_conformance: skipped: TOLLGATE_OPA_CASES not set (docs/TESTING.md)\n");
+        return;
+    };
+    let only: Option<Vec<String>> = std::env::var("TOLLGATE_OPA_CASES_FOLDERS")
+        .ok()
+        .map(|s| s.split(',').map(|f| f.trim().to_string()).collect());
+    let mut files = Vec::new();
+    collect(&root, &mut files);
+    files.sort();
+    assert!(!files.is_empty(), "no case files under {}", root.display());
+    // folder → (pass, fail, files)
+    let mut status: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for file in &files {
+        let folder = file
+            .parent()
+            .and_then(|p| p.strip_prefix(&root).ok())
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if only.as_ref().is_some_and(|o| !o.contains(&folder)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("read a case file");
+        let parsed: CaseFile = match serde_yaml::from_str(&text) {
+            Ok(p) => p,
+            Err(e) => panic!("{}: not OPA's case format: {e}", file.display()),
+        };
+        let entry = status.entry(folder.clone()).or_default();
+        entry.2 += 1;
+        for case in parsed.cases.iter().filter(|c| c.skip != Some(true)) {
+            // An engine that panics on a case fails that case, not the run.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case)))
+                .unwrap_or_else(|_| Err("panicked".into()));
+            match outcome {
+                Ok(()) => entry.0 += 1,
+                Err(why) => {
+                    entry.1 += 1;
+                    failures.push(format!("{folder}: {} — {}", case.note, one_line(&why)));
+                }
+            }
+        }
+    }
+    say(&format!("OPA conformance cases under {}", root.display()));
+    say(&format!(
+        "    {:32} {:>5} {:>5} {:>5}",
+        "FOLDER", "FILES", "PASS", "FAIL"
+    ));
+    let (mut pass, mut fail) = (0, 0);
+    for (folder, (p, f, n)) in &status {
+        say(&format!("    {folder:32} {n:>5} {p:>5} {f:>5}"));
+        pass += p;
+        fail += f;
+    }
+    say(&format!(
+        "    {:32} {:>5} {pass:>5} {fail:>5}",
+        "TOTAL",
+        files.len()
+    ));
+    for f in &failures {
+        say(&format!("FAIL {f}"));
+    }
+    assert!(pass + fail > 0, "no case ran");
+    if std::env::var_os("TOLLGATE_OPA_CASES_STRICT").is_some() {
+        assert_eq!(fail, 0, "{fail} conformance cases failed");
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    flat.chars().take(300).collect()
+}
