@@ -317,10 +317,11 @@ fn wasm_engine_agrees_on_every_case_when_opa_is_installed() {
 }
 
 /// The corpus data must be well formed: the policy's own data check,
-/// `data.tollgate.config_errors`, evaluated with regorus' interpreter, is empty. (Malformed
-/// data would make the corpus test fail-closed paths instead of the features it names.)
+/// `data.tollgate.data_errors`, evaluated with regorus' interpreter, is empty. (Malformed
+/// data would make the corpus test fail-closed paths instead of the features it names, and
+/// tollgate refuses to load it.)
 #[test]
-fn the_corpus_data_has_no_config_errors() {
+fn the_corpus_data_has_no_data_errors() {
     let mut engine = regorus::Engine::new();
     let modules = tollgate::policy::read_modules(&repo_root().join("policy-wasm"), false)
         .expect("read policy-wasm");
@@ -331,12 +332,12 @@ fn the_corpus_data_has_no_config_errors() {
         .add_data(regorus::Value::from_json_str(&corpus_data()).expect("data is JSON"))
         .expect("add data");
     let errors = engine
-        .eval_rule("data.tollgate.config_errors".to_string())
-        .expect("evaluate data.tollgate.config_errors");
-    let rendered = errors.to_json_str().expect("render config_errors");
+        .eval_rule("data.tollgate.data_errors".to_string())
+        .expect("evaluate data.tollgate.data_errors");
+    let rendered = errors.to_json_str().expect("render data_errors");
     assert_eq!(
         rendered.split_whitespace().collect::<String>(),
         "[]",
-        "config_errors of tests/decisions/data.json: {rendered}"
+        "data_errors of tests/decisions/data.json: {rendered}"
     );
 }
