@@ -394,15 +394,17 @@ headers_of(rule) := {"headers": {
 # reloaded (and in `tollgate check`); any message refuses the revision, and the last good one
 # stays in force. `decision` never consults it: checking every agent's data on every request
 # would cost each request time for all agents.
+#
+# Each message starts with the key path of what is wrong:
+#   tollgate_config.agents["spiffe://example.org/a"].rules[2].ports: must be a list of ...
 
 data_errors contains "tollgate_config.agents: must be an object keyed by SPIFFE ID" if {
 	not is_object(data.tollgate_config.agents)
 }
 
 data_errors contains problem("tollgate_config", key_path(key), "unknown field") if {
-	is_object(data.tollgate_config)
-	some key, _ in data.tollgate_config
-	not key in {"agents"}
+	some key, _ in config
+	key != "agents"
 }
 
 data_errors contains problem(path, "", "key must be a SPIFFE ID (spiffe://...)") if {
@@ -415,25 +417,9 @@ data_errors contains problem(path, "", "must be an object with a list of rules")
 	not is_object(entry)
 }
 
-data_errors contains problem(path, ".rules", "must be a list of rules") if {
+data_errors contains problem(path, key, message) if {
 	some path, entry in agent_objects
-	not is_array(entry.rules)
-}
-
-data_errors contains problem(path, key_path(key), "unknown field") if {
-	some path, entry in agent_objects
-	some key, _ in entry
-	not key in {"description", "require_authenticated", "rules"}
-}
-
-data_errors contains problem(path, ".require_authenticated", "must be a boolean") if {
-	some path, entry in agent_objects
-	not is_boolean(object.get(entry, "require_authenticated", false))
-}
-
-data_errors contains problem(path, ".description", "must be a string") if {
-	some path, entry in agent_objects
-	not is_string(object.get(entry, "description", ""))
+	some [key, message] in agent_problems(entry)
 }
 
 data_errors contains problem(path, "", "must be an object") if {
@@ -441,56 +427,9 @@ data_errors contains problem(path, "", "must be an object") if {
 	not is_object(rule)
 }
 
-data_errors contains problem(path, key_path(key), "unknown field") if {
+data_errors contains problem(path, key, message) if {
 	some path, rule in rule_objects
-	some key, _ in rule
-	not key in rule_fields
-}
-
-data_errors contains problem(path, concat("", [".", key]), "must be a string") if {
-	some path, rule in rule_objects
-	some key in ["id", "description", "reason"]
-	not is_string(object.get(rule, key, ""))
-}
-
-data_errors contains problem(path, ".hosts", "must be a non-empty list of host names or globs") if {
-	some path, rule in rule_objects
-	not non_empty_strings(object.get(rule, "hosts", null))
-}
-
-data_errors contains problem(path, ".ports", "must be a list of ports (1-65535) or \"*\"") if {
-	some path, rule in rule_objects
-	not every_item(object.get(rule, "ports", []), "port")
-}
-
-data_errors contains problem(path, ".methods", "must be a list of strings") if {
-	some path, rule in rule_objects
-	not every_item(object.get(rule, "methods", []), "string")
-}
-
-data_errors contains problem(path, ".paths", "must be a list of prefixes starting with \"/\"") if {
-	some path, rule in rule_objects
-	not every_item(object.get(rule, "paths", []), "path")
-}
-
-data_errors contains problem(path, ".intents", "must be a list of strings") if {
-	some path, rule in rule_objects
-	not every_item(object.get(rule, "intents", []), "string")
-}
-
-data_errors contains problem(path, ".require_verified_intent", "must be a boolean") if {
-	some path, rule in rule_objects
-	not is_boolean(object.get(rule, "require_verified_intent", false))
-}
-
-data_errors contains problem(path, ".mode", "must be \"intercept\" or \"tunnel\"") if {
-	some path, rule in rule_objects
-	not object.get(rule, "mode", "intercept") in {"intercept", "tunnel"}
-}
-
-data_errors contains problem(path, ".windows", "must be a list of {\"days\": [...], \"from\": \"HH:MM\", \"to\": \"HH:MM\"}") if {
-	some path, rule in rule_objects
-	not is_array(object.get(rule, "windows", []))
+	some [key, message] in rule_problems(rule)
 }
 
 data_errors contains problem(path, "", "must be an object {\"days\": [...], \"from\": \"HH:MM\", \"to\": \"HH:MM\"}") if {
@@ -498,34 +437,77 @@ data_errors contains problem(path, "", "must be an object {\"days\": [...], \"fr
 	not is_object(window)
 }
 
-data_errors contains problem(path, key_path(key), "unknown field") if {
+data_errors contains problem(path, key, message) if {
 	some path, window in window_entries
 	is_object(window)
+	some [key, message] in window_problems(window)
+}
+
+# What is wrong with one agent entry, rule or window: [key, message] pairs, each for a field
+# that is there (or, for `hosts`, required). An unknown key is an error too: a misspelt field
+# ("method") would otherwise be ignored, and the rule would allow more than meant.
+
+agent_problems(entry) := {[key_path(key), "unknown field"] |
+	some key, _ in entry
+	not key in {"description", "require_authenticated", "rules"}
+} | {[".rules", "must be a list of rules"] |
+	not is_array(entry.rules)
+} | {[".description", "must be a string"] |
+	description := entry.description
+	not is_string(description)
+} | {[".require_authenticated", "must be a boolean"] |
+	required := entry.require_authenticated
+	not is_boolean(required)
+}
+
+rule_problems(rule) := {[key_path(key), "unknown field"] |
+	some key, _ in rule
+	not key in rule_fields
+} | {[concat("", [".", key]), "must be a string"] |
+	some key in ["id", "description", "reason"]
+	value := rule[key]
+	not is_string(value)
+} | {[".hosts", "must be a non-empty list of host names or globs"] |
+	not non_empty_strings(object.get(rule, "hosts", null))
+} | {[".ports", "must be a list of ports (1-65535) or \"*\""] |
+	ports := rule.ports
+	not port_list(ports)
+} | {[".methods", "must be a list of strings"] |
+	methods := rule.methods
+	not string_list(methods)
+} | {[".paths", "must be a list of prefixes starting with \"/\""] |
+	paths := rule.paths
+	not path_list(paths)
+} | {[".intents", "must be a list of strings"] |
+	intents := rule.intents
+	not string_list(intents)
+} | {[".require_verified_intent", "must be a boolean"] |
+	required := rule.require_verified_intent
+	not is_boolean(required)
+} | {[".mode", "must be \"intercept\" or \"tunnel\""] |
+	mode := rule.mode
+	not mode in {"intercept", "tunnel"}
+} | {[".windows", "must be a list of {\"days\": [...], \"from\": \"HH:MM\", \"to\": \"HH:MM\"}"] |
+	windows := rule.windows
+	not is_array(windows)
+} | {[".credential", "must be {\"name\": string, \"scopes\": [string], \"ttl\": string}"] |
+	credential := rule.credential
+	not valid_credential(credential)
+} | {[".headers", "must be {\"set\": {name: string}, \"remove\": [name]}"] |
+	headers := rule.headers
+	not valid_headers(headers)
+}
+
+window_problems(window) := {[key_path(key), "unknown field"] |
 	some key, _ in window
 	not key in {"days", "from", "to"}
-}
-
-data_errors contains problem(path, concat("", [".", key]), "must be \"HH:MM\", from 00:00 to 24:00") if {
-	some path, window in window_entries
-	is_object(window)
+} | {[concat("", [".", key]), "must be \"HH:MM\", from 00:00 to 24:00"] |
 	some key in ["from", "to"]
-	not valid_clock(object.get(window, key, "00:00"))
-}
-
-data_errors contains problem(path, ".days", "must be a list of mon, tue, wed, thu, fri, sat, sun") if {
-	some path, window in window_entries
-	is_object(window)
-	not every_item(object.get(window, "days", []), "day")
-}
-
-data_errors contains problem(path, ".credential", "must be {\"name\": string, \"scopes\": [string], \"ttl\": string}") if {
-	some path, rule in rule_objects
-	not valid_credential(object.get(rule, "credential", null))
-}
-
-data_errors contains problem(path, ".headers", "must be {\"set\": {name: string}, \"remove\": [name]}") if {
-	some path, rule in rule_objects
-	not valid_headers(object.get(rule, "headers", null))
+	clock := window[key]
+	not valid_clock(clock)
+} | {[".days", "must be a list of mon, tue, wed, thu, fri, sat, sun"] |
+	days := window.days
+	not day_list(days)
 }
 
 rule_fields := {
@@ -533,10 +515,11 @@ rule_fields := {
 	"require_verified_intent", "credential", "headers", "mode", "windows",
 }
 
-# Each agent, rule and window of the data under the key path that names it in a message:
-# tollgate_config.agents["spiffe://example.org/a"].rules[2].windows[0]
+# Each agent, rule and window of the data under the key path that names it in a message.
 
-agents := data.tollgate_config.agents if is_object(data.tollgate_config.agents)
+config := data.tollgate_config if is_object(data.tollgate_config)
+
+agents := config.agents if is_object(config.agents)
 
 agent_ids := {agent_path(id): id | some id, _ in agents}
 
@@ -559,7 +542,8 @@ window_entries := {index_path(path, ".windows", i): window |
 }
 
 # Messages are built with concat, json.marshal and format_int, which OPA's Wasm target
-# compiles in (its sprintf would be a host call).
+# compiles in (its sprintf would be a call to the host). Keys are quoted as JSON, so any
+# character in a SPIFFE ID or a misspelt field reads unambiguously.
 agent_path(id) := concat("", ["tollgate_config.agents[", json.marshal(id), "]"])
 
 index_path(path, field, i) := concat("", [path, field, "[", format_int(i, 10), "]"])
@@ -570,43 +554,54 @@ problem(path, key, message) := concat("", [path, key, ": ", message])
 
 # The predicates below hold when a value is well formed.
 
-non_empty_strings(list) if {
-	is_array(list)
-	count(list) > 0
-	every_item(list, "string")
-}
-
-every_item(list, kind) if {
+string_list(list) if {
 	is_array(list)
 	every item in list {
-		item_is(kind, item)
+		is_string(item)
 	}
 }
 
-item_is("string", item) if is_string(item)
-
-item_is("path", item) if {
-	is_string(item)
-	startswith(item, "/")
+non_empty_strings(list) if {
+	string_list(list)
+	count(list) > 0
 }
 
-item_is("port", "*") := true
-
-item_is("port", item) if {
-	is_number(item)
-	item == floor(item)
-	item >= 1
-	item <= 65535
+path_list(list) if {
+	string_list(list)
+	every item in list {
+		startswith(item, "/")
+	}
 }
 
-item_is("day", item) if item in {"mon", "tue", "wed", "thu", "fri", "sat", "sun"}
+day_list(list) if {
+	is_array(list)
+	every item in list {
+		item in {"mon", "tue", "wed", "thu", "fri", "sat", "sun"}
+	}
+}
+
+port_list(list) if {
+	is_array(list)
+	every item in list {
+		valid_port(item)
+	}
+}
+
+valid_port("*") := true
+
+valid_port(port) if {
+	is_number(port)
+	port == floor(port)
+	port >= 1
+	port <= 65535
+}
 
 valid_credential(null) := true
 
 valid_credential(credential) if {
 	is_object(credential)
 	is_string(credential.name)
-	every_item(object.get(credential, "scopes", []), "string")
+	string_list(object.get(credential, "scopes", []))
 	is_string(object.get(credential, "ttl", ""))
 	every key, _ in credential {
 		key in {"name", "scopes", "ttl"}
@@ -617,11 +612,12 @@ valid_headers(null) := true
 
 valid_headers(headers) if {
 	is_object(headers)
-	is_object(object.get(headers, "set", {}))
-	every _, value in object.get(headers, "set", {}) {
+	set := object.get(headers, "set", {})
+	is_object(set)
+	every _, value in set {
 		is_string(value)
 	}
-	every_item(object.get(headers, "remove", []), "string")
+	string_list(object.get(headers, "remove", []))
 	every key, _ in headers {
 		key in {"set", "remove"}
 	}

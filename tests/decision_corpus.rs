@@ -249,8 +249,9 @@ fn on_path(program: &str) -> bool {
 /// The corpus on the Wasm engine, which must agree with `expect` and with the native engine on
 /// every case (issue 4 item 6). Needs `opa`: without it on PATH this prints
 /// `skipped: opa not on PATH` and checks nothing. With it: `policy-wasm/build.sh` must build
-/// the shipped bundle, then `opa build -t wasm -e tollgate/decision` compiles the bundled
-/// policy with the corpus data into an OPA bundle, which is loaded exactly as `policy.path:
+/// the shipped bundle, then `opa build -t wasm -e tollgate/decision -e tollgate/data_errors`
+/// compiles the bundled policy with the corpus data into an OPA bundle (whose data check then
+/// runs at load), which is loaded exactly as `policy.path:
 /// bundle.tar.gz` is (`PolicyRevision::load_wasm_bundle`) and evaluated on every case.
 /// (On the machine where the Wasm engine was written no `opa` could be installed: this test
 /// has never run against real OPA output there; see docs/POLICY.md.)
@@ -275,7 +276,16 @@ fn wasm_engine_agrees_on_every_case_when_opa_is_installed() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("corpus.tar.gz");
     let out = std::process::Command::new("opa")
-        .args(["build", "-t", "wasm", "-e", "tollgate/decision", "-o"])
+        .args([
+            "build",
+            "-t",
+            "wasm",
+            "-e",
+            "tollgate/decision",
+            "-e",
+            "tollgate/data_errors",
+            "-o",
+        ])
         .arg(&bundle)
         .arg(root.join("policy-wasm/tollgate.rego"))
         .arg(root.join("tests/decisions/data.json"))
