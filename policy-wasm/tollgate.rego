@@ -88,7 +88,8 @@ authentication_required if agent.require_authenticated
 # A rule is checked for host, port, method, path, intent declared, intent allowed, intent
 # verified and time window, in that order. A rule matches when it passes all eight. A deny
 # names the check at which the closest rule (the one that passed the most) stopped: that is
-# what the agent's developer has to change.
+# what the agent's developer has to change. (reasons[n] is the reason of a rule that passed n
+# checks.)
 
 reasons := [
 	"destination_not_allowed",
@@ -101,18 +102,38 @@ reasons := [
 	"outside_time_window",
 ]
 
-# How many of the checks `rule` passes, in order, before the first it fails (8: all).
-checks_passed(rule) := 0 if {
-	not host_allowed(rule)
-} else := 1 if {
+# The caller's rules that name the host, by index. Only these get the other checks.
+#
+# A host pattern is an exact name, or a glob with "." as the separator: `*` stands for exactly
+# one label and `**` for one or more. IP literals compare verbatim ("::1", "[::1]").
+naming_host contains i if {
+	some i, rule in rules
+	is_array(rule.hosts)
+	some pattern in rule.hosts
+	trim_suffix(lower(pattern), ".") == host
+}
+
+naming_host contains i if {
+	some i, rule in rules
+	is_array(rule.hosts)
+	some pattern in rule.hosts
+	contains(pattern, "*")
+	glob.match(trim_suffix(lower(pattern), "."), ["."], host)
+}
+
+# How many of the checks a rule that names the host passes, in order, before the first it
+# fails (1: the host only; 8: all).
+checks_passed(rule) := 1 if {
 	not port_allowed(rule)
 } else := 2 if {
 	not method_allowed(rule)
 } else := 3 if {
 	not path_allowed(rule)
 } else := 8 if {
+	# A connection-level check of a rule that intercepts: the rest is checked per request.
 	not conditions_apply(rule)
 } else := 8 if {
+	# Most rules have no intent conditions and no windows.
 	unconditional(rule)
 } else := 4 if {
 	not intent_declared(rule)
@@ -124,38 +145,25 @@ checks_passed(rule) := 0 if {
 	not window_open(rule)
 } else := 8
 
-# checks_passed of each of the caller's rules, in list order.
-progress := [checks_passed(rule) | some rule in rules]
+# checks_passed of each rule that names the host, by index.
+progress := {i: checks_passed(rules[i]) | some i in naming_host}
 
 # The first rule in list order that passes every check decides what an allow carries (its
 # credential, headers or mode): put the most specific rule first.
-first_match := matches[0] if {
-	matches := [i | some i, n in progress; n == count(reasons)]
+first_match := min(matches) if {
+	all_checks := count(reasons)
+	matches := {i | some i, n in progress; n == all_checks}
+	count(matches) > 0
 }
 
 # How far the closest rule got; 0 (destination_not_allowed) when no rule names the host.
-closest := max(array.concat([0], progress))
+closest := max({n | some n in progress} | {0})
 
 # --- The checks -----------------------------------------------------------------------------
 #
 # A list field that is absent or [] does not restrict. Any other value that is not a list (a
 # typo such as "methods": "GET") matches nothing, so a malformed rule fails closed; data_errors
 # refuses such data before it is ever used.
-
-# A host pattern is an exact name, or a glob with "." as the separator: `*` stands for exactly
-# one label and `**` for one or more. IP literals compare verbatim ("::1", "[::1]").
-host_allowed(rule) if {
-	is_array(rule.hosts)
-	some pattern in rule.hosts
-	trim_suffix(lower(pattern), ".") == host
-}
-
-host_allowed(rule) if {
-	is_array(rule.hosts)
-	some pattern in rule.hosts
-	contains(pattern, "*")
-	glob.match(trim_suffix(lower(pattern), "."), ["."], host)
-}
 
 port_allowed(rule) if port in rule.ports
 
@@ -183,8 +191,9 @@ method_allowed(rule) if object.get(rule, "methods", []) == []
 
 method_allowed(rule) if {
 	is_array(rule.methods)
+	method := upper(input.request.method)
 	some listed in rule.methods
-	upper(listed) in {"*", upper(input.request.method)}
+	upper(listed) in {"*", method}
 }
 
 path_allowed(_) if connection_level
@@ -198,8 +207,9 @@ path_allowed(rule) if "/" in rule.paths
 
 path_allowed(rule) if {
 	is_array(rule.paths)
+	path := concat("", [input.request.path, "/"])
 	some prefix in rule.paths
-	startswith(concat("", [input.request.path, "/"]), concat("", [trim_suffix(prefix, "/"), "/"]))
+	startswith(path, concat("", [trim_suffix(prefix, "/"), "/"]))
 }
 
 # Intent conditions and time windows apply to every request, but to a connection only when the
