@@ -11,7 +11,9 @@
 //!   third rule matches.
 //!
 //! p50 and p99 come from 20,000 timed evaluations after 2,000 warm-up ones; criterion's own
-//! rows follow. Also the one-off cost of loading each revision (the bundled policy's data check,
+//! rows follow. The `interpreter` rows run the same policies, data and inputs on regorus'
+//! interpreter directly (`Engine::eval_rule` on one engine, the input built and set per
+//! evaluation), whatever the default engine is. Also the one-off cost of loading each revision (the bundled policy's data check,
 //! `data.tollgate.data_errors`, runs then).
 //!
 //! Run: `cargo bench --bench policy_scale`. Under `cargo test --all-targets` (no `--bench`)
@@ -72,12 +74,8 @@ fn glob_regex_data(agents: usize) -> Json {
 }
 
 fn bundled(agents: usize) -> PolicyRevision {
-    let modules: Vec<(String, String)> = BUNDLED_MODULES
-        .iter()
-        .map(|(n, t)| (n.to_string(), t.to_string()))
-        .collect();
     PolicyRevision::compile(
-        &modules,
+        &bundled_modules(),
         &bundled_data(agents).to_string(),
         "tollgate/decision",
     )
@@ -91,6 +89,48 @@ fn glob_regex(agents: usize) -> PolicyRevision {
         "tollgate/decision",
     )
     .expect("the glob+regex policy loads")
+}
+
+/// One regorus interpreter engine with `modules` and `data` loaded.
+fn interpreter(modules: &[(String, String)], data: &Json) -> regorus::Engine {
+    let mut engine = regorus::Engine::new();
+    for (name, source) in modules {
+        engine
+            .add_policy(name.clone(), source.clone())
+            .expect("the policy parses");
+    }
+    engine
+        .add_data(regorus::Value::from_json_str(&data.to_string()).expect("data is JSON"))
+        .expect("data loads");
+    engine
+}
+
+/// p50 and p99 of one evaluation on the interpreter, input building included, in µs.
+fn interpreter_percentiles(engine: &mut regorus::Engine, input: &PolicyInput) -> (f64, f64) {
+    let mut evaluate = |engine: &mut regorus::Engine| {
+        engine.set_input(input.to_value());
+        black_box(engine.eval_rule("data.tollgate.decision".to_string()))
+    };
+    for _ in 0..2_000 {
+        let _ = evaluate(engine);
+    }
+    let mut times: Vec<Duration> = (0..20_000)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = evaluate(engine);
+            t.elapsed()
+        })
+        .collect();
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() as f64) * q) as usize].as_secs_f64() * 1e6;
+    (at(0.50), at(0.99))
+}
+
+fn bundled_modules() -> Vec<(String, String)> {
+    BUNDLED_MODULES
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
 }
 
 /// The reason of the decision, checked to be what the row claims to measure.
@@ -109,7 +149,7 @@ fn report() {
     println!(
         "\n# default engine: per-evaluation percentiles (20,000 after 2,000 warm-up; µs) and load (ms)"
     );
-    println!("policy      request agents      p50      p99     load");
+    println!("engine      policy      request agents      p50      p99     load");
     for agents in AGENTS {
         let started = Instant::now();
         let revision = bundled(agents);
@@ -118,14 +158,23 @@ fn report() {
         assert_eq!(reason(&revision, &deny), "method_not_allowed");
         for (name, request) in [("allow", &allow), ("deny", &deny)] {
             let (p50, p99) = percentiles(&revision, request);
-            println!("bundled     {name:7} {agents:6} {p50:8.2} {p99:8.2} {load:8.1}");
+            println!("default     bundled     {name:7} {agents:6} {p50:8.2} {p99:8.2} {load:8.1}");
+        }
+        let mut engine = interpreter(&bundled_modules(), &bundled_data(agents));
+        for (name, request) in [("allow", &allow), ("deny", &deny)] {
+            let (p50, p99) = interpreter_percentiles(&mut engine, request);
+            println!("interpreter bundled     {name:7} {agents:6} {p50:8.2} {p99:8.2}        -");
         }
         let started = Instant::now();
         let revision = glob_regex(agents);
         let load = started.elapsed().as_secs_f64() * 1e3;
         assert_eq!(reason(&revision, &allow), "repos");
         let (p50, p99) = percentiles(&revision, &allow);
-        println!("glob+regex  allow   {agents:6} {p50:8.2} {p99:8.2} {load:8.1}");
+        println!("default     glob+regex  allow   {agents:6} {p50:8.2} {p99:8.2} {load:8.1}");
+        let modules = [("scale.rego".to_string(), GLOB_REGEX_POLICY.to_string())];
+        let mut engine = interpreter(&modules, &glob_regex_data(agents));
+        let (p50, p99) = interpreter_percentiles(&mut engine, &allow);
+        println!("interpreter glob+regex  allow   {agents:6} {p50:8.2} {p99:8.2}        -");
     }
 }
 
