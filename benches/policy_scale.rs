@@ -107,7 +107,7 @@ fn interpreter(modules: &[(String, String)], data: &Json) -> regorus::Engine {
 
 /// p50 and p99 of one evaluation on the interpreter, input building included, in µs.
 fn interpreter_percentiles(engine: &mut regorus::Engine, input: &PolicyInput) -> (f64, f64) {
-    let mut evaluate = |engine: &mut regorus::Engine| {
+    let evaluate = |engine: &mut regorus::Engine| {
         engine.set_input(input.to_value());
         black_box(engine.eval_rule("data.tollgate.decision".to_string()))
     };
