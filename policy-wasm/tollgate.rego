@@ -163,8 +163,9 @@ closest := max({n | some n in progress} | {0})
 #
 # A list field that is absent or [] does not restrict. Any other value that is not a list (a
 # typo such as "methods": "GET") matches nothing, so a malformed rule fails closed. (An item of
-# the wrong type, such as a number among the hosts, makes the evaluation fail: tollgate denies
-# that as policy_error.) data_errors refuses all of these before they are ever used.
+# the wrong type, such as a number among the hosts, is a builtin error: with strict builtin
+# errors the evaluation fails and tollgate denies it as policy_error, without them it matches
+# nothing.) data_errors refuses all of these before they are ever used.
 
 port_allowed(rule) if port in rule.ports
 
