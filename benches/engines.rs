@@ -19,32 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use serde_json::{Value as Json, json};
 
-use common::{headers, input};
+use common::{bundled_data as data, headers, input, percentiles};
 
-use tollgate::policy::input::PolicyInput;
-use tollgate::policy::{BUNDLED_DATA, BUNDLED_MODULES, PolicyRevision};
+use tollgate::policy::{BUNDLED_MODULES, PolicyRevision};
 
 const AGENTS: [usize; 4] = [10, 100, 1_000, 10_000];
-
-/// The bundled data plus synthetic agents up to `agents` entries in all.
-fn data(agents: usize) -> Json {
-    let mut data: Json = serde_json::from_str(BUNDLED_DATA).unwrap();
-    let map = data["tollgate_config"]["agents"].as_object_mut().unwrap();
-    let mut i = 0;
-    while map.len() < agents {
-        map.insert(
-            format!("spiffe://tollgate.local/ns/agents/sa/agent-{i:05}"),
-            json!({"rules": [
-                {"id": "gh", "hosts": ["api.github.com"], "methods": ["GET"], "paths": [format!("/repos/org-{i}/")]},
-                {"id": "ai", "hosts": ["api.openai.com"], "methods": ["POST"], "paths": ["/v1/"], "intents": ["chat"]}
-            ]}),
-        );
-        i += 1;
-    }
-    data
-}
 
 fn rego(agents: usize) -> PolicyRevision {
     let modules: Vec<(String, String)> = BUNDLED_MODULES
@@ -61,22 +41,6 @@ fn wasm(agents: usize) -> PolicyRevision {
     ))
     .unwrap();
     PolicyRevision::from_wasm(&module, data(agents), "tollgate/decision", "bench".into()).unwrap()
-}
-
-fn percentiles(revision: &PolicyRevision, input: &PolicyInput) -> (f64, f64) {
-    for _ in 0..2_000 {
-        black_box(revision.evaluate(input));
-    }
-    let mut times: Vec<u32> = (0..20_000)
-        .map(|_| {
-            let t = Instant::now();
-            black_box(revision.evaluate(black_box(input)));
-            t.elapsed().as_nanos() as u32
-        })
-        .collect();
-    times.sort_unstable();
-    let at = |q: f64| times[((times.len() as f64) * q) as usize] as f64 / 1000.0;
-    (at(0.50), at(0.99))
 }
 
 /// Evaluations per second with `threads` threads evaluating for `for_`.

@@ -595,9 +595,8 @@ test_allows_when_a_later_rule_needs_no_intent if {
 
 # --- the first matching rule wins, however it matches -------------------------------------
 #
-# The policy first looks for a rule that names the host, method and intent verbatim, then
-# checks the rules before it in full (case, trailing dots, globs, [] lists): a rule that only
-# the full checks accept still wins when it comes first.
+# A rule that matches only through case folding, a root dot, a glob or an empty list still
+# wins over a later rule that names the request verbatim.
 
 test_allows_by_earlier_rule_with_lower_case_method if {
 	earlier := object.union(github_read, {"id": "earlier", "methods": ["get"]})
@@ -759,7 +758,7 @@ test_weekday_of_known_dates if {
 		"2000-01-01T12:00:00.000Z": "sat", "2100-03-01T12:00:00.000Z": "mon",
 		"2027-01-01T23:59:59.999Z": "fri", "2026-03-01T00:00:00.000Z": "sun",
 	} {
-		data.tollgate.request_weekday == day with input as {"time": time}
+		data.tollgate.weekday == day with input as {"time": time}
 	}
 }
 
@@ -793,7 +792,7 @@ test_window_deny_only_after_other_checks_pass if {
 }
 
 test_malformed_windows_never_open if {
-	every windows in [{"from": "09:00"}, [{"from": 9}], ["09:00-17:00"], [{"days": "mon"}]] {
+	every windows in [{"from": "09:00"}, [{"from": 9}], [{"from": "9:00"}], [{"to": "17:0"}], ["09:00-17:00"], [{"days": "mon"}]] {
 		rule := object.union(github_read, {"windows": windows})
 		decide(at(get("api.github.com", "/repos/acme"), "2026-11-23T10:00:00.000Z"), [rule]) == deny("outside_time_window")
 	}
@@ -817,93 +816,159 @@ test_connection_level_enforces_windows_of_tunnel_rules if {
 	d == {"allow": true, "reason": "allowed by rule github-read", "mode": "tunnel"}
 }
 
-test_config_errors_accept_well_formed_windows if {
-	rule := object.union(github_read, {"windows": [{"days": ["sat", "sun"], "from": "00:00", "to": "24:00"}, {"from": "22:00", "to": "06:00"}]})
-	count(data.tollgate.config_errors) == 0 with data.tollgate_config as config([rule])
+# --- data_errors: the data checks run once per revision -----------------------------------
+
+# The data_errors of `cfg` as tollgate_config.
+data_errors(cfg) := errors if {
+	errors := data.tollgate.data_errors with data.tollgate_config as cfg
 }
 
-test_config_errors_report_malformed_windows if {
-	problem := sprintf("tollgate_config.agents[%q].rules[0]: windows: must be a list of {\"days\": [mon..sun], \"from\": \"HH:MM\", \"to\": \"HH:MM\"}", [triage])
-	every windows in [
-		{"from": "09:00"}, [{"from": "9:00"}], [{"from": "24:01"}], [{"to": "12:60"}],
-		[{"days": ["monday"]}], [{"start": "09:00"}], ["09:00-17:00"], [{"from": "ab:cd"}],
-	] {
-		rule := object.union(github_read, {"windows": windows})
-		data.tollgate.config_errors == {problem} with data.tollgate_config as config([rule])
-	}
-}
+# The key path of triage's rules[i] in a message.
+triage_rule(i) := sprintf("tollgate_config.agents[\"%s\"].rules[%d]", [triage, i])
 
-# --- config_errors -------------------------------------------------------------------------
-
-test_config_errors_empty_for_well_formed_config if {
+test_data_errors_empty_for_well_formed_config if {
 	rule := object.union(github_read, {
 		"description": "d", "reason": "r", "ports": [443, "*"], "intents": ["a.*"],
 		"require_verified_intent": false, "mode": "tunnel",
 		"credential": {"name": "github", "scopes": ["x"], "ttl": "5m"},
 		"headers": {"set": {"x-a": "1"}, "remove": ["x-b"]},
+		"windows": [{"days": ["sat", "sun"], "from": "00:00", "to": "24:00"}, {"from": "22:00", "to": "06:00"}],
 	})
 	cfg := {"agents": {triage: {"description": "d", "require_authenticated": true, "rules": [rule]}}}
-	errors := data.tollgate.config_errors with data.tollgate_config as cfg
-	count(errors) == 0
+	data_errors(cfg) == set()
 }
 
-test_config_errors_report_each_malformed_field if {
+test_data_errors_empty_for_an_agent_without_rules if {
+	data_errors({"agents": {triage: {"rules": []}}}) == set()
+	data_errors({"agents": {}}) == set()
+}
+
+test_data_errors_name_each_malformed_field_of_a_rule if {
 	rule := {
 		"hosts": [], "ports": [0, "any"], "methods": "GET", "paths": ["repos"], "intents": [1],
 		"require_verified_intent": "yes", "mode": "tunell", "credential": {"scopes": []},
 		"headers": {"add": {}}, "id": 7, "colour": "red",
 	}
-	cfg := {"agents": {triage: {"rules": [rule]}, "not-a-spiffe-id": {"rules": [], "extra": 1}}}
-	errors := data.tollgate.config_errors with data.tollgate_config as cfg
-	prefix := sprintf("tollgate_config.agents[%q].rules[0]: ", [triage])
-	expected := {concat("", [prefix, problem]) | some problem in [
-		"unknown field \"colour\"",
-		"id, description, reason: must be strings",
-		"hosts: must be a non-empty list of host names or globs",
-		"ports: must be a list of port numbers (1-65535) or \"*\"",
-		"methods: must be a list of strings",
-		"paths: must be a list of prefixes starting with \"/\"",
-		"intents: must be a list of strings",
-		"require_verified_intent: must be a boolean",
-		"mode: must be \"intercept\" or \"tunnel\"",
-		"credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}",
-		"headers: must be {\"set\": {name: string}, \"remove\": [name]}",
-	]}
-	expected - errors == set()
-	"tollgate_config.agents[\"not-a-spiffe-id\"]: key must be a SPIFFE ID (spiffe://...)" in errors
-	"tollgate_config.agents[\"not-a-spiffe-id\"]: unknown field \"extra\"" in errors
-	count(errors) == 13
-}
-
-test_config_errors_report_fields_of_the_wrong_type if {
-	rule := {"hosts": "api.github.com", "ports": 443, "paths": "/", "credential": "github", "headers": "x-a: 1", "mode": null}
-	cfg := config([rule, "api.github.com"])
-	errors := data.tollgate.config_errors with data.tollgate_config as cfg
-	prefix := sprintf("tollgate_config.agents[%q].rules", [triage])
-	errors == {concat("", [prefix, problem]) | some problem in [
-		"[0]: hosts: must be a non-empty list of host names or globs",
-		"[0]: ports: must be a list of port numbers (1-65535) or \"*\"",
-		"[0]: paths: must be a list of prefixes starting with \"/\"",
-		"[0]: mode: must be \"intercept\" or \"tunnel\"",
-		"[0]: credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}",
-		"[0]: headers: must be {\"set\": {name: string}, \"remove\": [name]}",
-		"[1]: must be an object",
+	data_errors(config([rule])) == {concat("", [triage_rule(0), problem]) | some problem in [
+		"[\"colour\"]: unknown field",
+		".id: must be a string",
+		".hosts: must be a non-empty list of host names or globs",
+		".ports: must be a list of ports (1-65535) or \"*\"",
+		".methods: must be a list of strings",
+		".paths: must be a list of prefixes starting with \"/\"",
+		".intents: must be a list of strings",
+		".require_verified_intent: must be a boolean",
+		".mode: must be \"intercept\" or \"tunnel\"",
+		".credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}",
+		".headers: must be {\"set\": {name: string}, \"remove\": [name]}",
 	]}
 }
 
-test_config_errors_report_rules_that_are_not_a_list if {
-	errors := data.tollgate.config_errors with data.tollgate_config as {"agents": {triage: [github_read]}}
-	errors == {sprintf("tollgate_config.agents[%q]: must be an object with a list of rules", [triage])}
+test_data_errors_name_the_rule_index if {
+	bad := object.union(github_read, {"ports": [443, 70000]})
+	data_errors(config([github_read, github_read, bad])) == {
+		concat("", [triage_rule(2), ".ports: must be a list of ports (1-65535) or \"*\""]),
+	}
 }
 
-test_config_errors_report_missing_agents if {
-	errors := data.tollgate.config_errors with data.tollgate_config as {}
+test_data_errors_name_fields_of_the_wrong_type if {
+	rule := {"hosts": "api.github.com", "ports": 443, "paths": "/", "credential": "github", "headers": "x-a: 1", "mode": null, "reason": ["r"]}
+	expected := {concat("", [triage_rule(0), problem]) | some problem in [
+		".hosts: must be a non-empty list of host names or globs",
+		".ports: must be a list of ports (1-65535) or \"*\"",
+		".paths: must be a list of prefixes starting with \"/\"",
+		".mode: must be \"intercept\" or \"tunnel\"",
+		".credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}",
+		".headers: must be {\"set\": {name: string}, \"remove\": [name]}",
+		".reason: must be a string",
+	]}
+	data_errors(config([rule, "api.github.com"])) == expected | {concat("", [triage_rule(1), ": must be an object"])}
+}
+
+test_data_errors_accept_a_null_credential_and_headers if {
+	rule := object.union(github_read, {"credential": null, "headers": null})
+	data_errors(config([rule])) == set()
+}
+
+test_data_errors_name_non_integer_and_out_of_range_ports if {
+	every ports in [[0], [65536], [443.5], ["443"], [null]] {
+		rule := object.union(github_read, {"ports": ports})
+		data_errors(config([rule])) == {concat("", [triage_rule(0), ".ports: must be a list of ports (1-65535) or \"*\""])}
+	}
+}
+
+test_data_errors_name_malformed_windows if {
+	every windows, key in {
+		[{"from": "9:00"}]: ".windows[0].from: must be \"HH:MM\", from 00:00 to 24:00",
+		[{"from": "24:01"}]: ".windows[0].from: must be \"HH:MM\", from 00:00 to 24:00",
+		[{"to": "12:60"}]: ".windows[0].to: must be \"HH:MM\", from 00:00 to 24:00",
+		[{"from": "ab:cd"}]: ".windows[0].from: must be \"HH:MM\", from 00:00 to 24:00",
+		[{}, {"from": 9}]: ".windows[1].from: must be \"HH:MM\", from 00:00 to 24:00",
+		[{"days": ["monday"]}]: ".windows[0].days: must be a list of mon, tue, wed, thu, fri, sat, sun",
+		[{"days": "mon"}]: ".windows[0].days: must be a list of mon, tue, wed, thu, fri, sat, sun",
+		[{"start": "09:00"}]: ".windows[0][\"start\"]: unknown field",
+		["09:00-17:00"]: ".windows[0]: must be an object {\"days\": [...], \"from\": \"HH:MM\", \"to\": \"HH:MM\"}",
+		{"from": "09:00"}: ".windows: must be a list of {\"days\": [...], \"from\": \"HH:MM\", \"to\": \"HH:MM\"}",
+	} {
+		rule := object.union(github_read, {"windows": windows})
+		data_errors(config([rule])) == {concat("", [triage_rule(0), key])}
+	}
+}
+
+test_data_errors_name_malformed_credentials_and_headers if {
+	credential_problem := concat("", [triage_rule(0), ".credential: must be {\"name\": string, \"scopes\": [string], \"ttl\": string}"])
+	every credential in [{"name": 1}, {"name": "a", "scopes": "s"}, {"name": "a", "ttl": 300}, {"name": "a", "key": "k"}] {
+		data_errors(config([object.union(github_read, {"credential": credential})])) == {credential_problem}
+	}
+	headers_problem := concat("", [triage_rule(0), ".headers: must be {\"set\": {name: string}, \"remove\": [name]}"])
+	every headers in [{"set": []}, {"set": {"x-a": 1}}, {"remove": "x-b"}, {"add": {}}] {
+		data_errors(config([object.union(github_read, {"headers": headers})])) == {headers_problem}
+	}
+}
+
+test_data_errors_name_malformed_agents if {
+	cfg := {"agents": {
+		triage: {"rules": [github_read], "require_authenticated": "true", "description": 1, "extra": 1},
+		"not-a-spiffe-id": {"rules": []},
+		other: [github_read],
+		"spiffe://example.org/ns/agents/sa/norules": {},
+	}}
+	data_errors(cfg) == {
+		sprintf("tollgate_config.agents[\"%s\"].require_authenticated: must be a boolean", [triage]),
+		sprintf("tollgate_config.agents[\"%s\"].description: must be a string", [triage]),
+		sprintf("tollgate_config.agents[\"%s\"][\"extra\"]: unknown field", [triage]),
+		"tollgate_config.agents[\"not-a-spiffe-id\"]: key must be a SPIFFE ID (spiffe://...)",
+		sprintf("tollgate_config.agents[\"%s\"]: must be an object with a list of rules", [other]),
+		"tollgate_config.agents[\"spiffe://example.org/ns/agents/sa/norules\"].rules: must be a list of rules",
+	}
+}
+
+test_data_errors_quote_keys_as_json if {
+	odd := "spiffe://example.org/a \"quoted\" key"
+	data_errors({"agents": {odd: {"rules": [{"hosts": "x"}]}}}) == {
+		"tollgate_config.agents[\"spiffe://example.org/a \\\"quoted\\\" key\"].rules[0].hosts: must be a non-empty list of host names or globs",
+	}
+}
+
+test_data_errors_name_missing_or_malformed_agents if {
+	data_errors({}) == {"tollgate_config.agents: must be an object keyed by SPIFFE ID"}
+	data_errors({"agents": null}) == {"tollgate_config.agents: must be an object keyed by SPIFFE ID"}
+	data_errors({"agents": [], "agent": {}}) == {
+		"tollgate_config.agents: must be an object keyed by SPIFFE ID",
+		"tollgate_config[\"agent\"]: unknown field",
+	}
+}
+
+test_data_errors_without_tollgate_config if {
+	errors := data.tollgate.data_errors with data.tollgate_config as null
 	errors == {"tollgate_config.agents: must be an object keyed by SPIFFE ID"}
 }
 
-test_config_errors_report_agents_that_are_not_an_object if {
-	errors := data.tollgate.config_errors with data.tollgate_config as {"agents": null}
-	errors == {"tollgate_config.agents: must be an object keyed by SPIFFE ID"}
+test_decision_does_not_depend_on_data_errors if {
+	# Malformed data is refused at load; were it ever evaluated, it fails closed per request.
+	rule := object.union(github_read, {"methods": "GET", "colour": "red"})
+	count(data_errors(config([rule]))) == 2
+	decide(get("api.github.com", "/repos/acme"), [rule]) == deny("method_not_allowed")
 }
 
 # --- the shipped example data (policy-wasm/data.json) --------------------------------------
@@ -919,7 +984,7 @@ example(inp, id) := d if {
 }
 
 test_example_data_is_well_formed if {
-	count(data.tollgate.config_errors) == 0
+	data.tollgate.data_errors == set()
 }
 
 test_example_dev_agent_allows_github_repo_reads if {

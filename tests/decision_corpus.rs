@@ -249,8 +249,9 @@ fn on_path(program: &str) -> bool {
 /// The corpus on the Wasm engine, which must agree with `expect` and with the native engine on
 /// every case (issue 4 item 6). Needs `opa`: without it on PATH this prints
 /// `skipped: opa not on PATH` and checks nothing. With it: `policy-wasm/build.sh` must build
-/// the shipped bundle, then `opa build -t wasm -e tollgate/decision` compiles the bundled
-/// policy with the corpus data into an OPA bundle, which is loaded exactly as `policy.path:
+/// the shipped bundle, then `opa build -t wasm -e tollgate/decision -e tollgate/data_errors`
+/// compiles the bundled policy with the corpus data into an OPA bundle (whose data check then
+/// runs at load), which is loaded exactly as `policy.path:
 /// bundle.tar.gz` is (`PolicyRevision::load_wasm_bundle`) and evaluated on every case.
 /// (On the machine where the Wasm engine was written no `opa` could be installed: this test
 /// has never run against real OPA output there; see docs/POLICY.md.)
@@ -275,7 +276,16 @@ fn wasm_engine_agrees_on_every_case_when_opa_is_installed() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("corpus.tar.gz");
     let out = std::process::Command::new("opa")
-        .args(["build", "-t", "wasm", "-e", "tollgate/decision", "-o"])
+        .args([
+            "build",
+            "-t",
+            "wasm",
+            "-e",
+            "tollgate/decision",
+            "-e",
+            "tollgate/data_errors",
+            "-o",
+        ])
         .arg(&bundle)
         .arg(root.join("policy-wasm/tollgate.rego"))
         .arg(root.join("tests/decisions/data.json"))
@@ -317,10 +327,11 @@ fn wasm_engine_agrees_on_every_case_when_opa_is_installed() {
 }
 
 /// The corpus data must be well formed: the policy's own data check,
-/// `data.tollgate.config_errors`, evaluated with regorus' interpreter, is empty. (Malformed
-/// data would make the corpus test fail-closed paths instead of the features it names.)
+/// `data.tollgate.data_errors`, evaluated with regorus' interpreter, is empty. (Malformed
+/// data would make the corpus test fail-closed paths instead of the features it names, and
+/// tollgate refuses to load it.)
 #[test]
-fn the_corpus_data_has_no_config_errors() {
+fn the_corpus_data_has_no_data_errors() {
     let mut engine = regorus::Engine::new();
     let modules = tollgate::policy::read_modules(&repo_root().join("policy-wasm"), false)
         .expect("read policy-wasm");
@@ -331,12 +342,12 @@ fn the_corpus_data_has_no_config_errors() {
         .add_data(regorus::Value::from_json_str(&corpus_data()).expect("data is JSON"))
         .expect("add data");
     let errors = engine
-        .eval_rule("data.tollgate.config_errors".to_string())
-        .expect("evaluate data.tollgate.config_errors");
-    let rendered = errors.to_json_str().expect("render config_errors");
+        .eval_rule("data.tollgate.data_errors".to_string())
+        .expect("evaluate data.tollgate.data_errors");
+    let rendered = errors.to_json_str().expect("render data_errors");
     assert_eq!(
         rendered.split_whitespace().collect::<String>(),
         "[]",
-        "config_errors of tests/decisions/data.json: {rendered}"
+        "data_errors of tests/decisions/data.json: {rendered}"
     );
 }

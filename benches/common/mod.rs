@@ -2,16 +2,19 @@
 //! looks like to the policy stage (headers as sent, the `PolicyInput` built from them).
 #![allow(dead_code)] // each bench uses its part
 
+use std::hint::black_box;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use http::HeaderMap;
 
+use serde_json::{Value as Json, json};
 use tollgate::identity::{Caller, SpiffeId};
 use tollgate::intent::parse_intent;
 use tollgate::policy::input::{
     ConnectionFacts, DestinationFacts, PolicyInput, RequestFacts, SourceFacts, policy_headers,
 };
+use tollgate::policy::{BUNDLED_DATA, PolicyRevision};
 
 /// The caller of every bench request (an agent of the bundled example data).
 pub const CALLER: &str = "spiffe://tollgate.local/dev/agent";
@@ -59,4 +62,40 @@ pub fn input(method: &str, path: &str, headers: &HeaderMap) -> PolicyInput {
             tls_sni: Some("api.github.com".into()),
         },
     }
+}
+
+/// The bundled data plus synthetic agents (two rules each) up to `agents` entries in all.
+pub fn bundled_data(agents: usize) -> Json {
+    let mut data: Json = serde_json::from_str(BUNDLED_DATA).unwrap();
+    let map = data["tollgate_config"]["agents"].as_object_mut().unwrap();
+    let mut i = 0;
+    while map.len() < agents {
+        map.insert(
+            format!("spiffe://tollgate.local/ns/agents/sa/agent-{i:05}"),
+            json!({"rules": [
+                {"id": "gh", "hosts": ["api.github.com"], "methods": ["GET"], "paths": [format!("/repos/org-{i}/")]},
+                {"id": "ai", "hosts": ["api.openai.com"], "methods": ["POST"], "paths": ["/v1/"], "intents": ["chat"]}
+            ]}),
+        );
+        i += 1;
+    }
+    data
+}
+
+/// p50 and p99 of one evaluation of `input`, in µs: 20,000 timed evaluations after 2,000
+/// warm-up ones.
+pub fn percentiles(revision: &PolicyRevision, input: &PolicyInput) -> (f64, f64) {
+    for _ in 0..2_000 {
+        black_box(revision.evaluate(input));
+    }
+    let mut times: Vec<u32> = (0..20_000)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(revision.evaluate(black_box(input)));
+            u32::try_from(t.elapsed().as_nanos()).unwrap_or(u32::MAX)
+        })
+        .collect();
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() as f64) * q) as usize] as f64 / 1000.0;
+    (at(0.50), at(0.99))
 }

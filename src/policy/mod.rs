@@ -10,6 +10,7 @@ pub mod decision;
 pub mod input;
 pub mod rego;
 pub mod testing;
+pub mod validate;
 pub mod wasm;
 
 use std::hash::{Hash, Hasher};
@@ -49,6 +50,9 @@ pub enum PolicyLoadError {
     Bundle { path: PathBuf, message: String },
     #[error("the policy's decision has the wrong type: {0}")]
     DecisionType(String),
+    /// The policy's own data check (`data_errors`, see [`validate`]) refused the data.
+    #[error(transparent)]
+    DataRefused(#[from] validate::DataCheckError),
 }
 
 /// Representative inputs (SPEC §4.1: a request, and a connection-level check) on which a new
@@ -196,10 +200,12 @@ impl PolicyRevision {
         entrypoint: &str,
         revision: String,
     ) -> Result<PolicyRevision, PolicyLoadError> {
+        let policy = WasmPolicy::load(wasm, data.clone(), entrypoint)?;
+        validate::check_wasm(wasm, &data, entrypoint)?;
         Ok(PolicyRevision {
             revision: Arc::from(revision),
             engine: EngineKind::Wasm,
-            evaluator: Evaluator::Wasm(Box::new(WasmPolicy::load(wasm, data, entrypoint)?)),
+            evaluator: Evaluator::Wasm(Box::new(policy)),
         })
     }
 
@@ -220,10 +226,12 @@ impl PolicyRevision {
         modules.hash(&mut hasher);
         data_json.hash(&mut hasher);
         let revision = format!("{:016x}", hasher.finish());
+        let policy = RegoPolicy::compile(modules, data.clone(), entrypoint)?;
+        validate::check_rego(modules, &data, entrypoint)?;
         Ok(PolicyRevision {
             revision: Arc::from(revision),
             engine: EngineKind::Rego,
-            evaluator: Evaluator::Rego(Box::new(RegoPolicy::compile(modules, data, entrypoint)?)),
+            evaluator: Evaluator::Rego(Box::new(policy)),
         })
     }
 
