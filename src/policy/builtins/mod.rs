@@ -6,6 +6,8 @@
 //! The Wasm engine's host builtins delegate to a regorus engine prepared with [`register`],
 //! so a builtin decides the same on both engines: there is one implementation of each.
 
+pub mod sprintf;
+
 use regorus::Engine;
 
 use super::PolicyLoadError;
@@ -14,6 +16,8 @@ use super::PolicyLoadError;
 pub const REFUSED_NETWORK_BUILTINS: &[&str] = &["http.send", "net.lookup_ip_addr"];
 
 /// Adds tollgate's builtins to `engine` (call before adding policies).
-pub fn register(_engine: &mut Engine) -> Result<(), PolicyLoadError> {
+pub fn register(engine: &mut Engine) -> Result<(), PolicyLoadError> {
+    sprintf::register(engine)
+        .map_err(|e| PolicyLoadError::Compile(format!("cannot add builtin `sprintf`: {e}")))?;
     Ok(())
 }

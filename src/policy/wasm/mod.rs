@@ -1,22 +1,24 @@
 //! The Wasm engine: an OPA-compiled module (`opa build -t wasm`) evaluated on wasmtime through
-//! the `opa-wasm` crate, with the same contract as the Rego engine.
+//! tollgate's own implementation of OPA's Wasm ABI ([`abi`]), with the same contract as the Rego
+//! engine.
 //!
-//! A revision compiles its module once, checks it (ABI exports, entrypoint, every host builtin
-//! it needs — see [`inspect`]) and pre-instantiates a small pool of instances with the data
-//! already loaded, all off the request path. An instance (a wasmtime `Store` plus opa-wasm's
-//! `Policy`) needs `&mut` to evaluate, so each worker thread keeps one in a thread-local keyed
-//! by the revision, taken from the pool (a lock-free queue) the first time the thread meets the
-//! revision, or instantiated there if the pool is empty. No lock is shared across evaluations.
+//! A revision compiles its module once, checks it (imports, ABI exports, entrypoint, every host
+//! builtin it needs — [`inspect`], [`dispatch`]) and pre-instantiates a small pool of instances
+//! with the data already loaded, all off the request path. An instance (a wasmtime `Store`, its
+//! memory and its own regorus engine for host builtins) needs `&mut` to evaluate, so each worker
+//! thread keeps one in a thread-local keyed by the revision, taken from the pool (a lock-free
+//! queue) the first time the thread meets the revision, or instantiated there if the pool is
+//! empty. No lock is shared across evaluations.
 //!
-//! opa-wasm's API is async, but an evaluation never waits on anything: the epoch deadline
-//! *traps* (it never yields) and the host builtins tollgate enables are synchronous. So the
-//! future is polled once, outside tokio's cooperative budget (`unconstrained`), and must be
-//! ready; if it ever were not, the evaluation is an error and the instance is discarded.
-//! An instance that trapped (time limit, memory limit, `opa_abort`) is discarded too.
+//! Evaluation is synchronous: the epoch deadline *traps*, host functions never wait. An instance
+//! that trapped (time limit, memory limit, `opa_abort`) is discarded.
 
+pub mod abi;
 pub mod bundle;
+pub mod dispatch;
 pub mod host;
 pub mod inspect;
+pub mod value_text;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -24,15 +26,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
-use futures_util::FutureExt;
-use opa_wasm::wasmtime::{Module, Store, Trap};
-use opa_wasm::{DefaultContext, Policy, Runtime};
 use regorus::Value;
 use serde_json::Value as Json;
+use wasmtime::Module;
 
 use super::PolicyLoadError;
 use super::rego::{EVAL_TIME_LIMIT, EvalError};
-use host::StoreState;
+use abi::{AbiFailure, Instance};
+use dispatch::HostBuiltins;
+use inspect::ModuleFacts;
 
 static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -46,12 +48,6 @@ fn pool_size() -> usize {
         .clamp(4, 32)
 }
 
-/// One ready-to-evaluate instance: its store (memory, limits) and opa-wasm's handle.
-struct Instance {
-    store: Store<StoreState>,
-    policy: Policy<DefaultContext>,
-}
-
 thread_local! {
     /// This thread's instance and the id of the module revision it belongs to.
     static WORKER_INSTANCE: RefCell<Option<(u64, Instance)>> = const { RefCell::new(None) };
@@ -61,8 +57,10 @@ thread_local! {
 pub struct WasmPolicy {
     id: u64,
     module: Module,
-    data: Arc<Json>,
+    data: Arc<Vec<u8>>,
     entrypoint: String,
+    entrypoint_id: i32,
+    host_builtins: Arc<HostBuiltins>,
     pool: ArrayQueue<Instance>,
     /// Host builtins the module calls (for `tollgate check` and the docs' claims).
     pub builtins: Vec<String>,
@@ -77,21 +75,42 @@ impl WasmPolicy {
                 "the data document must be a JSON object".into(),
             ));
         }
+        let data = serde_json::to_vec(&data).map_err(|e| PolicyLoadError::Data(e.to_string()))?;
         let engine = host::engine().map_err(PolicyLoadError::Compile)?;
         let module = Module::new(engine, wasm)
             .map_err(|e| PolicyLoadError::Compile(format!("not a usable Wasm module: {e:#}")))?;
-        let facts = inspect::check(engine, &module, entrypoint)
+        let not_opa =
+            |e: String| PolicyLoadError::Compile(inspect::InspectError::NotOpa(e).to_string());
+        inspect::check_imports(&module).map_err(|e| PolicyLoadError::Compile(e.to_string()))?;
+        // The first instance reads the module's maps before its builtins are prepared.
+        let mut first = Instance::new(engine, &module, &HostBuiltins::none()).map_err(not_opa)?;
+        let facts = ModuleFacts {
+            builtins: first.read_map(true).map_err(not_opa)?,
+            entrypoints: first.read_map(false).map_err(not_opa)?,
+        };
+        let entrypoint_id = inspect::entrypoint_id(&facts, entrypoint)
             .map_err(|e| PolicyLoadError::Compile(e.to_string()))?;
+        let host_builtins = HostBuiltins::prepare(&facts.builtins)
+            .map_err(|e| PolicyLoadError::Compile(e.to_string()))?;
+        if !facts.builtins.is_empty() && !first.has_value_exports() {
+            return Err(not_opa(
+                "it calls host builtins but exports no opa_value_dump/opa_value_parse".into(),
+            ));
+        }
+        first.set_builtins(&host_builtins);
+        first
+            .load_data(&data)
+            .map_err(|e| PolicyLoadError::Data(format!("the module refused the data: {e}")))?;
         let policy = WasmPolicy {
             id: NEXT_MODULE_ID.fetch_add(1, Ordering::Relaxed),
             module,
             data: Arc::new(data),
             entrypoint: entrypoint.to_string(),
+            entrypoint_id,
+            builtins: host_builtins.names(),
+            host_builtins,
             pool: ArrayQueue::new(pool_size()),
-            builtins: facts.builtins.into_keys().collect(),
         };
-        // The first instance proves the module instantiates and accepts the data.
-        let first = policy.instantiate().map_err(PolicyLoadError::Data)?;
         let _ = policy.pool.push(first);
         for _ in 1..policy.pool.capacity() {
             match policy.instantiate() {
@@ -111,26 +130,16 @@ impl WasmPolicy {
 
     fn instantiate(&self) -> Result<Instance, String> {
         let engine = host::engine()?;
-        let mut store = Store::new(engine, StoreState::new());
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(host::load_deadline_ticks());
-        let module = &self.module;
-        let data = &*self.data;
-        let future = async {
-            let runtime = Runtime::new(&mut store, module).await?;
-            runtime.with_data(&mut store, data).await
-        };
-        let policy = match tokio::task::unconstrained(future).now_or_never() {
-            Some(Ok(policy)) => policy,
-            Some(Err(e)) => return Err(format!("cannot instantiate the module: {e:#}")),
-            None => return Err("instantiating the module did not complete".into()),
-        };
-        Ok(Instance { store, policy })
+        let mut instance = Instance::new(engine, &self.module, &self.host_builtins)?;
+        instance.load_data(&self.data)?;
+        Ok(instance)
     }
 
     /// Evaluates the entrypoint for one input on this thread's instance. The result is the
     /// entrypoint's value, `Value::Undefined` when the result set is empty.
     pub fn evaluate<I: serde::Serialize>(&self, input: &I) -> Result<Value, EvalError> {
+        let input =
+            serde_json::to_vec(input).map_err(|e| EvalError::Failed(format!("input: {e}")))?;
         WORKER_INSTANCE.with(|cell| {
             let mut slot = cell.borrow_mut();
             let stale = !matches!(&*slot, Some((id, _)) if *id == self.id);
@@ -147,83 +156,41 @@ impl WasmPolicy {
                 return Err(EvalError::Failed("no Wasm instance".into()));
             };
             let started = Instant::now();
-            match evaluate_on(instance, &self.entrypoint, input) {
-                Ok(value) => Ok(value),
+            let outcome = instance.evaluate(
+                self.entrypoint_id,
+                &input,
+                host::deadline_ticks(),
+                started + EVAL_TIME_LIMIT,
+            );
+            let bytes = match outcome {
+                Ok(bytes) => bytes,
                 Err(failure) => {
-                    // A trapped or confused instance is never reused.
+                    // A trapped instance is never reused.
                     *slot = None;
-                    Err(classify(failure, started))
+                    return Err(match failure {
+                        AbiFailure::Timeout => EvalError::Timeout,
+                        AbiFailure::Abort(message) => {
+                            EvalError::Failed(format!("opa_abort: {message}"))
+                        }
+                        AbiFailure::Failed(message) => EvalError::Failed(message),
+                    });
                 }
+            };
+            let value = abi::result_value(&bytes).map_err(EvalError::Failed)?;
+            // OPA makes a failing builtin undefined; tollgate also refuses an allow reached
+            // after one (a `not builtin(...)` would otherwise turn the failure into a grant).
+            if let Some(failure) = instance.builtin_failure()
+                && matches!(&value, Value::Object(_))
+                && value["allow"] == Value::Bool(true)
+            {
+                return Err(EvalError::Failed(format!(
+                    "builtin `{}` failed ({}); an allow reached after a builtin error is refused",
+                    failure.name, failure.message
+                )));
             }
+            Ok(value)
         })
     }
-}
-
-/// What an evaluation returned before classification.
-enum RawFailure {
-    Pending,
-    Error(opa_wasm::wasmtime::Error),
-    Anyhow(anyhow::Error),
-}
-
-/// OPA's result set: `[{"result": value}]`, or `[]` when the entrypoint is undefined.
-#[derive(serde::Deserialize)]
-struct ResultEntry {
-    result: Value,
-}
-
-fn evaluate_on<I: serde::Serialize>(
-    instance: &mut Instance,
-    entrypoint: &str,
-    input: &I,
-) -> Result<Value, RawFailure> {
-    instance.store.set_epoch_deadline(host::deadline_ticks());
-    let future =
-        instance
-            .policy
-            .evaluate::<_, Vec<ResultEntry>, _>(&mut instance.store, entrypoint, input);
-    match tokio::task::unconstrained(future).now_or_never() {
-        None => Err(RawFailure::Pending),
-        Some(Err(e)) => Err(RawFailure::Anyhow(e)),
-        Some(Ok(mut set)) => match set.len() {
-            0 => Ok(Value::Undefined),
-            1 => Ok(set
-                .pop()
-                .map(|entry| entry.result)
-                .unwrap_or(Value::Undefined)),
-            n => Err(RawFailure::Error(opa_wasm::wasmtime::Error::msg(format!(
-                "the entrypoint returned {n} results; a decision must be one value"
-            )))),
-        },
-    }
-}
-
-fn classify(failure: RawFailure, started: Instant) -> EvalError {
-    let message = match failure {
-        RawFailure::Pending => {
-            return EvalError::Failed("the Wasm evaluation waited on something".into());
-        }
-        RawFailure::Error(e) => {
-            if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-                return EvalError::Timeout;
-            }
-            format!("{e:#}")
-        }
-        RawFailure::Anyhow(e) => {
-            if e.chain()
-                .any(|cause| matches!(cause.downcast_ref::<Trap>(), Some(Trap::Interrupt)))
-            {
-                return EvalError::Timeout;
-            }
-            format!("{e:#}")
-        }
-    };
-    // Only the epoch deadline ends an evaluation this late: count it as the time limit even if
-    // the trap came back wrapped in a way not recognized above.
-    if started.elapsed() >= EVAL_TIME_LIMIT && message.contains("interrupt") {
-        return EvalError::Timeout;
-    }
-    EvalError::Failed(message)
 }
 
 #[cfg(test)]
