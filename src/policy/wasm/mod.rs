@@ -382,6 +382,83 @@ mod tests {
         }
     }
 
+    /// The sprintf fixture's cases: entrypoint, and OPA's (Go `fmt`) output with why.
+    const SPRINTF_CASES: &[(&str, &str)] = &[
+        // %q quotes the string Go's way, %d prints the int.
+        (
+            "tollgate/decision",
+            "\"spiffe://tollgate.local/test/agent\" has 3 rules",
+        ),
+        // int, float64 (%g), string; 1.0 is a float64 printed as %g prints 1.
+        ("cases/numbers", "1|2.5|s|1"),
+        // Composites are the strings of their Rego terms: strings quoted, keys sorted, sets
+        // as {…} and set() (which only survive because arguments cross as value text).
+        ("cases/array", "[1, \"a\", true]"),
+        ("cases/object", "{\"a\": [null], \"b\": 1}"),
+        ("cases/sets", "{1, 2} set()"),
+        // %q of an int is a quoted rune ('*' is 42).
+        ("cases/q", "\"x\\\"y\"|'*'"),
+        ("cases/d", "42|-0042|%!d(string=x)"),
+        ("cases/s", "a|%!s(int=5)"),
+        // %x of a string is the hex of its bytes; of a float, Go's hex float.
+        ("cases/x", "ff|6869|0x1.8p+00"),
+        ("cases/f", "3.141590|2.50"),
+        // OPA hands booleans to Go as strings.
+        ("cases/t", "%!t(string=true)|%!t(string=false)"),
+        ("cases/bad_verb_missing", "%!z(int=1) %!d(MISSING)"),
+        ("cases/extra", "1%!(EXTRA int=2)"),
+    ];
+
+    #[test]
+    fn sprintf_as_a_host_builtin_is_gos_fmt() {
+        for (entrypoint, expected) in SPRINTF_CASES {
+            let policy = WasmPolicy::load(&fixture("sprintf"), data(), entrypoint).unwrap();
+            assert_eq!(policy.builtins, vec!["sprintf".to_string()]);
+            let decision = policy.evaluate(&input(None)).unwrap();
+            assert_eq!(reason(&decision), *expected, "{entrypoint}");
+            assert_eq!(decision["allow"], Value::from(false));
+        }
+    }
+
+    #[test]
+    fn a_failing_builtin_is_undefined_and_never_an_allow() {
+        // A format that is not a string: undefined (OPA's non-strict builtin), so the result
+        // set is empty and the revision denies with policy_error.
+        let policy = WasmPolicy::load(&fixture("sprintf"), data(), "cases/not_a_format").unwrap();
+        assert_eq!(policy.evaluate(&input(None)), Ok(Value::Undefined));
+        // sprintf called with one argument is a builtin error; the module allows anyway.
+        let revision = PolicyRevision::from_wasm(
+            &fixture("sprintf"),
+            data(),
+            "cases/allow_after_error",
+            "r".into(),
+        )
+        .unwrap();
+        match revision.evaluate_value(input(None)).outcome {
+            Err(PolicyFailure::Error(detail)) => {
+                assert!(detail.starts_with("builtin `sprintf` failed ("), "{detail}");
+                assert!(detail.ends_with("an allow reached after a builtin error is refused"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn opa_abort_is_the_error_detail_and_the_instance_is_replaced() {
+        let revision =
+            PolicyRevision::from_wasm(&fixture("aborts"), data(), "tollgate/decision", "r".into())
+                .unwrap();
+        for _ in 0..2 {
+            let evaluation = revision.evaluate_value(input(None));
+            assert_eq!(
+                evaluation.outcome.unwrap_err(),
+                PolicyFailure::Error(
+                    "opa_abort: tollgate.rego:12:5: var assignment conflict".into()
+                )
+            );
+        }
+    }
+
     /// Real `opa build -t wasm` modules from public repositories, with the inputs, data and
     /// results their own tests state. Opt-in: `TOLLGATE_OPA_WASM_SAMPLES` names a folder holding
     /// `dotnet-opa-wasm/` (christophwille/dotnet-opa-wasm `sample-policies/` and its rbac test
