@@ -5,8 +5,8 @@
 //!
 //! - `rego`: the bundled policy (`policy-wasm/tollgate.rego`) on regorus' RVM.
 //! - `wasm`: the hand-written ABI fixture `tests/fixtures/wasm/decision.wat` (NOT OPA output:
-//!   no opa binary was available) on wasmtime through opa-wasm. It looks the caller up in a
-//!   hash index of the data, built once per instance; it does much less than the bundled
+//!   no opa binary was available) on wasmtime through tollgate's ABI host. It looks the caller
+//!   up in a hash index of the data, built once per instance; it does much less than the bundled
 //!   policy, so the two rows measure each engine's overhead, not the same policy twice.
 //!
 //! Run: `cargo bench --bench engines`. Results and machine load go in docs/BENCHMARKS.md.

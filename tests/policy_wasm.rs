@@ -2,8 +2,10 @@
 //! of tests/fixtures/wasm (NOT OPA output; see the README there): allow and deny through the
 //! proxy, a runaway and a memory-exhausting policy ending as denies while the proxy keeps
 //! serving, a missing builtin refused at `check` and at reload, an OPA bundle's `.manifest`
-//! revision in the metrics and the decision log, `engine: auto`, data-only reloads, and
-//! `tollgate policy eval` on a module and a bundle.
+//! revision in the metrics and the decision log, `engine: auto`, data-only reloads,
+//! `tollgate policy eval` on a module and a bundle, `sprintf` as a host builtin with Go's `fmt`
+//! output, `opa_abort`'s message as the logged detail and on `policy eval`'s standard error, and
+//! an allow reached after a failed builtin refused.
 
 mod support;
 
@@ -396,4 +398,136 @@ fn policy_eval_runs_a_module_and_a_bundle() {
     assert!(!out.status.success());
     let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decision["reason"], "policy_timeout");
+}
+
+/// A field of an operational-log line (tracing's JSON puts event fields at the top level or
+/// under `fields`).
+fn log_field<'a>(line: &'a Value, name: &str) -> Option<&'a str> {
+    line.get(name)
+        .or_else(|| line.get("fields").and_then(|f| f.get(name)))
+        .and_then(Value::as_str)
+}
+
+/// The operational-log detail of the policy failure behind decision `id`.
+fn failure_detail(tg: &Tollgate, id: &str) -> String {
+    let line = tg.wait_log(
+        |l| {
+            log_field(l, "message") == Some("policy evaluation failed; denying")
+                && log_field(l, "decision_id") == Some(id)
+        },
+        WAIT,
+    );
+    log_field(&line, "detail").unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_sprintf_reason_and_an_opa_abort_message_reach_the_proxy_and_its_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    std::fs::write(&module, wasm("sprintf", &[])).unwrap();
+    let tg = start(&format!("{{path: '{}'}}", module.display()));
+    let origin = PyOrigin::start(None);
+    // The fixture's decision: {"allow": false, "reason": sprintf("%q has %d rules",
+    // [<the caller's SPIFFE ID>, 3])}, formatted by Go's rules on the host.
+    let (status, decision) = call(&tg, &origin);
+    assert_eq!(status, 403, "{decision}");
+    assert_eq!(
+        reason(&decision),
+        format!("\"{CALLER}\" has 3 rules"),
+        "{decision}"
+    );
+
+    // A module that aborts: 403 policy_error, and OPA's message is the logged detail.
+    replace_file(&module, &wasm("aborts", &[]));
+    let (status, body) = tg.admin_json("POST", "/v1/reload", None);
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..2 {
+        let (status, decision) = call(&tg, &origin);
+        assert_eq!(status, 403, "{decision}");
+        assert_eq!(reason(&decision), "policy_error");
+        let id = decision["decision_id"].as_str().unwrap();
+        assert_eq!(
+            failure_detail(&tg, id),
+            "opa_abort: tollgate.rego:12:5: var assignment conflict"
+        );
+    }
+    assert!(!tg.stderr_text().contains("backtrace"));
+    assert_eq!(tg.admin_json("GET", "/healthz", None).0, 200);
+}
+
+#[test]
+fn an_allow_reached_after_a_failed_builtin_is_a_policy_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("policy.wasm");
+    std::fs::write(&module, wasm("sprintf", &[])).unwrap();
+    // This entrypoint calls sprintf with one argument (a builtin error, so undefined, as in
+    // OPA's Go SDK) and then returns {"allow": true}.
+    let tg = start(&format!(
+        "{{path: '{}', entrypoint: cases/allow_after_error}}",
+        module.display()
+    ));
+    let origin = PyOrigin::start(None);
+    let (status, decision) = call(&tg, &origin);
+    assert_eq!(status, 403, "{decision}");
+    assert_eq!(reason(&decision), "policy_error");
+    let detail = failure_detail(&tg, decision["decision_id"].as_str().unwrap());
+    assert!(detail.starts_with("builtin `sprintf` failed ("), "{detail}");
+    assert!(
+        detail.ends_with("an allow reached after a builtin error is refused"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn policy_eval_prints_go_formatted_reasons_and_opa_abort_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, "{}").unwrap();
+    let module = dir.path().join("sprintf.wasm");
+    std::fs::write(&module, wasm("sprintf", &[])).unwrap();
+    for (entrypoint, expected) in [
+        ("cases/q", "\"x\\\"y\"|'*'"),
+        ("cases/sets", "{1, 2} set()"),
+        ("cases/t", "%!t(string=true)|%!t(string=false)"),
+        ("cases/bad_verb_missing", "%!z(int=1) %!d(MISSING)"),
+    ] {
+        let out = Tollgate::run_cli(&[
+            "policy",
+            "eval",
+            "-p",
+            module.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+            "-e",
+            entrypoint,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(decision["reason"], expected, "{entrypoint}");
+    }
+    let aborts = dir.path().join("aborts.wasm");
+    std::fs::write(&aborts, wasm("aborts", &[])).unwrap();
+    let out = Tollgate::run_cli(&[
+        "policy",
+        "eval",
+        "-p",
+        aborts.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        decision,
+        serde_json::json!({"allow": false, "reason": "policy_error"})
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "policy_error: opa_abort: tollgate.rego:12:5: var assignment conflict"
+    );
 }

@@ -201,7 +201,7 @@ impl PolicyRevision {
         revision: String,
     ) -> Result<PolicyRevision, PolicyLoadError> {
         let policy = WasmPolicy::load(wasm, data.clone(), entrypoint)?;
-        validate::check_wasm(wasm, &data, entrypoint)?;
+        validate::check_wasm(&policy, entrypoint)?;
         Ok(PolicyRevision {
             revision: Arc::from(revision),
             engine: EngineKind::Wasm,

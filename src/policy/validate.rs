@@ -17,14 +17,11 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use opa_wasm::Runtime;
-use opa_wasm::wasmtime::{Module, Store};
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
 use serde_json::Value as Json;
 
-use super::wasm::host::{self, StoreState};
+use super::wasm::WasmPolicy;
 
 /// The rule a policy package defines to have its data checked at load.
 pub const DATA_ERRORS_RULE: &str = "data_errors";
@@ -128,16 +125,10 @@ pub fn check_rego(
     conclude(rule, &json)
 }
 
-/// OPA's result set for one entrypoint: `[{"result": value}]`, `[]` when undefined.
-#[derive(serde::Deserialize)]
-struct ResultEntry {
-    result: Json,
-}
-
 /// Checks the data of a Wasm revision: when the module has the entrypoint
-/// `<package>/data_errors`, evaluates it on an instance of its own with `data` loaded. A module
-/// without it loads unchecked, and the log says so.
-pub fn check_wasm(wasm: &[u8], data: &Json, entrypoint: &str) -> Result<Checked, DataCheckError> {
+/// `<package>/data_errors`, evaluates it on an instance of its own with the revision's data
+/// loaded. A module without it loads unchecked, and the log says so.
+pub fn check_wasm(policy: &WasmPolicy, entrypoint: &str) -> Result<Checked, DataCheckError> {
     let Some(components) = rule_components(entrypoint) else {
         return Ok(Checked::NoRule);
     };
@@ -146,51 +137,22 @@ pub fn check_wasm(wasm: &[u8], data: &Json, entrypoint: &str) -> Result<Checked,
         rule: wanted.clone(),
         detail,
     };
-    let engine = host::engine().map_err(&broken)?;
-    let module = Module::new(engine, wasm).map_err(|e| broken(format!("{e:#}")))?;
-    let mut store = Store::new(engine, StoreState::new());
-    store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(check_deadline_ticks());
-    let future = async {
-        let runtime = Runtime::new(&mut store, &module).await?;
-        if !runtime.entrypoints().contains(wanted.as_str()) {
-            return Ok(None);
-        }
-        let policy = runtime.with_data(&mut store, data).await?;
-        let set: Vec<ResultEntry> = policy
-            .evaluate(&mut store, &wanted, &Json::Object(Default::default()))
-            .await?;
-        Ok::<_, anyhow::Error>(Some(set))
-    };
-    let set = match tokio::task::unconstrained(future).now_or_never() {
-        Some(Ok(Some(set))) => set,
-        Some(Ok(None)) => {
+    let value = match policy.evaluate_once(&wanted, CHECK_TIME_LIMIT) {
+        Ok(Some(value)) => value,
+        Ok(None) => {
             tracing::info!(
                 entrypoint = %wanted,
                 "the Wasm module has no data-check entrypoint: its data is not checked at load (build it with -e {wanted} as well)"
             );
             return Ok(Checked::NoRule);
         }
-        Some(Err(e)) => return Err(broken(format!("{e:#}"))),
-        None => return Err(broken("the evaluation did not complete".into())),
+        Err(e) => return Err(broken(e.to_string())),
     };
-    let json = match set.as_slice() {
-        [] => Json::Array(Vec::new()),
-        [one] => one.result.clone(),
-        more => {
-            return Err(broken(format!(
-                "the entrypoint returned {} results",
-                more.len()
-            )));
-        }
+    let json = match value {
+        Value::Undefined => Json::Array(Vec::new()),
+        value => serde_json::to_value(&value).map_err(|e| broken(e.to_string()))?,
     };
     conclude(wanted, &json)
-}
-
-/// Epoch ticks (of [`host::TICK`]) in [`CHECK_TIME_LIMIT`].
-fn check_deadline_ticks() -> u64 {
-    let ticks = CHECK_TIME_LIMIT.as_micros() / host::TICK.as_micros().max(1);
-    u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
 /// The check's value as a verdict: a set (or list) of strings, empty when the data is good.
@@ -387,17 +349,22 @@ mod tests {
         wat::parse_file(path).unwrap()
     }
 
+    fn wasm_check(module: &[u8], data: &serde_json::Value) -> Result<Checked, DataCheckError> {
+        let policy = WasmPolicy::load(module, data.clone(), "tollgate/decision").unwrap();
+        check_wasm(&policy, "tollgate/decision")
+    }
+
     #[test]
     fn a_wasm_module_with_the_entrypoint_checks_its_data() {
         let module = fixture("data_errors");
         let good = serde_json::json!({"tollgate_config": {"note": "fine"}});
         assert_eq!(
-            check_wasm(&module, &good, "tollgate/decision"),
+            wasm_check(&module, &good),
             Ok(Checked::Clean)
         );
         let bad = serde_json::json!({"tollgate_config": {"note": "bad!"}});
         assert_eq!(
-            check_wasm(&module, &bad, "tollgate/decision"),
+            wasm_check(&module, &bad),
             Err(DataCheckError::Refused {
                 rule: "tollgate/data_errors".into(),
                 count: 1,
@@ -420,7 +387,7 @@ mod tests {
         let module = fixture("decision");
         let data = serde_json::json!({"anything": "bad!"});
         assert_eq!(
-            check_wasm(&module, &data, "tollgate/decision"),
+            wasm_check(&module, &data),
             Ok(Checked::NoRule)
         );
     }

@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod net;
 mod opa_strings;
 pub mod patterns;
+pub mod sprintf;
 
 use regorus::{Engine, Value};
 
@@ -91,6 +92,7 @@ const BUILTINS: &[Builtin] = &[
     builtin!("net.cidr_intersects", 2, net::cidr_intersects),
     builtin!("net.cidr_merge", 1, net::cidr_merge),
     builtin!("net.cidr_contains_matches", 2, net::cidr_contains_matches),
+    builtin!("sprintf", 2, sprintf::call),
     Builtin {
         name: "glob.match",
         arity: 3,

@@ -9,8 +9,9 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use opa_wasm::wasmtime::{Config, Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, StoreLimits, StoreLimitsBuilder};
 
+use super::dispatch::HostInstance;
 use crate::policy::rego::EVAL_TIME_LIMIT;
 
 /// How often the epoch advances: the granularity of the time limit.
@@ -25,6 +26,8 @@ static ENGINE: LazyLock<Result<Engine, String>> = LazyLock::new(|| {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.memory_reservation(MEMORY_RESERVATION_BYTES);
+    // Errors carry the trap and, for opa_abort, OPA's message; no Wasm backtrace in them.
+    config.wasm_backtrace_max_frames(None);
     let engine = Engine::new(&config).map_err(|e| format!("wasmtime: {e}"))?;
     let ticking = engine.clone();
     std::thread::Builder::new()
@@ -56,16 +59,34 @@ pub fn load_deadline_ticks() -> u64 {
     10_000
 }
 
-/// What each `Store` carries: its resource limits.
+/// Why a host function stopped the module, recorded before it traps so the evaluation can say
+/// so in OPA's words rather than as a trap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The module called `opa_abort` with this message (e.g. `x.rego:6:1: var assignment
+    /// conflict`, or its allocator's out-of-memory).
+    Abort(String),
+    /// The host could not go on (a builtin's argument or result could not cross the ABI, a
+    /// resource limit in a builtin).
+    Host(String),
+}
+
+/// What each `Store` carries: its resource limits, its host builtins, and what stopped it.
 pub struct StoreState {
     /// Memory, table and instance bounds, enforced by wasmtime through `Store::limiter`.
     pub limits: StoreLimits,
+    /// This instance's host builtins (its own regorus engine).
+    pub builtins: HostInstance,
+    /// The module's exports a builtin call needs, once instantiated.
+    pub exports: Option<super::abi::CallExports>,
+    /// Set by a host function just before it traps.
+    pub stop: Option<Stop>,
 }
 
 impl StoreState {
     /// The limits of one policy instance: one memory of at most [`MEMORY_LIMIT_BYTES`], a few
     /// tables and instances (an OPA module has one of each).
-    pub fn new() -> StoreState {
+    pub fn new(builtins: HostInstance) -> StoreState {
         StoreState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(MEMORY_LIMIT_BYTES)
@@ -74,12 +95,9 @@ impl StoreState {
                 .instances(2)
                 .table_elements(1_000_000)
                 .build(),
+            builtins,
+            exports: None,
+            stop: None,
         }
-    }
-}
-
-impl Default for StoreState {
-    fn default() -> Self {
-        StoreState::new()
     }
 }
