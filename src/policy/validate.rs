@@ -358,10 +358,7 @@ mod tests {
     fn a_wasm_module_with_the_entrypoint_checks_its_data() {
         let module = fixture("data_errors");
         let good = serde_json::json!({"tollgate_config": {"note": "fine"}});
-        assert_eq!(
-            wasm_check(&module, &good),
-            Ok(Checked::Clean)
-        );
+        assert_eq!(wasm_check(&module, &good), Ok(Checked::Clean));
         let bad = serde_json::json!({"tollgate_config": {"note": "bad!"}});
         assert_eq!(
             wasm_check(&module, &bad),
@@ -386,9 +383,6 @@ mod tests {
     fn a_wasm_module_without_the_entrypoint_loads_unchecked() {
         let module = fixture("decision");
         let data = serde_json::json!({"anything": "bad!"});
-        assert_eq!(
-            wasm_check(&module, &data),
-            Ok(Checked::NoRule)
-        );
+        assert_eq!(wasm_check(&module, &data), Ok(Checked::NoRule));
     }
 }

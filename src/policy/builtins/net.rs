@@ -47,7 +47,9 @@ pub fn cidr_intersects(args: &[Value]) -> Result<Value, BuiltinError> {
     };
     let a = cidr(NAME, text(NAME, a, 1)?)?.trunc();
     let b = cidr(NAME, text(NAME, b, 2)?)?.trunc();
-    Ok(Value::Bool(a.contains(&b.network()) || b.contains(&a.network())))
+    Ok(Value::Bool(
+        a.contains(&b.network()) || b.contains(&a.network()),
+    ))
 }
 
 /// `net.cidr_merge(addrs)`: the smallest set of CIDRs covering exactly the given addresses and
@@ -145,8 +147,11 @@ mod tests {
         let no = cidr_intersects(&[s("10.0.0.0/8"), s("192.168.1.0/24")]).unwrap();
         assert_eq!(no, Value::Bool(false));
         assert_eq!(
-            cidr_intersects(&[s("fd1e:5bfe:8af3:9ddc::/64"), s("fd1e:5bfe:8af3:9ddc::1/128")])
-                .unwrap(),
+            cidr_intersects(&[
+                s("fd1e:5bfe:8af3:9ddc::/64"),
+                s("fd1e:5bfe:8af3:9ddc::1/128")
+            ])
+            .unwrap(),
             Value::Bool(true)
         );
         assert!(matches!(
@@ -162,9 +167,13 @@ mod tests {
             cidr_merge(&[json(r#"["192.0.128.0/24", "192.0.129.0/24"]"#)]).unwrap(),
             Value::from(one)
         );
-        let merged = cidr_merge(&[json(r#"["10.0.0.1", "10.0.0.0/24", "2001:db8::1", "2001:db8::/127"]"#)]).unwrap();
-        let expected: std::collections::BTreeSet<Value> =
-            [s("10.0.0.0/24"), s("2001:db8::/127")].into_iter().collect();
+        let merged = cidr_merge(&[json(
+            r#"["10.0.0.1", "10.0.0.0/24", "2001:db8::1", "2001:db8::/127"]"#,
+        )])
+        .unwrap();
+        let expected: std::collections::BTreeSet<Value> = [s("10.0.0.0/24"), s("2001:db8::/127")]
+            .into_iter()
+            .collect();
         assert_eq!(merged, Value::from(expected));
         assert!(matches!(
             cidr_merge(&[json(r#"["nope"]"#)]),
@@ -175,8 +184,9 @@ mod tests {
     #[test]
     fn contains_matches_keys_by_string_index_set_element_and_object_key() {
         let result = cidr_contains_matches(&[s("1.1.1.0/24"), s("1.1.1.128")]).unwrap();
-        let expected: std::collections::BTreeSet<Value> =
-            [json(r#"["1.1.1.0/24", "1.1.1.128"]"#)].into_iter().collect();
+        let expected: std::collections::BTreeSet<Value> = [json(r#"["1.1.1.0/24", "1.1.1.128"]"#)]
+            .into_iter()
+            .collect();
         assert_eq!(result, Value::from(expected));
         let result = cidr_contains_matches(&[
             json(r#"[["1.1.0.0/16", "foo"], "1.1.2.0/24"]"#),
@@ -184,7 +194,9 @@ mod tests {
         ])
         .unwrap();
         let expected: std::collections::BTreeSet<Value> =
-            [json(r#"[0, "x"]"#), json(r#"[0, "y"]"#)].into_iter().collect();
+            [json(r#"[0, "x"]"#), json(r#"[0, "y"]"#)]
+                .into_iter()
+                .collect();
         assert_eq!(result, Value::from(expected));
     }
 }

@@ -17,8 +17,8 @@
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
-use regorus::value::{Object, Set};
 use regorus::Value;
+use regorus::value::{Object, Set};
 
 use super::BuiltinError;
 

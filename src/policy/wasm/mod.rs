@@ -145,8 +145,8 @@ impl WasmPolicy {
         let id = i32::try_from(*id)
             .map_err(|_| EvalError::Failed(format!("entrypoint id {id} out of range")))?;
         let mut instance = self.instantiate().map_err(EvalError::Failed)?;
-        let ticks = u64::try_from(limit.as_micros() / host::TICK.as_micros().max(1))
-            .unwrap_or(u64::MAX);
+        let ticks =
+            u64::try_from(limit.as_micros() / host::TICK.as_micros().max(1)).unwrap_or(u64::MAX);
         let bytes = instance
             .evaluate(id, b"{}", ticks, Instant::now() + limit)
             .map_err(|failure| match failure {
@@ -154,7 +154,9 @@ impl WasmPolicy {
                 AbiFailure::Abort(message) => EvalError::Failed(format!("opa_abort: {message}")),
                 AbiFailure::Failed(message) => EvalError::Failed(message),
             })?;
-        abi::result_value(&bytes).map(Some).map_err(EvalError::Failed)
+        abi::result_value(&bytes)
+            .map(Some)
+            .map_err(EvalError::Failed)
     }
 
     fn instantiate(&self) -> Result<Instance, String> {
