@@ -25,16 +25,13 @@
 //!   1..128 bytes); `delegation` is at most 8 SPIFFE IDs.
 //!
 //! # Hot path and reload
-//! Each issuer's keys sit behind an [`ArcSwap`]: verification never locks. The owner polls
-//! [`IntentIssuers::reload_if_changed`] (every [`POLL_INTERVAL`], off the request path): a JWKS
-//! file whose size or modification time changed is re-read and swapped in whole; a broken file
-//! keeps the last good key set, is logged and is returned as an error.
+//! Each issuer's keys are a [`Watched`] value: verification never locks. The owner polls
+//! [`IntentIssuers::poll`] (off the request path): a JWKS file whose size or modification time
+//! changed is re-read and swapped in whole; a broken file keeps the last good key set.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -42,7 +39,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::identity::SpiffeId;
-use crate::intent::Intent;
+use crate::intent::{Intent, TaskName, is_name};
+use crate::reason::Reason;
+use crate::watch::{Inputs, Rebuilt, Reloaded, Source, Watched};
 
 /// Longest token accepted, in bytes (SPEC §3.2).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -50,11 +49,8 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const LEEWAY: Duration = Duration::from_secs(30);
 /// The audience a token must carry when the issuer configures none.
 pub const DEFAULT_AUDIENCE: &str = "tollgate";
-/// How often the owner should call [`IntentIssuers::reload_if_changed`].
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 const MAX_DELEGATION: usize = 8;
-const MAX_NAME: usize = 128;
 const MIN_RSA_BITS: usize = 2048;
 const MAX_RSA_BITS: usize = 8192;
 
@@ -110,21 +106,21 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// The stable, machine-readable reason.
-    pub fn reason(&self) -> &'static str {
+    /// The closed reason: the deny reason, the decision-log reason and the metric label.
+    pub fn reason(&self) -> Reason {
         match self {
-            TokenError::TooLarge => "token_too_large",
-            TokenError::Malformed(_) => "token_malformed",
-            TokenError::AlgNotAllowed => "token_alg_not_allowed",
-            TokenError::MissingClaim(_) => "token_missing_claim",
-            TokenError::InvalidClaim(_) => "token_invalid_claim",
-            TokenError::UnknownIssuer => "token_unknown_issuer",
-            TokenError::UnknownKey => "token_unknown_key",
-            TokenError::BadSignature => "token_bad_signature",
-            TokenError::Expired => "token_expired",
-            TokenError::NotYetValid => "token_not_yet_valid",
-            TokenError::WrongAudience => "token_wrong_audience",
-            TokenError::SubjectMismatch => "token_subject_mismatch",
+            TokenError::TooLarge => Reason::TokenTooLarge,
+            TokenError::Malformed(_) => Reason::TokenMalformed,
+            TokenError::AlgNotAllowed => Reason::TokenAlgNotAllowed,
+            TokenError::MissingClaim(_) => Reason::TokenMissingClaim,
+            TokenError::InvalidClaim(_) => Reason::TokenInvalidClaim,
+            TokenError::UnknownIssuer => Reason::TokenUnknownIssuer,
+            TokenError::UnknownKey => Reason::TokenUnknownKey,
+            TokenError::BadSignature => Reason::TokenBadSignature,
+            TokenError::Expired => Reason::TokenExpired,
+            TokenError::NotYetValid => Reason::TokenNotYetValid,
+            TokenError::WrongAudience => Reason::TokenWrongAudience,
+            TokenError::SubjectMismatch => Reason::TokenSubjectMismatch,
         }
     }
 }
@@ -135,7 +131,7 @@ pub struct VerifiedIntent {
     /// `intent`.
     pub name: String,
     /// `task`.
-    pub task: String,
+    pub task: TaskName,
     /// `iss`, as configured.
     pub issuer: String,
     /// `delegation`, outermost first; empty when absent.
@@ -168,20 +164,9 @@ pub struct IntentIssuers {
 struct Issuer {
     issuer: String,
     audience: String,
-    jwks: PathBuf,
-    /// `intent_tokens.issuers[N].jwks`, for errors.
-    config_key: String,
-    keys: ArcSwap<Vec<VerifyKey>>,
-    /// The file version last loaded (or found broken); touched only by reloads.
-    stamp: Mutex<Stamp>,
-}
-
-/// What identifies a file version cheaply.
-type Stamp = Option<(u64, SystemTime)>;
-
-fn stamp(path: &PathBuf) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.len(), meta.modified().ok()?))
+    /// The issuer's keys, re-read when its JWKS file changes; named in reloads by its
+    /// configuration key (`intent_tokens.issuers[N].jwks`).
+    keys: Watched<Vec<VerifyKey>>,
 }
 
 /// One public key, pinned to the single algorithm it may verify.
@@ -252,7 +237,6 @@ impl IntentIssuers {
                 });
             }
             let config_key = format!("{prefix}.jwks");
-            let file_stamp = stamp(&config.jwks);
             let keys = match load_jwks(&config.jwks) {
                 Ok(keys) => keys,
                 Err(message) => {
@@ -269,10 +253,7 @@ impl IntentIssuers {
                     .audience
                     .clone()
                     .unwrap_or_else(|| DEFAULT_AUDIENCE.to_string()),
-                jwks: config.jwks.clone(),
-                config_key,
-                keys: ArcSwap::from_pointee(keys),
-                stamp: Mutex::new(file_stamp),
+                keys: watched_keys(config_key, &config.jwks, keys),
             });
         }
         if problems.is_empty() {
@@ -294,44 +275,28 @@ impl IntentIssuers {
         self.issuers.is_empty()
     }
 
-    /// Re-reads every JWKS file whose size or modification time changed since it was last read.
-    /// `Ok(n)`: `n` key sets were replaced. `Err`: the files that changed but are broken; each
-    /// keeps its last good key set (the others that changed were still replaced). Each outcome
-    /// is logged. Blocking file I/O: call it off the request path.
+    /// Re-reads every JWKS file whose size or modification time changed since it was last
+    /// read; a broken file keeps its last good key set. Blocking file I/O: call it off the
+    /// request path.
+    pub fn poll(&self) -> Vec<Reloaded<()>> {
+        self.issuers
+            .iter()
+            .filter_map(|issuer| issuer.keys.poll().map(Reloaded::erase))
+            .collect()
+    }
+
+    /// [`poll`](Self::poll), summed up: `Ok(n)`: `n` key sets were replaced; `Err`: the files
+    /// that changed but are broken (the others that changed were still replaced).
     pub fn reload_if_changed(&self) -> Result<usize, Vec<IssuerError>> {
         let mut reloaded = 0;
         let mut problems = Vec::new();
-        for issuer in &self.issuers {
-            let now = stamp(&issuer.jwks);
-            {
-                let mut last = issuer.stamp.lock().unwrap_or_else(|e| e.into_inner());
-                if *last == now {
-                    continue;
-                }
-                *last = now;
-            }
-            match load_jwks(&issuer.jwks) {
-                Ok(keys) => {
-                    tracing::info!(
-                        issuer = %issuer.issuer,
-                        keys = keys.len(),
-                        "{}: intent token keys reloaded",
-                        issuer.config_key
-                    );
-                    issuer.keys.store(Arc::new(keys));
-                    reloaded += 1;
-                }
-                Err(message) => {
-                    let error = IssuerError {
-                        key: issuer.config_key.clone(),
-                        message,
-                    };
-                    tracing::error!(
-                        issuer = %issuer.issuer,
-                        "{error}; the last good intent token keys stay in force"
-                    );
-                    problems.push(error);
-                }
+        for result in self.poll() {
+            match result.outcome {
+                Ok(_) => reloaded += 1,
+                Err(message) => problems.push(IssuerError {
+                    key: result.what.to_string(),
+                    message,
+                }),
             }
         }
         if problems.is_empty() {
@@ -425,7 +390,7 @@ impl IntentIssuers {
             return Err(TokenError::SubjectMismatch);
         }
         let name = name_claim(&claims, "intent")?;
-        let task = name_claim(&claims, "task")?;
+        let task = task_claim(&claims)?;
         let delegation = delegation_claim(&claims)?;
         Ok(VerifiedIntent {
             name,
@@ -447,6 +412,25 @@ impl IntentIssuers {
     ) -> Result<Intent, TokenError> {
         Ok(self.verify(token, caller, now)?.into_intent(plain))
     }
+}
+
+/// An issuer's keys as a watched value: rebuilt from `jwks` when it changes.
+fn watched_keys(
+    config_key: String,
+    jwks: &PathBuf,
+    keys: Vec<VerifyKey>,
+) -> Watched<Vec<VerifyKey>> {
+    let path = jwks.clone();
+    Watched::new(
+        Source::IntentTokenKeys,
+        config_key,
+        keys,
+        Inputs::none().file(jwks),
+        move |_| match load_jwks(&path) {
+            Ok(keys) => Rebuilt::Ok(keys),
+            Err(message) => Rebuilt::Failed(message),
+        },
+    )
 }
 
 /// The three base64url parts of a compact JWS.
@@ -526,18 +510,18 @@ fn audience_matches(claims: &Map<String, Value>, audience: &str) -> Result<bool,
     }
 }
 
-/// `intent` and `task`: required, same charset and length as the plain headers.
+/// `intent`: required, same rule as the plain header.
 fn name_claim(claims: &Map<String, Value>, name: &'static str) -> Result<String, TokenError> {
     let value = string_claim(claims, name)?;
-    let ok = !value.is_empty()
-        && value.len() <= MAX_NAME
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'));
-    if !ok {
+    if !is_name(value.as_bytes()) {
         return Err(TokenError::InvalidClaim(name));
     }
     Ok(value.to_string())
+}
+
+/// `task`: required, a [`TaskName`].
+fn task_claim(claims: &Map<String, Value>) -> Result<TaskName, TokenError> {
+    TaskName::parse(string_claim(claims, "task")?).map_err(|_| TokenError::InvalidClaim("task"))
 }
 
 fn delegation_claim(claims: &Map<String, Value>) -> Result<Vec<SpiffeId>, TokenError> {
@@ -820,7 +804,7 @@ mod tests {
             for kid in [true, false] {
                 let verified = check(&f, &sign(key, &claims(), kid)).unwrap();
                 assert_eq!(verified.name, "issues.read");
-                assert_eq!(verified.task, "t-42");
+                assert_eq!(verified.task.as_str(), "t-42");
                 assert_eq!(verified.issuer, ISS);
                 assert_eq!(
                     verified.delegation[0].as_str(),
@@ -1167,6 +1151,6 @@ mod tests {
         ];
         let reasons: std::collections::BTreeSet<_> = all.iter().map(TokenError::reason).collect();
         assert_eq!(reasons.len(), all.len());
-        assert!(reasons.iter().all(|r| r.starts_with("token_")));
+        assert!(reasons.iter().all(|r| r.as_str().starts_with("token_")));
     }
 }
