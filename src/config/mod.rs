@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 
 pub use load::Problems;
 pub use types::*;
-use validate::{require_file, resolve};
 
 /// The built-in local-development configuration used by `tollgate run` without `-c`.
 pub const BUILTIN_CONFIG_YAML: &str = include_str!("../../config/local-dev.yaml");
