@@ -22,6 +22,7 @@
 //! - [`kill`]: the kill switch (persisted, lock-free to check)
 //! - [`tls`]: TLS handshakes, listener TLS, CAs, interception, the origin's TLS
 //! - [`pki`]: the crypto provider and PEM files
+//! - [`per_thread`]: per-thread state of a shared owner (no lock shared between workers)
 //! - [`upstream`]: resolution with the private-address guard, the origin client
 //! - [`telemetry`]: metrics, decision log and operational log
 //! - [`admin`]: the admin API, one file per resource
@@ -39,6 +40,7 @@ pub mod identity;
 pub mod intent;
 pub mod intent_token;
 pub mod kill;
+pub mod per_thread;
 pub mod pki;
 pub mod policy;
 pub mod proxy;

@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::identity::svid::SvidRejection;
+use crate::per_thread::{self, OwnerId};
 use crate::reason::{Outcome, Reason};
 use crate::watch::Source;
 use prometheus::{
@@ -32,14 +33,18 @@ const UPSTREAM_BUCKETS: &[f64] = &[
 ];
 
 /// Per-thread handles of destination-labelled counters (bounded; a miss falls back to the
-/// registry's label lookup). Keyed level by level — (registry, reason), then listener, then
-/// destination — so a hit looks the strings up by `&str` and allocates nothing.
-type DestinationCounters = HashMap<(u64, Reason), HashMap<String, HashMap<String, IntCounter>>>;
-static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// registry's label lookup). Keyed level by level — reason, then listener, then destination —
+/// so a hit looks the strings up by `&str` and allocates nothing; the count of handles kept
+/// comes first.
+type DestinationCounters = (
+    usize,
+    HashMap<Reason, HashMap<String, HashMap<String, IntCounter>>>,
+);
 const DESTINATION_CACHE_LIMIT: usize = 4096;
 
 thread_local! {
-    static DESTINATION_COUNTERS: RefCell<(usize, DestinationCounters)> = RefCell::new((0, HashMap::new()));
+    /// This thread's handles, and the registry they belong to.
+    static DESTINATION_COUNTERS: per_thread::Slot<DestinationCounters> = const { RefCell::new(None) };
 }
 
 /// Series of one listener, created at start-up.
@@ -53,8 +58,8 @@ struct ListenerSeries {
 
 /// The metrics registry and the handles the request path records into.
 pub struct Metrics {
-    /// Tells this registry's cached handles from another's (tests build several).
-    id: u64,
+    /// Tells this registry's per-thread handles from another's (tests build several).
+    id: OwnerId,
     registry: Registry,
     listeners: HashMap<String, ListenerSeries>,
     /// Set when requests carry a `destination` label (then looked up per request).
@@ -230,7 +235,7 @@ impl Metrics {
             listeners.insert(name.clone(), series);
         }
         Ok(Metrics {
-            id: NEXT_METRICS_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: OwnerId::new(),
             registry,
             listeners,
             by_destination: label_destination.then_some(requests),
@@ -280,33 +285,38 @@ impl Metrics {
                 Outcome::Deny => "",
                 Outcome::Allow | Outcome::Error => destination.unwrap_or(""),
             };
-            DESTINATION_COUNTERS.with(|cache| {
-                let (cached, by_reason) = &mut *cache.borrow_mut();
-                let hit = by_reason
-                    .get(&(self.id, reason))
-                    .and_then(|by_listener| by_listener.get(listener))
-                    .and_then(|by_destination| by_destination.get(destination));
-                if let Some(counter) = hit {
+            let fresh = || (0, HashMap::new());
+            per_thread::with(
+                &DESTINATION_COUNTERS,
+                self.id,
+                fresh,
+                |(cached, by_reason)| {
+                    let hit = by_reason
+                        .get(&reason)
+                        .and_then(|by_listener| by_listener.get(listener))
+                        .and_then(|by_destination| by_destination.get(destination));
+                    if let Some(counter) = hit {
+                        counter.inc();
+                        return;
+                    }
+                    let counter = vec.with_label_values(&[
+                        listener,
+                        reason.outcome().as_str(),
+                        reason.as_str(),
+                        destination,
+                    ]);
                     counter.inc();
-                    return;
-                }
-                let counter = vec.with_label_values(&[
-                    listener,
-                    reason.outcome().as_str(),
-                    reason.as_str(),
-                    destination,
-                ]);
-                counter.inc();
-                if *cached < DESTINATION_CACHE_LIMIT {
-                    *cached += 1;
-                    by_reason
-                        .entry((self.id, reason))
-                        .or_default()
-                        .entry(listener.to_string())
-                        .or_default()
-                        .insert(destination.to_string(), counter);
-                }
-            });
+                    if *cached < DESTINATION_CACHE_LIMIT {
+                        *cached += 1;
+                        by_reason
+                            .entry(reason)
+                            .or_default()
+                            .entry(listener.to_string())
+                            .or_default()
+                            .insert(destination.to_string(), counter);
+                    }
+                },
+            );
             return;
         }
         if let Some(counter) = series
