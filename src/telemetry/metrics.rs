@@ -86,6 +86,46 @@ pub struct Metrics {
     pub kills_active: IntGauge,
 }
 
+/// Makes metric families and registers each as it is made.
+struct Families<'r>(&'r Registry);
+
+impl Families<'_> {
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        let family = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(family.clone()))?;
+        Ok(family)
+    }
+
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        let family = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(family.clone()))?;
+        Ok(family)
+    }
+
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> Result<HistogramVec, prometheus::Error> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let family = HistogramVec::new(opts, labels)?;
+        self.0.register(Box::new(family.clone()))?;
+        Ok(family)
+    }
+}
+
 /// A metric could not be registered (a programming error, caught at start-up).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the metrics registry: {0}")]
@@ -98,120 +138,81 @@ impl Metrics {
         label_destination: bool,
     ) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
+        let family = Families(&registry);
         let mut request_labels = vec!["listener", "decision", "reason"];
         if label_destination {
             request_labels.push("destination");
         }
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "tollgate_requests_total",
-                "Decisions made, by outcome and closed reason.",
-            ),
+        let requests = family.counters(
+            "tollgate_requests_total",
+            "Decisions made, by outcome and closed reason.",
             &request_labels,
         )?;
-        let durations = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_request_duration_seconds",
-                "End-to-end request time, until the response body ends.",
-            )
-            .buckets(REQUEST_BUCKETS.to_vec()),
+        let durations = family.histograms(
+            "tollgate_request_duration_seconds",
+            "End-to-end request time, until the response body ends.",
+            REQUEST_BUCKETS,
             &["listener"],
         )?;
-        let active = IntGaugeVec::new(
-            Opts::new("tollgate_active_connections", "Agent connections open now."),
+        let active = family.gauges(
+            "tollgate_active_connections",
+            "Agent connections open now.",
             &["listener"],
         )?;
-        let policy_eval = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_policy_eval_duration_seconds",
-                "One policy evaluation.",
-            )
-            .buckets(POLICY_BUCKETS.to_vec()),
+        let policy_eval = family.histograms(
+            "tollgate_policy_eval_duration_seconds",
+            "One policy evaluation.",
+            POLICY_BUCKETS,
             &["engine"],
         )?;
-        let upstream_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "tollgate_upstream_duration_seconds",
-                "From sending to the origin until its response head.",
-            )
-            .buckets(UPSTREAM_BUCKETS.to_vec()),
+        let upstream_duration = family.histograms(
+            "tollgate_upstream_duration_seconds",
+            "From sending to the origin until its response head.",
+            UPSTREAM_BUCKETS,
+            &[],
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "tollgate_policy_reloads_total",
-                "Policy reloads, by result.",
-            ),
+        let reloads = family.counters(
+            "tollgate_policy_reloads_total",
+            "Policy reloads, by result.",
             &["result"],
         )?;
-        let reloads_by_source = IntCounterVec::new(
-            Opts::new(
-                "tollgate_reloads_total",
-                "Values rebuilt from their files (or the Workload API), by source and result.",
-            ),
+        let reloads_by_source = family.counters(
+            "tollgate_reloads_total",
+            "Values rebuilt from their files (or the Workload API), by source and result.",
             &["source", "result"],
         )?;
-        let policy_info = IntGaugeVec::new(
-            Opts::new(
-                "tollgate_policy_info",
-                "The policy revision in force (value 1).",
-            ),
+        let policy_info = family.gauges(
+            "tollgate_policy_info",
+            "The policy revision in force (value 1).",
             &["revision", "engine"],
         )?;
-        let credential_issued = IntCounterVec::new(
-            Opts::new(
-                "tollgate_credential_issued_total",
-                "Credentials fetched or minted.",
-            ),
+        let credential_issued = family.counters(
+            "tollgate_credential_issued_total",
+            "Credentials fetched or minted.",
             &["credential", "kind"],
         )?;
-        let credential_cache_hits = IntCounterVec::new(
-            Opts::new(
-                "tollgate_credential_cache_hits_total",
-                "Credentials served from the cache.",
-            ),
+        let credential_cache_hits = family.counters(
+            "tollgate_credential_cache_hits_total",
+            "Credentials served from the cache.",
             &["credential"],
         )?;
-        let credential_errors = IntCounterVec::new(
-            Opts::new(
-                "tollgate_credential_errors_total",
-                "Credential provider failures.",
-            ),
+        let credential_errors = family.counters(
+            "tollgate_credential_errors_total",
+            "Credential provider failures.",
             &["credential"],
         )?;
-        let identity_rejections = IntCounterVec::new(
-            Opts::new(
-                "tollgate_identity_rejections_total",
-                "Peers refused during identity checks.",
-            ),
+        let identity_rejections = family.counters(
+            "tollgate_identity_rejections_total",
+            "Peers refused during identity checks.",
             &["reason"],
         )?;
-        let tls_errors = IntCounterVec::new(
-            Opts::new(
-                "tollgate_tls_handshake_errors_total",
-                "Failed TLS handshakes, by side.",
-            ),
+        let tls_errors = family.counters(
+            "tollgate_tls_handshake_errors_total",
+            "Failed TLS handshakes, by side.",
             &["side"],
         )?;
         let kills_active = IntGauge::new("tollgate_kills_active", "Kills in force.")?;
-
-        for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(durations.clone()),
-            Box::new(active.clone()),
-            Box::new(policy_eval.clone()),
-            Box::new(upstream_duration.clone()),
-            Box::new(reloads.clone()),
-            Box::new(reloads_by_source.clone()),
-            Box::new(policy_info.clone()),
-            Box::new(credential_issued.clone()),
-            Box::new(credential_cache_hits.clone()),
-            Box::new(credential_errors.clone()),
-            Box::new(identity_rejections.clone()),
-            Box::new(tls_errors.clone()),
-            Box::new(kills_active.clone()),
-        ] {
-            registry.register(collector)?;
-        }
+        registry.register(Box::new(kills_active.clone()))?;
 
         let mut listeners = HashMap::new();
         for name in listener_names {
@@ -241,7 +242,7 @@ impl Metrics {
             by_destination: label_destination.then_some(requests),
             policy_eval_rego: policy_eval.with_label_values(&["rego"]),
             policy_eval_wasm: policy_eval.with_label_values(&["wasm"]),
-            upstream_duration,
+            upstream_duration: upstream_duration.with_label_values::<&str>(&[]),
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
             reloads: Source::ALL
