@@ -1,26 +1,17 @@
-//! `ProxyError`: every way a request can fail, and the one place each becomes a response.
+//! `ProxyError`: every way a request can fail, and what each means for the response.
 //!
-//! `status()`, `reason()` and `fault()` are single exhaustive matches, so adding a failure
-//! forces a decision about all three. `reason()` is a closed set: it is the decision log's
-//! reason for tollgate's own refusals and (later) the metric label. Messages speak to the
-//! agent's developer and never carry secrets or header values.
+//! [`ProxyError::reason`] is a single exhaustive match onto the closed [`Reason`]; the status,
+//! the fault and the body's `error` follow from the reason, so adding a failure is one new
+//! variant and one line. Messages speak to the agent's developer and never carry secrets or
+//! header values.
 
 use http::StatusCode;
 
 use crate::intent::IntentError;
 use crate::policy::PolicyFailure;
+pub use crate::reason::Fault;
+use crate::reason::Reason;
 use crate::upstream::{ResolveError, UpstreamError};
-
-/// Who is at fault, as in Pingora: decides the status family and how loudly we log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The agent sent something we refuse (4xx).
-    Caller,
-    /// The origin failed (502/504).
-    Upstream,
-    /// tollgate itself (5xx).
-    Internal,
-}
 
 /// A request that will not be forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,8 +28,12 @@ pub enum ProxyError {
     HeadersTooLarge(usize),
     #[error("the request's Host ({found}) does not match the tunnel's destination ({expected})")]
     HostMismatch { expected: String, found: String },
-    #[error("{reason}")]
-    Denied { reason: String },
+    /// The policy denied: `said` is its own reason, verbatim; `label` the closed one.
+    #[error("{said}")]
+    Denied { said: String, label: Reason },
+    /// The caller or the declared task is killed.
+    #[error("killed")]
+    Killed,
     #[error("the intent token was refused: {0}")]
     IntentToken(crate::intent_token::TokenError),
     #[error("the policy could not decide: {}", .0.detail())]
@@ -60,78 +55,46 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The HTTP status of the response tollgate makes.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::BadIntent(_)
-            | ProxyError::AmbiguousFraming
-            | ProxyError::HostMismatch { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::Denied { .. }
-            | ProxyError::IntentToken(_)
-            | ProxyError::Policy(_)
-            | ProxyError::CredentialUnavailable(_)
-            | ProxyError::AgentSecretPresent(_)
-            | ProxyError::PrivateDestination(_) => StatusCode::FORBIDDEN,
-            ProxyError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
-                StatusCode::FORBIDDEN
-            }
-            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     /// The closed reason: decision log, metric label, and `reason` of the JSON body (for
-    /// policy denies the body carries the policy's own reason instead).
-    pub fn reason(&self) -> &'static str {
+    /// policy denies the body carries the policy's own words instead, see
+    /// [`public_reason`](Self::public_reason)).
+    pub fn reason(&self) -> Reason {
         match self {
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::BadIntent(_) => "bad_intent",
-            ProxyError::AmbiguousFraming => "ambiguous_framing",
-            ProxyError::HeadersTooLarge(_) => "headers_too_large",
-            ProxyError::HostMismatch { .. } => "host_mismatch",
-            ProxyError::Denied { .. } => "policy_denied",
+            ProxyError::BadRequest(_) => Reason::BadRequest,
+            ProxyError::BadIntent(_) => Reason::BadIntent,
+            ProxyError::AmbiguousFraming => Reason::AmbiguousFraming,
+            ProxyError::HeadersTooLarge(_) => Reason::HeadersTooLarge,
+            ProxyError::HostMismatch { .. } => Reason::HostMismatch,
+            ProxyError::Denied { label, .. } => *label,
+            ProxyError::Killed => Reason::Killed,
             ProxyError::IntentToken(e) => e.reason(),
             ProxyError::Policy(failure) => failure.reason(),
-            ProxyError::PrivateDestination(_) => "private_destination",
-            ProxyError::CredentialUnavailable(_) => "credential_unavailable",
-            ProxyError::AgentSecretPresent(_) => "agent_secret_present",
+            ProxyError::PrivateDestination(_) => Reason::PrivateDestination,
+            ProxyError::CredentialUnavailable(_) => Reason::CredentialUnavailable,
+            ProxyError::AgentSecretPresent(_) => Reason::AgentSecretPresent,
             ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
-                "private_destination"
+                Reason::PrivateDestination
             }
-            ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Dns { .. })) => "dns_error",
-            ProxyError::Upstream(UpstreamError::Connect(_)) => "upstream_connect",
-            ProxyError::Upstream(UpstreamError::Tls(_)) => "upstream_tls",
-            ProxyError::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
-            ProxyError::Upstream(UpstreamError::Protocol(_)) => "upstream_protocol",
-            ProxyError::Overloaded => "overloaded",
-            ProxyError::Internal(_) => "internal",
+            ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Dns { .. })) => {
+                Reason::DnsError
+            }
+            ProxyError::Upstream(UpstreamError::Connect(_)) => Reason::UpstreamConnect,
+            ProxyError::Upstream(UpstreamError::Tls(_)) => Reason::UpstreamTls,
+            ProxyError::Upstream(UpstreamError::Timeout(_)) => Reason::UpstreamTimeout,
+            ProxyError::Upstream(UpstreamError::Protocol(_)) => Reason::UpstreamProtocol,
+            ProxyError::Overloaded => Reason::Overloaded,
+            ProxyError::Internal(_) => Reason::Internal,
         }
     }
 
-    /// Who caused it.
+    /// The HTTP status of the response tollgate makes (the reason's).
+    pub fn status(&self) -> StatusCode {
+        self.reason().status()
+    }
+
+    /// Who caused it (the reason's).
     pub fn fault(&self) -> Fault {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::BadIntent(_)
-            | ProxyError::AmbiguousFraming
-            | ProxyError::HeadersTooLarge(_)
-            | ProxyError::HostMismatch { .. }
-            | ProxyError::Denied { .. }
-            | ProxyError::IntentToken(_)
-            | ProxyError::AgentSecretPresent(_)
-            | ProxyError::PrivateDestination(_) => Fault::Caller,
-            ProxyError::Upstream(UpstreamError::Resolve(ResolveError::Private { .. })) => {
-                Fault::Caller
-            }
-            ProxyError::Upstream(_) | ProxyError::CredentialUnavailable(_) => Fault::Upstream,
-            ProxyError::Policy(_) | ProxyError::Overloaded | ProxyError::Internal(_) => {
-                Fault::Internal
-            }
-        }
+        self.reason().fault()
     }
 
     /// Whether the agent's connection must be closed after the response (framing is in doubt).
@@ -145,21 +108,15 @@ impl ProxyError {
         )
     }
 
-    /// The `error` field of the JSON body: the status in words.
-    pub fn error_name(&self) -> &'static str {
-        match self.status() {
-            StatusCode::BAD_REQUEST => "bad_request",
-            StatusCode::FORBIDDEN => "forbidden",
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request_header_fields_too_large",
-            StatusCode::BAD_GATEWAY => "bad_gateway",
-            StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
-            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
-            _ => "internal_error",
-        }
+    /// Whether the policy's own answer ends here (a policy deny, a failed evaluation or a
+    /// kill): the decision is already recorded, and the body carries no `message`.
+    pub fn is_decision(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Denied { .. } | ProxyError::Killed | ProxyError::Policy(_)
+        )
     }
 
-    /// The reason shown to the agent and written to the decision log: the policy's own words
-    /// for a policy deny, the closed reason otherwise.
     /// Whether this refusal is a deny even when the policy allowed: tollgate's own conditions
     /// for forwarding (the credential the decision named, no agent secrets when so
     /// configured), recorded as a deny with this reason rather than as an allowed call's error.
@@ -170,21 +127,23 @@ impl ProxyError {
         )
     }
 
+    /// The reason shown to the agent: the policy's own words for a policy deny, the closed
+    /// reason otherwise.
     pub fn public_reason(&self) -> &str {
         match self {
-            ProxyError::Denied { reason } => reason,
-            other => other.reason(),
+            ProxyError::Denied { said, .. } => said,
+            other => other.reason().as_str(),
         }
     }
 
     /// The JSON body of tollgate's own response (SPEC §6).
     pub fn body(&self, decision_id: &str) -> serde_json::Value {
         let mut body = serde_json::json!({
-            "error": self.error_name(),
+            "error": self.reason().error_name(),
             "reason": self.public_reason(),
             "decision_id": decision_id,
         });
-        if !matches!(self, ProxyError::Denied { .. }) {
+        if !matches!(self, ProxyError::Denied { .. } | ProxyError::Killed) {
             body["message"] = self.to_string().into();
         }
         body
@@ -217,7 +176,11 @@ mod tests {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
         assert_eq!(
-            ProxyError::Denied { reason: "x".into() }.status(),
+            ProxyError::Denied {
+                said: "x".into(),
+                label: Reason::PolicyDenied
+            }
+            .status(),
             StatusCode::FORBIDDEN
         );
         assert_eq!(
@@ -241,7 +204,8 @@ mod tests {
     #[test]
     fn denies_carry_the_policy_reason_and_no_message() {
         let body = ProxyError::Denied {
-            reason: "method_not_allowed".into(),
+            said: "method_not_allowed".into(),
+            label: Reason::MethodNotAllowed,
         }
         .body("d-1");
         assert_eq!(body["error"], "forbidden");

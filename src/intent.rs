@@ -1,8 +1,12 @@
 //! The intent an agent declares (SPEC §3.2): plain `X-Agent-*` headers, validated.
 //!
-//! This module owns parsing and validating the headers into an [`Intent`]; removing them
-//! before the request goes upstream is the forward stage's job, and verifying a signed intent
-//! token (`X-Agent-Intent-Token`) is [`crate::intent_token`]'s.
+//! This module owns parsing and validating the headers into an [`Intent`], and the rule for
+//! names an agent declares ([`TaskName`], also used by intent names, signed intent tokens,
+//! kills and the admin API); removing the headers before the request goes upstream is the
+//! inject stage's job, and verifying a signed intent token (`X-Agent-Intent-Token`) is
+//! [`crate::intent_token`]'s.
+
+use std::fmt;
 
 use http::HeaderMap;
 
@@ -12,7 +16,7 @@ use crate::identity::SpiffeId;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Intent {
     pub name: Option<String>,
-    pub task: Option<String>,
+    pub task: Option<TaskName>,
     pub purpose: Option<String>,
     pub delegation: Vec<SpiffeId>,
     /// True only when a signed intent token vouched for it.
@@ -46,10 +50,84 @@ pub const PURPOSE: &str = "x-agent-purpose";
 pub const DELEGATION: &str = "x-agent-delegation";
 pub const INTENT_TOKEN: &str = "x-agent-intent-token";
 
-const MAX_TOKEN_FIELD: usize = 128;
 const MAX_PURPOSE: usize = 512;
 const MAX_DELEGATION: usize = 8;
 const MAX_INTENT_TOKEN: usize = 8 * 1024;
+
+/// A task as agents declare it (`X-Agent-Task`, an intent token's `task`) and as operators
+/// name it (a kill's `task`, `DELETE /v1/tasks/{task}`): 1 to [`TaskName::MAX_LEN`] bytes of
+/// `A-Z a-z 0-9 . _ : / -` (SPEC §3.2). Only [`TaskName::parse`] makes one, so every task
+/// tollgate holds obeys the rule; the same rule applies to intent names ([`is_name`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskName(String);
+
+/// A task name that breaks [`TaskName`]'s rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a task is {} (SPEC §3.2)", TaskName::RULE)]
+pub struct InvalidTaskName;
+
+impl TaskName {
+    /// Longest task name, in bytes.
+    pub const MAX_LEN: usize = 128;
+    /// The rule in words, for error messages.
+    pub const RULE: &'static str = "1 to 128 characters from A-Z a-z 0-9 . _ : / -";
+
+    /// Checks `text` against the rule.
+    pub fn parse(text: &str) -> Result<TaskName, InvalidTaskName> {
+        if is_name(text.as_bytes()) {
+            Ok(TaskName(text.to_owned()))
+        } else {
+            Err(InvalidTaskName)
+        }
+    }
+
+    /// The task name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether `value` is a valid declared name (a task, or an intent): 1 to
+/// [`TaskName::MAX_LEN`] bytes of `A-Z a-z 0-9 . _ : / -`.
+pub fn is_name(value: &[u8]) -> bool {
+    (1..=TaskName::MAX_LEN).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
+}
+
+impl std::ops::Deref for TaskName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for TaskName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for TaskName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TaskName {
+    /// Validates while parsing: a file or a request body cannot smuggle in a bad task.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TaskName::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
 
 /// Reads and validates the intent headers of one request.
 pub fn parse_intent(headers: &HeaderMap) -> Result<Intent, IntentError> {
@@ -57,7 +135,7 @@ pub fn parse_intent(headers: &HeaderMap) -> Result<Intent, IntentError> {
         .map(|v| token_field(v, "X-Agent-Intent"))
         .transpose()?;
     let task = single(headers, TASK, "X-Agent-Task")?
-        .map(|v| token_field(v, "X-Agent-Task"))
+        .map(|v| token_field(v, "X-Agent-Task").map(TaskName))
         .transpose()?;
     let purpose = single(headers, PURPOSE, "X-Agent-Purpose")?
         .map(purpose_field)
@@ -105,12 +183,7 @@ fn single<'a>(
 }
 
 fn token_field(value: &[u8], header: &'static str) -> Result<String, IntentError> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_TOKEN_FIELD
-        && value
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'));
-    if !ok {
+    if !is_name(value) {
         return Err(IntentError::BadToken { header });
     }
     // Every byte was checked to be ASCII above.
@@ -191,6 +264,20 @@ mod tests {
             );
         }
         assert!(parse_intent(&headers(&[(INTENT, &[b'a'; 128])])).is_ok());
+    }
+
+    #[test]
+    fn accepts_task_names_by_the_rule_only() {
+        assert_eq!(
+            TaskName::parse("t-42/step:1.a_b").unwrap().as_str(),
+            "t-42/step:1.a_b"
+        );
+        assert!(TaskName::parse(&"a".repeat(TaskName::MAX_LEN)).is_ok());
+        for bad in ["", "t 1", "t;1", "é", &"a".repeat(TaskName::MAX_LEN + 1)] {
+            assert_eq!(TaskName::parse(bad), Err(InvalidTaskName), "{bad:?}");
+        }
+        let parsed: Result<TaskName, _> = serde_json::from_str("\"t 1\"");
+        assert!(parsed.is_err(), "deserializing validates");
     }
 
     #[test]

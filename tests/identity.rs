@@ -526,7 +526,7 @@ fn rotates_the_listener_certificate_from_its_files() {
         std::fs::copy(from, &staged).unwrap();
         std::fs::rename(&staged, to).unwrap();
     }
-    tg.wait_log(|l| l["message"] == "trust bundles reloaded", WAIT);
+    tg.wait_log(|l| l["message"] == "TLS configuration rebuilt", WAIT);
     let deadline = std::time::Instant::now() + WAIT;
     while !trusts(&pki_b.ca_cert()) {
         assert!(

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tollgate::identity::SpiffeId;
-use tollgate::intent::Intent;
+use tollgate::intent::{Intent, TaskName};
 use tollgate::intent_token::{IntentIssuers, IssuerConfig, TokenError};
 
 use support::{
@@ -172,7 +172,7 @@ fn accepts_valid_tokens_of_each_algorithm_with_their_fields() {
             .verify(m.token(name), Some(&id(CALLER)), now())
             .unwrap_or_else(|e| panic!("{name}: {e} ({})", e.reason()));
         assert_eq!(verified.name, "issues.read", "{name}");
-        assert_eq!(verified.task, "t-42", "{name}");
+        assert_eq!(verified.task.as_str(), "t-42", "{name}");
         assert_eq!(verified.issuer, ISS, "{name}");
         let delegation: Vec<&str> = verified.delegation.iter().map(|d| d.as_str()).collect();
         assert_eq!(
@@ -200,7 +200,7 @@ fn accepts_token_over_plain_headers() {
     let issuers = issuers(&m.path("issuer-jwks.json"));
     let plain = Intent {
         name: Some("repos.delete".into()),
-        task: Some("t-666".into()),
+        task: TaskName::parse("t-666").ok(),
         purpose: Some("triage new issues".into()),
         delegation: vec![id("spiffe://example.org/someone-else")],
         ..Intent::default()
@@ -252,7 +252,7 @@ fn rejects_each_bad_token_with_its_reason() {
     for (name, caller, reason) in cases {
         let got = verify(&issuers, m.token(name), caller);
         assert_eq!(
-            got.map_err(|e| e.reason()),
+            got.map_err(|e| e.reason().as_str()),
             Err(reason),
             "{name} presented by {caller:?}"
         );

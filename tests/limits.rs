@@ -176,6 +176,46 @@ fn rejects_content_length_with_transfer_encoding_and_closes() {
 }
 
 #[test]
+fn rejects_smuggling_after_a_refused_connect_on_the_same_connection() {
+    // A refused CONNECT leaves the connection in HTTP/1; the request after it is judged by the
+    // framing guard like any other (the CONNECT counts as a request on the connection).
+    let tg = tollgate("");
+    let origin = PyOrigin::start(None);
+    let mut stream = connect(tg.proxy_addr("agents"));
+    send(
+        &mut stream,
+        &format!(
+            "CONNECT 10.0.0.1:443 HTTP/1.1\r\nHost: 10.0.0.1:443\r\n\r\n\
+             POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Agent-Intent: files.write\r\n\
+             Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+             0\r\n\r\nGET {} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            origin.url("/echo?ambiguous=1"),
+            origin.url("/echo?smuggled=1"),
+        ),
+    );
+    let response = read_all(&mut stream);
+    let statuses: Vec<&str> = response
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &response[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["403", "400"], "{response}");
+    assert!(
+        response.contains("\"reason\":\"private_destination\""),
+        "{response}"
+    );
+    assert!(
+        response.contains("\"reason\":\"ambiguous_framing\""),
+        "{response}"
+    );
+    let seen = origin.stderr_text();
+    assert!(
+        !seen.contains("ambiguous") && !seen.contains("smuggled"),
+        "nothing reached the origin: {seen}"
+    );
+    assert_still_serving(&tg, &origin);
+}
+
+#[test]
 fn rejects_conflicting_content_lengths() {
     let tg = tollgate("");
     let origin = PyOrigin::start(None);

@@ -314,22 +314,81 @@ fn promtool_check_rules(file: &Path) {
 // Closed label sets (docs/METRICS.md)
 
 const DECISIONS: &[&str] = &["allow", "deny", "error"];
-// The closed reason sets are tollgate's own (`tollgate::telemetry::metrics`); that docs/METRICS.md
-// names every one of them is checked below, so neither side can drift.
-use tollgate::telemetry::metrics::{DENY_REASONS, ERROR_REASONS};
+// The closed reason set is tollgate's own (`tollgate::reason::Reason`); that every reason has its
+// series, its row in docs/METRICS.md and its status is checked below, so no side can drift.
+use tollgate::reason::Reason;
+
+/// Whether `(decision, reason)` is a label pair of the closed set.
+fn is_closed(decision: &str, reason: &str) -> bool {
+    Reason::ALL
+        .iter()
+        .any(|r| r.as_str() == reason && r.outcome().as_str() == decision)
+}
+
+/// The rows of docs/METRICS.md's reason table: `| `reason` | decision | status | … |`.
+fn documented_reasons() -> BTreeMap<String, (String, String)> {
+    let doc = std::fs::read_to_string(repo_root().join("docs/METRICS.md")).expect("METRICS.md");
+    let section = doc
+        .split("## Reasons")
+        .nth(1)
+        .expect("docs/METRICS.md has a Reasons section");
+    let mut rows = BTreeMap::new();
+    for line in section.lines().take_while(|l| !l.starts_with("## ")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() > 4
+            && let Some(reason) = cells[1].strip_prefix('`').and_then(|c| c.strip_suffix('`'))
+        {
+            rows.insert(
+                reason.to_string(),
+                (cells[2].to_string(), cells[3].to_string()),
+            );
+        }
+    }
+    rows
+}
 
 #[test]
-fn metrics_doc_names_every_closed_reason() {
-    let doc = std::fs::read_to_string(repo_root().join("docs/METRICS.md")).expect("METRICS.md");
-    let missing: Vec<&str> = DENY_REASONS
-        .iter()
-        .chain(ERROR_REASONS)
-        .copied()
-        .filter(|reason| !doc.contains(&format!("`{reason}`")))
+fn every_reason_has_a_series_a_docs_row_and_a_status() {
+    let metrics = tollgate::telemetry::metrics::Metrics::new(&["agents".to_string()], false)
+        .expect("metrics");
+    let text = String::from_utf8(metrics.encode()).expect("UTF-8 exposition");
+    let documented = documented_reasons();
+    for reason in Reason::ALL {
+        let (name, decision) = (reason.as_str(), reason.outcome().as_str());
+        let series = format!(
+            r#"tollgate_requests_total{{decision="{decision}",listener="agents",reason="{name}"}} 0"#
+        );
+        assert!(text.contains(&series), "no series from start-up: {series}");
+        let status = reason.status();
+        assert!(
+            status.is_success() || status.is_client_error() || status.is_server_error(),
+            "{name}: {status}"
+        );
+        let row = documented
+            .get(name)
+            .unwrap_or_else(|| panic!("docs/METRICS.md has no row for `{name}`"));
+        assert_eq!(
+            row,
+            &(decision.to_string(), status.as_u16().to_string()),
+            "docs/METRICS.md's row for `{name}` (decision, status)"
+        );
+    }
+    let unknown: Vec<&String> = documented
+        .keys()
+        .filter(|name| !Reason::ALL.iter().any(|r| r.as_str() == name.as_str()))
         .collect();
     assert!(
-        missing.is_empty(),
-        "docs/METRICS.md does not name {missing:?}"
+        unknown.is_empty(),
+        "docs/METRICS.md documents unknown reasons {unknown:?}"
+    );
+    let requests = text
+        .lines()
+        .filter(|l| l.starts_with("tollgate_requests_total{"))
+        .count();
+    assert_eq!(
+        requests,
+        Reason::COUNT,
+        "one series per reason, nothing else"
     );
 }
 
@@ -426,12 +485,10 @@ fn promtool_accepts_live_metrics_and_counters_equal_the_mix() {
         let decision = s.labels["decision"].as_str();
         let reason = s.labels["reason"].as_str();
         assert!(DECISIONS.contains(&decision), "{s:?}");
-        let closed = match decision {
-            "allow" => reason == "allowed",
-            "deny" => DENY_REASONS.contains(&reason),
-            _ => ERROR_REASONS.contains(&reason),
-        };
-        assert!(closed, "reason outside the closed set: {s:?}");
+        assert!(
+            is_closed(decision, reason),
+            "reason outside the closed set: {s:?}"
+        );
     }
     // No unbounded value in any label: no SPIFFE ID, path or host.
     for s in &samples {

@@ -1155,7 +1155,8 @@ fn parse_response(raw: &str) -> (Option<u16>, Option<String>, String) {
     (status, decision_id, body.to_string())
 }
 
-/// `tollgate_identity_rejections_total{reason="…"} N` lines of a Prometheus text exposition.
+/// The non-zero `tollgate_identity_rejections_total{reason="…"} N` lines of a Prometheus text
+/// exposition (every reason's series exists from start-up, at zero).
 fn parse_rejections(metrics: &str) -> BTreeMap<String, u64> {
     metrics
         .lines()
@@ -1163,7 +1164,7 @@ fn parse_rejections(metrics: &str) -> BTreeMap<String, u64> {
             let rest = line.strip_prefix("tollgate_identity_rejections_total{reason=\"")?;
             let (reason, rest) = rest.split_once("\"}")?;
             let value: f64 = rest.trim().parse().ok()?;
-            Some((reason.to_string(), value as u64))
+            (value > 0.0).then(|| (reason.to_string(), value as u64))
         })
         .collect()
 }

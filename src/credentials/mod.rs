@@ -38,6 +38,8 @@ use oauth2::{OAuth2Client, TokenRequest};
 use secret::Secret;
 use source::WatchedSecret;
 
+use crate::watch::Reloaded;
+
 /// How long a request waits for a `static` or `jwt` credential (no network involved).
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lifetime of the subject JWT minted for a token exchange.
@@ -183,7 +185,7 @@ impl CredentialStore {
             }
             let provider = match &config.kind {
                 CredentialKind::Static { source } => {
-                    let (watched, failure) = WatchedSecret::load(source.clone());
+                    let (watched, failure) = WatchedSecret::load(source.clone(), name);
                     if let Some(failure) = failure {
                         if strict {
                             errors.push(error(name, failure.to_string()));
@@ -220,7 +222,7 @@ impl CredentialStore {
                         }
                         _ => None,
                     };
-                    match OAuth2Client::new((**oauth).clone()) {
+                    match OAuth2Client::new((**oauth).clone(), name) {
                         Ok((client, failure)) => {
                             if let Some(failure) = failure {
                                 if strict {
@@ -423,34 +425,26 @@ impl CredentialStore {
         (dropped, results.into_iter().filter(|r| *r).count())
     }
 
-    /// Re-reads changed secret files; a credential whose secret changed loses its cached
-    /// injections. Returns how many were re-read.
-    pub fn refresh_sources(&self) -> usize {
-        let mut changed = 0;
+    /// Re-reads changed secret files (blocking: off the request path); a `static` credential
+    /// whose secret changed loses its cached injections. Returns what was re-read.
+    pub fn poll_secrets(&self) -> Vec<Reloaded<()>> {
+        let mut reloaded = Vec::new();
         for credential in self.credentials.values() {
             let watched = match &credential.provider {
                 Provider::Static(watched) => watched,
                 Provider::OAuth2 { client, .. } => client.client_secret(),
                 Provider::Jwt(_) => continue,
             };
-            let Some(result) = watched.refresh() else {
+            let Some(result) = watched.poll() else {
                 continue;
             };
-            changed += 1;
-            match result {
-                Ok(()) => {
-                    tracing::info!(credential = %credential.name, "secret file changed: re-read")
-                }
-                Err(e) => {
-                    tracing::error!(credential = %credential.name, error = %e, "secret file changed and cannot be read: credential unavailable")
-                }
-            }
             if matches!(credential.provider, Provider::Static(_)) {
                 let name = credential.name.clone();
                 self.cache.remove_matching(|key| key.credential == name);
             }
+            reloaded.push(result);
         }
-        changed
+        reloaded
     }
 }
 
@@ -548,26 +542,6 @@ async fn fetch(
                 expires_at: issued.expires_at,
                 revocable: true,
             })
-        }
-    }
-}
-
-/// Keeps secret files current and the cache small, following store reloads.
-pub async fn watch(store: Arc<arc_swap::ArcSwap<CredentialStore>>) {
-    let mut tick = tokio::time::interval(crate::identity::bundles::POLL_INTERVAL);
-    let mut ticks: u64 = 0;
-    loop {
-        tick.tick().await;
-        ticks += 1;
-        let current = store.load_full();
-        let refreshed = tokio::task::spawn_blocking({
-            let current = current.clone();
-            move || current.refresh_sources()
-        })
-        .await;
-        drop(refreshed);
-        if ticks.is_multiple_of(60) {
-            current.cache().sweep();
         }
     }
 }

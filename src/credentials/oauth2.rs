@@ -98,9 +98,11 @@ fn error_code(body: &[u8]) -> Option<String> {
 }
 
 impl OAuth2Client {
-    /// Builds the client; the client secret is read now (a failure is reported, not fatal).
+    /// Builds the client of credential `name`; the client secret is read now (a failure is
+    /// reported, not fatal).
     pub fn new(
         config: OAuth2Config,
+        name: &str,
     ) -> Result<(OAuth2Client, Option<super::source::SourceError>), String> {
         let tls =
             crate::tls::upstream::client_config(config.ca.as_deref()).map_err(|e| e.to_string())?;
@@ -113,7 +115,7 @@ impl OAuth2Client {
             .enable_http1()
             .wrap_connector(http);
         let http = Client::builder(TokioExecutor::new()).build(connector);
-        let (client_secret, failure) = WatchedSecret::load(config.client_secret.clone());
+        let (client_secret, failure) = WatchedSecret::load(config.client_secret.clone(), name);
         Ok((
             OAuth2Client {
                 config,

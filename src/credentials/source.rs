@@ -1,18 +1,16 @@
 //! Secret sources: a file (re-read when it changes: rotation) or an environment variable.
 //!
-//! The request path reads the current value from an `ArcSwapOption` without a lock. A watcher
-//! (started by `app`) calls [`WatchedSecret::refresh`] every 500 ms; it compares the file's
-//! stamp (size, modification time — the same stamps the trust-bundle watcher uses) and re-reads
-//! only on a change. An unreadable or empty file makes the credential unavailable (fail closed:
-//! a removed secret must stop being injected), reported once per change without the value.
+//! A file source is a [`Watched`] value: the request path reads the current value without a
+//! lock; the reload loop (`app::reload`) polls the file's stamp and re-reads it only on a
+//! change. An unreadable or empty file makes the credential unavailable (fail closed: a
+//! removed secret must stop being injected, so its failure replaces the value rather than
+//! keeping the last good one), reported once per change without the value.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
-use arc_swap::ArcSwapOption;
+use std::sync::Arc;
 
 use crate::config::credentials::SecretRef;
-use crate::identity::bundles::{Stamp, stamp};
+use crate::watch::{Inputs, Rebuilt, Reloaded, Source, Watched};
 
 use super::secret::Secret;
 
@@ -30,11 +28,7 @@ pub enum SourceError {
 /// A secret kept current from its source.
 pub struct WatchedSecret {
     source: SecretRef,
-    current: ArcSwapOption<Secret>,
-    /// The last load failure, for the log line of a request that found no value.
-    failure: ArcSwapOption<SourceError>,
-    /// Stamp of the version last read; only the watcher touches it.
-    stamp: Mutex<Stamp>,
+    current: Watched<Result<Arc<Secret>, SourceError>>,
 }
 
 /// Reads a secret once: file contents (trailing whitespace and newlines trimmed) or env var.
@@ -65,62 +59,36 @@ pub fn read(source: &SecretRef) -> Result<Secret, SourceError> {
 
 impl WatchedSecret {
     /// Reads the source now; a failure is kept (and reported by the caller), not fatal.
-    pub fn load(source: SecretRef) -> (WatchedSecret, Option<SourceError>) {
-        let file_stamp = match &source {
-            SecretRef::File(path) => stamp(path),
-            SecretRef::Env(_) => None,
+    /// `what` names it in reload logs (the credential).
+    pub fn load(source: SecretRef, what: &str) -> (WatchedSecret, Option<SourceError>) {
+        let inputs = match &source {
+            SecretRef::File(path) => Inputs::none().file(path),
+            SecretRef::Env(_) => Inputs::none(),
         };
-        let watched = WatchedSecret {
-            source,
-            current: ArcSwapOption::empty(),
-            failure: ArcSwapOption::empty(),
-            stamp: Mutex::new(file_stamp),
+        let initial = read(&source).map(Arc::new);
+        let failure = initial.as_ref().err().cloned();
+        let rebuild = {
+            let source = source.clone();
+            move |_: &Arc<Result<Arc<Secret>, SourceError>>| match read(&source) {
+                Ok(secret) => Rebuilt::Ok(Ok(Arc::new(secret))),
+                Err(e) => {
+                    let why = e.to_string();
+                    Rebuilt::Degraded(Err(e), why)
+                }
+            }
         };
-        let failure = watched.reload().err();
-        (watched, failure)
-    }
-
-    fn reload(&self) -> Result<(), SourceError> {
-        match read(&self.source) {
-            Ok(secret) => {
-                self.current.store(Some(Arc::new(secret)));
-                self.failure.store(None);
-                Ok(())
-            }
-            Err(e) => {
-                self.current.store(None);
-                self.failure.store(Some(Arc::new(e.clone())));
-                Err(e)
-            }
-        }
+        let current = Watched::new(Source::Secret, what, initial, inputs, rebuild);
+        (WatchedSecret { source, current }, failure)
     }
 
     /// The current value; `Err` says why there is none.
     pub fn current(&self) -> Result<Arc<Secret>, SourceError> {
-        match self.current.load_full() {
-            Some(secret) => Ok(secret),
-            None => Err(self
-                .failure
-                .load_full()
-                .map(|e| (*e).clone())
-                .unwrap_or_else(|| SourceError::Env(String::new()))),
-        }
+        (**self.current.load()).clone()
     }
 
-    /// Re-reads a file source whose stamp changed. `Some(result)` when it was re-read.
-    pub fn refresh(&self) -> Option<Result<(), SourceError>> {
-        let SecretRef::File(path) = &self.source else {
-            return None;
-        };
-        let now = stamp(path);
-        {
-            let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-            if *last == now {
-                return None;
-            }
-            *last = now;
-        }
-        Some(self.reload())
+    /// Re-reads a file source whose stamp changed; `None` when nothing changed.
+    pub fn poll(&self) -> Option<Reloaded<()>> {
+        self.current.poll().map(Reloaded::erase)
     }
 
     /// Where the secret comes from (for log lines: a path or variable name, never a value).
@@ -138,15 +106,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "first-value\n").unwrap();
-        let (watched, failure) = WatchedSecret::load(SecretRef::File(path.clone()));
+        let (watched, failure) = WatchedSecret::load(SecretRef::File(path.clone()), "t");
         assert!(failure.is_none());
         assert_eq!(watched.current().unwrap().expose(), "first-value");
-        assert!(watched.refresh().is_none(), "unchanged file is not re-read");
+        assert!(watched.poll().is_none(), "unchanged file is not re-read");
         std::fs::write(&path, "second-value-longer\n").unwrap();
-        assert!(watched.refresh().unwrap().is_ok());
+        assert!(watched.poll().unwrap().outcome.is_ok());
         assert_eq!(watched.current().unwrap().expose(), "second-value-longer");
         std::fs::remove_file(&path).unwrap();
-        assert!(watched.refresh().unwrap().is_err());
+        assert!(watched.poll().unwrap().outcome.is_err());
         let error = watched.current().unwrap_err();
         assert!(matches!(error, SourceError::File { .. }), "{error}");
     }

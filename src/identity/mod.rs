@@ -1,10 +1,12 @@
 //! Workload identity: SPIFFE IDs and who the caller of a request is.
 //!
-//! This module owns the representation of an identity ([`SpiffeId`], [`Caller`]) and its
-//! verification from a TLS peer certificate ([`svid`]). A caller is the verified X.509-SVID,
-//! else the configured `identity.workload_spiffe_id`, else unauthenticated.
+//! This module owns the representation of an identity ([`SpiffeId`], [`Caller`]), its
+//! verification from a TLS peer certificate ([`svid`]: the X.509-SVID checks and the rustls
+//! verifier that runs them), and the SPIFFE Workload API as a source of bundles and of
+//! tollgate's own SVID ([`workload_api`]). A caller is the verified X.509-SVID, else the
+//! configured `identity.workload_spiffe_id`, else unauthenticated. Rebuilding TLS configs when
+//! bundles rotate is `app::reload`'s, through [`crate::watch`].
 
-pub mod bundles;
 mod spiffe_id;
 pub mod svid;
 pub mod workload_api;

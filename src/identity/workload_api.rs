@@ -161,6 +161,12 @@ impl WorkloadApiSource {
         self.updates.clone()
     }
 
+    /// How many updates the agent pushed after the first: a value built from this source is
+    /// rebuilt when it moves.
+    pub fn version(&self) -> u64 {
+        *self.updates.borrow()
+    }
+
     /// Whether the connection is running and holds an unexpired SVID.
     pub fn is_healthy(&self) -> bool {
         self.source.is_healthy()

@@ -88,10 +88,10 @@ pub enum PolicyFailure {
 
 impl PolicyFailure {
     /// The closed reason used in responses, the decision log and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> crate::reason::Reason {
         match self {
-            PolicyFailure::Error(_) => "policy_error",
-            PolicyFailure::Timeout => "policy_timeout",
+            PolicyFailure::Error(_) => crate::reason::Reason::PolicyError,
+            PolicyFailure::Timeout => crate::reason::Reason::PolicyTimeout,
         }
     }
 
@@ -301,12 +301,25 @@ impl PolicyRevision {
     }
 }
 
-/// The store whose revision idle worker threads prepare for (set once by `app::run`).
-static IDLE_PREPARE: std::sync::OnceLock<Arc<PolicyStore>> = std::sync::OnceLock::new();
+/// Where idle worker threads find the revision in force: a [`PolicyStore`], or the value the
+/// reload keeps current (`app::reload`'s `Watched`).
+pub trait RevisionInForce: Send + Sync {
+    /// Prepares this thread for the revision in force now.
+    fn prepare_thread(&self);
+}
 
-/// Names the store that [`on_worker_park`] prepares worker threads for. The first call wins:
-/// a process serves one policy store.
-pub fn prepare_on_idle(store: Arc<PolicyStore>) {
+impl RevisionInForce for PolicyStore {
+    fn prepare_thread(&self) {
+        self.current.load().prepare_thread();
+    }
+}
+
+/// The revision idle worker threads prepare for (set once by `app::run`).
+static IDLE_PREPARE: std::sync::OnceLock<Arc<dyn RevisionInForce>> = std::sync::OnceLock::new();
+
+/// Names where [`on_worker_park`] finds the revision to prepare worker threads for. The first
+/// call wins: a process serves one policy.
+pub fn prepare_on_idle(store: Arc<dyn RevisionInForce>) {
     let _ = IDLE_PREPARE.set(store);
 }
 
@@ -315,7 +328,7 @@ pub fn prepare_on_idle(store: Arc<PolicyStore>) {
 /// engine's own copy of program and data), so that requests never pay for it.
 pub fn on_worker_park() {
     if let Some(store) = IDLE_PREPARE.get() {
-        store.current.load().prepare_thread();
+        store.prepare_thread();
     }
 }
 

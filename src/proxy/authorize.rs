@@ -1,21 +1,33 @@
-//! The authorize stage: build the policy input, ask the current revision, and turn the answer
-//! into a [`Permit`] or a refusal. Only this module can make a `Permit`, so later stages that
-//! take one (inject, forward) cannot run for a request the policy did not allow.
+//! The authorize stage: the kill switch, then the policy on the full input; the answer is a
+//! [`Permit`] or a refusal. Only this module can make a `Permit`, so later stages that take one
+//! (credential, inject) cannot run for a request the policy did not allow.
+//!
+//! The outcome is recorded here, once: the policy's answer ([`Recorder::decided`]: its own
+//! words verbatim, its closed label for the metric) or the kill ([`Recorder::killed`]).
 
 use std::time::SystemTime;
 
+use http::Request;
+
 use crate::error::ProxyError;
-use crate::policy::input::{
-    ConnectionFacts, DestinationFacts, PolicyInput, RequestFacts, SourceFacts,
-};
-use crate::policy::{Decision, PolicyRevision};
+use crate::intent::Intent;
+use crate::policy::Decision;
+use crate::policy::input::{DestinationFacts, PolicyInput, RequestFacts, policy_headers};
+use crate::reason::Reason;
 
-use super::Proxy;
+use super::ctx::ConnCtx;
 use super::record::Recorder;
+use super::target::{Destination, Resolution, Target, TunnelAuthority};
+use super::{Live, Proxy};
 
-/// Proof that the policy allowed this request (or that dry-run let it through).
+/// What a deny without a `reason` is reported as.
+const DENIED_WITHOUT_REASON: &str = "denied by policy";
+
+/// Proof that the policy allowed this request (or that dry-run let it through), with the intent
+/// it was allowed for.
 pub struct Permit {
     decision: Decision,
+    intent: Intent,
 }
 
 impl Permit {
@@ -23,86 +35,158 @@ impl Permit {
     pub fn decision(&self) -> &Decision {
         &self.decision
     }
+
+    /// The intent the request was allowed for.
+    pub fn intent(&self) -> &Intent {
+        &self.intent
+    }
 }
 
-/// Everything the policy input needs besides the identity, intent and time.
-pub struct Subject {
-    pub request: Option<RequestFacts>,
-    pub destination: DestinationFacts,
-    pub connection: ConnectionFacts,
-}
-
-/// Evaluates the current policy revision for one input and records the outcome.
-pub fn authorize(
+/// Decides an HTTP request.
+pub fn request<B>(
     proxy: &Proxy,
-    source: SourceFacts,
-    intent: crate::intent::Intent,
-    subject: Subject,
+    conn: &ConnCtx,
+    live: &Live,
+    request: &Request<B>,
+    destination: &Destination,
+    intent: Intent,
+    record: &mut Recorder,
+) -> Result<Permit, ProxyError> {
+    let target = &destination.target;
+    let input = PolicyInput {
+        time: SystemTime::now(),
+        source: conn.source(),
+        intent,
+        request: Some(request_facts(
+            request,
+            target,
+            live.credentials.agent_secrets().names(),
+        )),
+        destination: DestinationFacts {
+            host: target.host.clone(),
+            port: target.port,
+            ip: destination.resolution.first(),
+        },
+        connection: conn.connection(conn.tunnel.is_some()),
+    };
+    decide(proxy, live, input, record)
+}
+
+/// Decides a CONNECT at connection level (`input.request` is null).
+pub fn connection(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    live: &Live,
+    authority: &TunnelAuthority,
+    resolution: &Resolution,
+    intent: Intent,
+    record: &mut Recorder,
+) -> Result<Permit, ProxyError> {
+    let input = PolicyInput {
+        time: SystemTime::now(),
+        source: conn.source(),
+        intent,
+        request: None,
+        destination: DestinationFacts {
+            host: authority.host.clone(),
+            port: authority.port,
+            ip: resolution.first(),
+        },
+        connection: conn.connection(conn.intercept),
+    };
+    decide(proxy, live, input, record)
+}
+
+/// The kill switch, then the revision in force, for one input.
+fn decide(
+    proxy: &Proxy,
+    live: &Live,
+    input: PolicyInput,
     record: &mut Recorder,
 ) -> Result<Permit, ProxyError> {
     // The kill switch comes first and does not depend on the policy: a kill survives reloads
     // and cannot be undone by a policy that allows everything.
-    let spiffe_id = source.caller.spiffe_id().map(|id| id.as_str());
-    if let Some(kill) = proxy.kills.check(spiffe_id, intent.task.as_deref()) {
-        record.allow = false;
-        record.reason = Some("killed".to_string());
-        tracing::info!(decision_id = %record.decision_id, kill = %kill.id, "refused: caller or task is killed");
-        return Err(ProxyError::Denied {
-            reason: "killed".to_string(),
-        });
+    let spiffe_id = input.source.caller.spiffe_id().map(|id| id.as_str());
+    if let Some(kill) = proxy.kills.check(spiffe_id, input.intent.task.as_deref()) {
+        record.killed();
+        tracing::info!(decision_id = %record.decision_id(), kill = %kill.id, "refused: caller or task is killed");
+        return Err(ProxyError::Killed);
     }
-    let revision: std::sync::Arc<PolicyRevision> = proxy.policy.current();
-    let input = PolicyInput {
-        time: SystemTime::now(),
-        source,
-        intent,
-        request: subject.request,
-        destination: subject.destination,
-        connection: subject.connection,
-    };
+    let revision = &live.policy;
     let evaluation = revision.evaluate(&input);
     proxy
         .metrics
         .observe_policy_eval(revision.engine, evaluation.eval_us);
-    record.revision = Some(revision.revision.clone());
-    record.engine = Some(revision.engine.as_str());
-    record.eval_us = Some(evaluation.eval_us);
+    record.evaluated(
+        revision.revision.clone(),
+        revision.engine,
+        evaluation.eval_us,
+    );
+    let intent = input.intent;
     let refusal = match evaluation.outcome {
+        Ok(decision) if decision.allow => {
+            record.decided(
+                true,
+                decision.reason.clone(),
+                Reason::Allowed,
+                decision.credential.as_ref().map(|c| c.name.clone()),
+                true,
+            );
+            return Ok(Permit { decision, intent });
+        }
         Ok(decision) => {
-            record.allow = decision.allow;
-            record.reason = decision.reason.clone();
-            record.credential = decision.credential.as_ref().map(|c| c.name.clone());
-            if decision.allow {
-                return Ok(Permit { decision });
-            }
-            ProxyError::Denied {
-                reason: decision
-                    .reason
-                    .unwrap_or_else(|| "denied by policy".to_string()),
-            }
+            let said = decision
+                .reason
+                .unwrap_or_else(|| DENIED_WITHOUT_REASON.to_string());
+            let label = Reason::of_policy_deny(&said);
+            let credential = decision.credential.map(|c| c.name);
+            record.decided(false, Some(said.clone()), label, credential, !proxy.dry_run);
+            ProxyError::Denied { said, label }
         }
         Err(failure) => {
             tracing::warn!(
-                decision_id = %record.decision_id,
+                decision_id = %record.decision_id(),
                 revision = %revision.revision,
-                reason = failure.reason(),
+                reason = failure.reason().as_str(),
                 detail = failure.detail(),
                 "policy evaluation failed; denying"
             );
-            record.allow = false;
-            record.reason = Some(failure.reason().to_string());
+            record.decided(false, None, failure.reason(), None, !proxy.dry_run);
             ProxyError::Policy(failure)
         }
     };
     if proxy.dry_run {
-        // Dry run: log what would have happened, enforce nothing.
-        record.enforced = false;
+        // Dry run: the deny is logged (not enforced); the request goes on as if allowed, with
+        // no credential and no header changes.
         return Ok(Permit {
             decision: Decision {
                 allow: true,
                 ..Decision::default()
             },
+            intent,
         });
     }
     Err(refusal)
+}
+
+/// `input.request`: the normalized target, the method, the headers (secrets redacted).
+fn request_facts<B>(
+    request: &Request<B>,
+    target: &Target,
+    secret_headers: &[http::HeaderName],
+) -> RequestFacts {
+    RequestFacts {
+        method: request.method().as_str().to_string(),
+        scheme: target.scheme,
+        host: target.host.clone(),
+        port: target.port,
+        path: target.path.clone(),
+        query: target.query.clone(),
+        headers: policy_headers(request.headers(), secret_headers),
+        protocol: match request.version() {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+    }
 }

@@ -2,6 +2,7 @@
 //! frame by frame (never buffered), bounded by the request deadline, carrying the recorder so
 //! the decision-log line is written when the stream ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -9,6 +10,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use crate::reason::Reason;
 
 use super::record::Recorder;
 
@@ -90,7 +93,7 @@ impl StreamedBody {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.deadline.as_mut().poll(cx).is_ready() {
             if let Some(mut recorder) = self.recorder.take() {
-                recorder.error = Some("upstream_timeout");
+                recorder.stream_failed(Reason::UpstreamTimeout);
             }
             return Poll::Ready(Some(Err(Box::new(StreamDeadline))));
         }
@@ -101,7 +104,7 @@ impl StreamedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 if let Some(mut recorder) = self.recorder.take() {
-                    recorder.error = Some("upstream_protocol");
+                    recorder.stream_failed(Reason::UpstreamProtocol);
                 }
                 Poll::Ready(Some(Err(Box::new(e))))
             }
@@ -109,5 +112,3 @@ impl StreamedBody {
         }
     }
 }
-
-use std::future::Future;

@@ -1,18 +1,25 @@
-//! Per-connection facts the stages share: which listener, who is calling, and — inside a
-//! CONNECT tunnel — where the tunnel goes.
+//! Per-connection facts the stages read: which listener, who is calling, and — for a
+//! connection served inside a CONNECT tunnel (or, later, one a transparent listener
+//! intercepted) — where it goes. The server establishes them when it accepts the connection;
+//! no request can change them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::config::ListenerMode;
 use crate::identity::Caller;
-use crate::server::framing::FramingVerdicts;
+use crate::policy::input::{ConnectionFacts, SourceFacts};
 
+use super::Proxy;
+use super::record::Recorder;
 use super::target::TunnelAuthority;
 
 /// What is known about one agent connection before any request is read.
+#[derive(Debug, Clone)]
 pub struct ConnCtx {
     pub listener: Arc<str>,
+    /// How the listener receives traffic (`connection.mode` of the policy input).
+    pub mode: ListenerMode,
     /// Whether the listener terminates TLS inside CONNECT to authorize each request.
     pub intercept: bool,
     pub peer: SocketAddr,
@@ -20,43 +27,40 @@ pub struct ConnCtx {
     pub caller: Caller,
     /// True when `caller` is a verified SVID (not the configured workload identity).
     pub caller_verified: bool,
-    /// Set for connections served inside an intercepted CONNECT tunnel.
+    /// Set for connections whose destination is fixed before any request: inside an
+    /// intercepted CONNECT tunnel.
     pub tunnel: Option<TunnelCtx>,
-    /// Raw-byte framing verdicts of an HTTP/1 connection (request-smuggling defence).
-    pub framing: Option<Arc<FramingVerdicts>>,
-    /// For listeners with `tls.client_auth`: the verifier that also asks for an SVID inside
-    /// intercepted TLS (optional mode; swapped when trust bundles rotate).
-    pub inner_verifier: Option<Arc<arc_swap::ArcSwap<InnerVerifier>>>,
-    requests: AtomicU64,
 }
 
-/// An SVID verifier for the TLS inside CONNECT tunnels.
-pub struct InnerVerifier(pub Arc<dyn rustls::server::danger::ClientCertVerifier>);
-
-/// The tunnel a request arrived through.
-#[derive(Clone)]
+/// The fixed destination of a connection served inside a tunnel.
+#[derive(Debug, Clone)]
 pub struct TunnelCtx {
     pub authority: TunnelAuthority,
     /// `https` when TLS was terminated inside the tunnel, `http` otherwise.
     pub scheme: &'static str,
     pub sni: Option<String>,
-    /// Addresses vetted when the tunnel was authorized.
+    /// Addresses vetted when the tunnel was authorized (empty: its name did not resolve then).
     pub ips: Arc<[IpAddr]>,
 }
 
 impl ConnCtx {
-    /// A connection accepted on a listener.
-    pub fn new(listener: Arc<str>, intercept: bool, peer: SocketAddr, caller: Caller) -> ConnCtx {
+    /// A connection accepted on a listener, by the configured workload identity (a verified
+    /// SVID replaces it once the TLS handshake proved one).
+    pub fn new(
+        listener: Arc<str>,
+        mode: ListenerMode,
+        intercept: bool,
+        peer: SocketAddr,
+        caller: Caller,
+    ) -> ConnCtx {
         ConnCtx {
             listener,
+            mode,
             intercept,
             peer,
             caller,
             caller_verified: false,
             tunnel: None,
-            framing: None,
-            inner_verifier: None,
-            requests: AtomicU64::new(0),
         }
     }
 
@@ -64,20 +68,40 @@ impl ConnCtx {
     /// connection's, or the SVID verified inside the tunnel).
     pub fn inside_tunnel(&self, tunnel: TunnelCtx, caller: Caller) -> ConnCtx {
         ConnCtx {
-            listener: self.listener.clone(),
-            intercept: self.intercept,
-            peer: self.peer,
             caller,
-            caller_verified: self.caller_verified,
             tunnel: Some(tunnel),
-            framing: None,
-            inner_verifier: None,
-            requests: AtomicU64::new(0),
+            ..self.clone()
         }
     }
 
-    /// The index of the next request on this connection (0, 1, …), in arrival order.
-    pub fn next_request_index(&self) -> u64 {
-        self.requests.fetch_add(1, Ordering::Relaxed)
+    /// Starts the decision-log record of one request (or CONNECT) on this connection.
+    pub fn recorder(&self, proxy: &Proxy, method: http::Method) -> Recorder {
+        Recorder::start(
+            proxy.decision_log.clone(),
+            proxy.metrics.clone(),
+            self.listener.clone(),
+            self.peer,
+            self.caller.spiffe_id().cloned(),
+            method,
+        )
+    }
+
+    /// `input.source`: who is calling, through which listener, from where.
+    pub fn source(&self) -> SourceFacts {
+        SourceFacts {
+            caller: self.caller.clone(),
+            listener: self.listener.clone(),
+            address: self.peer,
+        }
+    }
+
+    /// `input.connection` of a request on this connection (a CONNECT says itself whether it
+    /// will be intercepted).
+    pub fn connection(&self, intercepted: bool) -> ConnectionFacts {
+        ConnectionFacts {
+            mode: self.mode.as_str(),
+            intercepted,
+            tls_sni: self.tunnel.as_ref().and_then(|t| t.sni.clone()),
+        }
     }
 }

@@ -1,134 +1,61 @@
-//! The inject and forward stages: turn the agent's request into the origin's request, send it,
-//! and turn the origin's response into the agent's response — headers rewritten, bodies
-//! streamed untouched in both directions.
+//! The forward stage: send the origin's request on the pooled client and, once its response
+//! head is back, turn it into the agent's response — hop-by-hop headers removed, `via` and the
+//! decision id added, the body streamed through (never buffered) within the request's total
+//! time, carrying the record so the decision-log line is written when the stream ends.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Version};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
+use crate::upstream::UpstreamError;
 
-use crate::credentials::inject::{AgentSecrets, Injection};
+use super::Proxy;
+use super::body::ResponseBody;
+use super::inject::{VIA, strip_hop_by_hop};
+use super::record::Recorder;
 
-use super::authorize::Permit;
-use super::target::Target;
-
-/// `via` added in both directions (RFC 9110 §7.6.3).
-const VIA: HeaderValue = HeaderValue::from_static("1.1 tollgate");
 /// The header that ties every response to its decision-log line.
 pub const DECISION_ID: HeaderName = HeaderName::from_static("x-tollgate-decision-id");
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus
-/// the fixed list. `TE: trailers` survives (gRPC needs it end to end).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let nominated: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in nominated {
-        headers.remove(name);
+/// Sends the request and waits for the origin's response head (bounded by
+/// `upstream.request_timeout`).
+pub async fn send(
+    proxy: &Proxy,
+    request: Request<Incoming>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let sent = std::time::Instant::now();
+    let result = proxy.upstream.send(request).await;
+    proxy.metrics.observe_upstream(sent.elapsed().as_secs_f64());
+    if let Err(UpstreamError::Tls(_)) = &result {
+        proxy.metrics.origin_tls_error();
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+    result.map_err(ProxyError::from)
 }
 
-/// Builds the origin request: hop-by-hop, intent and the agent's secret headers removed, the
-/// policy's header changes applied, the normalized target as URI, then the credential (if the
-/// decision named one) injected. Requires the [`Permit`].
-pub fn upstream_request(
-    request: Request<Incoming>,
-    target: &Target,
-    permit: &Permit,
-    secrets: &AgentSecrets,
-    injection: Option<&Injection>,
-) -> Result<Request<Incoming>, ProxyError> {
-    let (mut parts, body) = request.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    // An agent holds no secrets: whatever it sent in a secret header never reaches the origin.
-    secrets.strip(&mut parts.headers);
-    let intent_headers: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-agent-"))
-        .cloned()
-        .collect();
-    for name in intent_headers {
-        parts.headers.remove(name);
-    }
-    // The client sets Host (HTTP/1.1) or :authority (HTTP/2) from the URI.
-    parts.headers.remove(header::HOST);
-    let decision = permit.decision();
-    for name in &decision.remove_headers {
-        parts.headers.remove(name);
-    }
-    for (name, value) in &decision.set_headers {
-        parts.headers.insert(name.clone(), value.clone());
-    }
-    parts.headers.append(header::VIA, VIA);
-    parts.uri = target.upstream_uri()?;
-    if let Some(injection) = injection {
-        injection
-            .apply(&mut parts.headers, &mut parts.uri)
-            .map_err(|e| ProxyError::Internal(e.to_string()))?;
-    }
-    // The origin's protocol is chosen by ALPN, not by what the agent spoke.
-    parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
+/// The agent's response: the origin's head prepared, its body streamed until the request's
+/// total time runs out; `record` is written when the stream ends.
+pub fn respond(
+    proxy: &Proxy,
+    mut response: Response<Incoming>,
+    mut record: Recorder,
+) -> Response<ResponseBody> {
+    let deadline = tokio::time::Instant::now()
+        + proxy
+            .upstream
+            .request_timeout()
+            .saturating_sub(record.elapsed());
+    record.responded(response.status());
+    agent_response_head(&mut response, record.decision_id());
+    response.map(|body| ResponseBody::streamed(body, deadline, record))
 }
 
 /// Prepares the origin's response head for the agent.
-pub fn agent_response_head(response: &mut Response<Incoming>, decision_id: &str) {
+fn agent_response_head(response: &mut Response<Incoming>, decision_id: &str) {
     let headers = response.headers_mut();
     strip_hop_by_hop(headers);
     headers.append(header::VIA, VIA);
     if let Ok(value) = HeaderValue::from_str(decision_id) {
         headers.insert(DECISION_ID, value);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strips_hop_by_hop_and_nominated_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            "keep-alive, x-secret-hop".parse().unwrap(),
-        );
-        headers.insert("x-secret-hop", "1".parse().unwrap());
-        headers.insert("keep-alive", "timeout=5".parse().unwrap());
-        headers.insert("proxy-connection", "keep-alive".parse().unwrap());
-        headers.insert(header::UPGRADE, "websocket".parse().unwrap());
-        headers.insert(header::TE, "trailers".parse().unwrap());
-        headers.insert("x-end-to-end", "kept".parse().unwrap());
-        strip_hop_by_hop(&mut headers);
-        assert!(headers.get("x-secret-hop").is_none());
-        assert!(headers.get("keep-alive").is_none());
-        assert!(headers.get("proxy-connection").is_none());
-        assert!(headers.get(header::UPGRADE).is_none());
-        assert_eq!(headers.get(header::TE).unwrap(), "trailers");
-        assert_eq!(headers.get("x-end-to-end").unwrap(), "kept");
     }
 }

@@ -1,14 +1,26 @@
-//! The record stage: a drop guard that writes exactly one decision-log line per request,
-//! whichever way the request ends (own response, upstream error, body finished or abandoned).
+//! The record stage: a drop guard that writes exactly one decision-log line per request, and
+//! counts it once in `tollgate_requests_total`, whichever way the request ends (own response,
+//! upstream error, body finished or abandoned).
+//!
+//! What was decided is a typed [`Verdict`], not loose fields: each outcome has one setter, called
+//! from one place — the policy's answer and a kill from the authorize stage
+//! ([`Recorder::decided`], [`Recorder::killed`]), tollgate's own refusals and failures from
+//! `proxy::error_response` ([`Recorder::ended_with`]), a response that broke off while
+//! streaming from the body ([`Recorder::stream_failed`]). The decision-log fields and the metric
+//! label are both derived from the verdict, so they cannot disagree.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::config::EngineKind;
+use crate::error::ProxyError;
 use crate::identity::SpiffeId;
+use crate::intent::{Intent, TaskName};
+use crate::reason::Reason;
 use crate::telemetry::decision_log::{
     DecisionLog, DecisionRecord, IntentRecord, RequestRecord, SourceRecord, VerdictRecord,
 };
-use crate::telemetry::metrics::{Metrics, Outcome};
+use crate::telemetry::metrics::Metrics;
 
 use super::target::Target;
 
@@ -19,32 +31,140 @@ pub fn new_decision_id() -> String {
     uuid::Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext)).to_string()
 }
 
-/// Facts gathered while a request moves through the stages; logged on drop.
+/// What was decided about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing yet: the request ended (the agent went away) before any decision. Logged as a
+    /// deny with an empty reason and counted as `policy_denied`, as nothing allowed it.
+    Undecided,
+    /// The policy answered (in a dry run a deny is logged but not enforced).
+    Policy {
+        allow: bool,
+        /// The policy's own reason, verbatim (for an evaluation failure, its closed reason).
+        said: Option<String>,
+        /// The closed label: `allowed`, a documented deny reason, `policy_denied`,
+        /// `policy_error` or `policy_timeout`.
+        label: Reason,
+        /// The credential the decision named.
+        credential: Option<String>,
+        /// False in a dry run: a deny was logged, not applied.
+        enforced: bool,
+        /// tollgate could not complete what the policy let through (upstream, internal).
+        failure: Option<Reason>,
+    },
+    /// The caller or the declared task is killed; the policy was not asked.
+    Killed,
+    /// tollgate refused on its own: before the policy was asked (framing, target, intent,
+    /// agent secrets…), or overriding its allow (the credential it named is unavailable).
+    Refused {
+        reason: Reason,
+        /// The credential the overridden decision named.
+        credential: Option<String>,
+    },
+}
+
+impl Verdict {
+    /// The closed reason the request is counted under (its outcome is the `decision` label).
+    pub fn label(&self) -> Reason {
+        match self {
+            Verdict::Undecided => Reason::PolicyDenied,
+            Verdict::Policy {
+                allow: true,
+                failure: Some(failure),
+                ..
+            } => *failure,
+            Verdict::Policy { label, .. } => *label,
+            Verdict::Killed => Reason::Killed,
+            Verdict::Refused { reason, .. } => *reason,
+        }
+    }
+
+    /// The decision log's `decision` object and `error` field.
+    fn record(&self) -> (VerdictRecord<'_>, Option<&'static str>) {
+        fn verdict<'a>(
+            allow: bool,
+            reason: &'a str,
+            credential: &'a Option<String>,
+            enforced: bool,
+        ) -> VerdictRecord<'a> {
+            VerdictRecord {
+                allow,
+                reason,
+                credential: credential.as_deref(),
+                enforced,
+            }
+        }
+        match self {
+            Verdict::Undecided => (verdict(false, "", &NONE, true), None),
+            Verdict::Policy {
+                allow,
+                said,
+                label,
+                credential,
+                enforced,
+                failure,
+            } => {
+                let reason = match (said, failure) {
+                    (Some(said), _) => said.as_str(),
+                    (None, Some(failure)) => failure.as_str(),
+                    (None, None) if *allow => "",
+                    (None, None) => label.as_str(),
+                };
+                (
+                    verdict(*allow, reason, credential, *enforced),
+                    failure.map(Reason::as_str),
+                )
+            }
+            Verdict::Killed => (verdict(false, Reason::Killed.as_str(), &NONE, true), None),
+            Verdict::Refused { reason, credential } => (
+                verdict(false, reason.as_str(), credential, true),
+                Some(reason.as_str()),
+            ),
+        }
+    }
+}
+
+/// No credential.
+const NONE: Option<String> = None;
+
+/// The policy revision that decided, and how long it took.
+struct Evaluated {
+    revision: Arc<str>,
+    engine: EngineKind,
+    eval_us: u64,
+}
+
+/// Where the request goes, as far as it is known (a CONNECT has no scheme or path).
+struct Destination {
+    scheme: Option<&'static str>,
+    host: String,
+    port: u16,
+    path: Option<String>,
+}
+
+/// The declared intent, as logged.
+struct Declared {
+    name: Option<String>,
+    task: Option<TaskName>,
+    verified: bool,
+}
+
+/// Facts gathered while a request moves through the stages; logged and counted on drop.
 pub struct Recorder {
     log: DecisionLog,
     metrics: Arc<Metrics>,
     started: Instant,
     time: SystemTime,
-    pub decision_id: String,
+    decision_id: String,
     listener: Arc<str>,
     peer: std::net::SocketAddr,
-    pub spiffe_id: Option<SpiffeId>,
-    pub method: String,
-    pub intent: Option<(Option<String>, Option<String>, bool)>,
-    pub scheme: Option<&'static str>,
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub path: Option<String>,
-    pub allow: bool,
-    pub reason: Option<String>,
-    pub credential: Option<String>,
-    pub enforced: bool,
-    pub revision: Option<Arc<str>>,
-    pub engine: Option<&'static str>,
-    pub eval_us: Option<u64>,
-    pub upstream_status: Option<u16>,
-    /// tollgate's own failure after the decision (closed reason), e.g. `upstream_timeout`.
-    pub error: Option<&'static str>,
+    spiffe_id: Option<SpiffeId>,
+    method: http::Method,
+    intent: Option<Declared>,
+    destination: Option<Destination>,
+    evaluated: Option<Evaluated>,
+    verdict: Verdict,
+    upstream_status: Option<u16>,
 }
 
 impl Recorder {
@@ -55,7 +175,7 @@ impl Recorder {
         listener: Arc<str>,
         peer: std::net::SocketAddr,
         spiffe_id: Option<SpiffeId>,
-        method: &str,
+        method: http::Method,
     ) -> Recorder {
         Recorder {
             log,
@@ -66,30 +186,127 @@ impl Recorder {
             listener,
             peer,
             spiffe_id,
-            method: method.to_string(),
+            method,
             intent: None,
-            scheme: None,
-            host: None,
-            port: None,
-            path: None,
-            allow: false,
-            reason: None,
-            credential: None,
-            enforced: true,
-            revision: None,
-            engine: None,
-            eval_us: None,
+            destination: None,
+            evaluated: None,
+            verdict: Verdict::Undecided,
             upstream_status: None,
-            error: None,
         }
+    }
+
+    /// The key of this request's decision-log line (`x-tollgate-decision-id`).
+    pub fn decision_id(&self) -> &str {
+        &self.decision_id
+    }
+
+    /// What has been decided so far.
+    pub fn verdict(&self) -> &Verdict {
+        &self.verdict
     }
 
     /// Notes where the request goes.
     pub fn target(&mut self, target: &Target) {
-        self.scheme = Some(target.scheme);
-        self.host = Some(target.host.clone());
-        self.port = Some(target.port);
-        self.path = Some(target.path.clone());
+        self.destination = Some(Destination {
+            scheme: Some(target.scheme),
+            host: target.host.clone(),
+            port: target.port,
+            path: Some(target.path.clone()),
+        });
+    }
+
+    /// Notes where a CONNECT tunnel goes.
+    pub fn authority(&mut self, host: &str, port: u16) {
+        self.destination = Some(Destination {
+            scheme: None,
+            host: host.to_owned(),
+            port,
+            path: None,
+        });
+    }
+
+    /// Notes the declared intent.
+    pub fn intent(&mut self, intent: &Intent) {
+        self.intent = Some(Declared {
+            name: intent.name.clone(),
+            task: intent.task.clone(),
+            verified: intent.verified,
+        });
+    }
+
+    /// Notes which policy revision decided, and how long it took.
+    pub fn evaluated(&mut self, revision: Arc<str>, engine: EngineKind, eval_us: u64) {
+        self.evaluated = Some(Evaluated {
+            revision,
+            engine,
+            eval_us,
+        });
+    }
+
+    /// The policy's answer (the authorize stage; one call per request).
+    pub fn decided(
+        &mut self,
+        allow: bool,
+        said: Option<String>,
+        label: Reason,
+        credential: Option<String>,
+        enforced: bool,
+    ) {
+        self.verdict = Verdict::Policy {
+            allow,
+            said,
+            label,
+            credential,
+            enforced,
+            failure: None,
+        };
+    }
+
+    /// The kill switch refused the request (the authorize stage).
+    pub fn killed(&mut self) {
+        self.verdict = Verdict::Killed;
+    }
+
+    /// The request ends with `error` before a response: a refusal of tollgate's own, or the
+    /// failure of a call the policy let through (`proxy::error_response`, the one caller).
+    /// The policy's own answers (deny, evaluation failure, kill) are already recorded.
+    pub fn ended_with(&mut self, error: &ProxyError) {
+        if error.is_decision() {
+            return;
+        }
+        let reason = error.reason();
+        let refused = match &mut self.verdict {
+            Verdict::Policy { credential, .. } if error.denies_after_allow() => Verdict::Refused {
+                reason,
+                credential: credential.take(),
+            },
+            Verdict::Policy { failure, .. } => {
+                *failure = Some(reason);
+                return;
+            }
+            Verdict::Refused { credential, .. } => Verdict::Refused {
+                reason,
+                credential: credential.take(),
+            },
+            Verdict::Undecided | Verdict::Killed => Verdict::Refused {
+                reason,
+                credential: None,
+            },
+        };
+        self.verdict = refused;
+    }
+
+    /// A forwarded response broke off while streaming (the body; `reason` is an upstream
+    /// reason).
+    pub fn stream_failed(&mut self, reason: Reason) {
+        if let Verdict::Policy { failure, .. } = &mut self.verdict {
+            *failure = Some(reason);
+        }
+    }
+
+    /// The origin's status, as forwarded.
+    pub fn responded(&mut self, status: http::StatusCode) {
+        self.upstream_status = Some(status.as_u16());
     }
 
     /// Time since the request started.
@@ -100,26 +317,27 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        let reason = self.reason.as_deref().or(self.error).unwrap_or("");
         let seconds = self.started.elapsed().as_secs_f64();
-        let outcome = match (self.allow, self.error) {
-            // Allowed by the policy but not completed: an upstream or internal failure.
-            (true, Some(error)) => (Outcome::Error, error),
-            (true, None) => (Outcome::Allow, reason),
-            // Denied (in a dry run, counted as what the policy decided).
-            (false, _) => (Outcome::Deny, reason),
-        };
         self.metrics.record_request(
             &self.listener,
-            outcome.0,
-            outcome.1,
-            self.host.as_deref(),
+            self.verdict.label(),
+            self.destination.as_ref().map(|d| d.host.as_str()),
             seconds,
         );
-        let (intent_name, intent_task, verified) = match &self.intent {
-            Some((name, task, verified)) => (name.as_deref(), task.as_deref(), *verified),
-            None => (None, None, false),
+        let (decision, error) = self.verdict.record();
+        let intent = match &self.intent {
+            Some(declared) => IntentRecord {
+                name: declared.name.as_deref(),
+                task: declared.task.as_ref().map(TaskName::as_str),
+                verified: declared.verified,
+            },
+            None => IntentRecord {
+                name: None,
+                task: None,
+                verified: false,
+            },
         };
+        let destination = self.destination.as_ref();
         let record = DecisionRecord {
             decision_id: &self.decision_id,
             time: crate::policy::input::format_time(self.time),
@@ -128,31 +346,92 @@ impl Drop for Recorder {
                 spiffe_id: self.spiffe_id.as_ref().map(|id| id.as_str()),
                 address: self.peer.to_string(),
             },
-            intent: IntentRecord {
-                name: intent_name,
-                task: intent_task,
-                verified,
-            },
+            intent,
             request: RequestRecord {
-                method: &self.method,
-                scheme: self.scheme,
-                host: self.host.as_deref(),
-                port: self.port,
-                path: self.path.as_deref(),
+                method: self.method.as_str(),
+                scheme: destination.and_then(|d| d.scheme),
+                host: destination.map(|d| d.host.as_str()),
+                port: destination.map(|d| d.port),
+                path: destination.and_then(|d| d.path.as_deref()),
             },
-            decision: VerdictRecord {
-                allow: self.allow,
-                reason,
-                credential: self.credential.as_deref(),
-                enforced: self.enforced,
-            },
-            error: self.error,
-            policy_revision: self.revision.as_deref(),
-            engine: self.engine,
-            eval_us: self.eval_us,
+            decision,
+            error,
+            policy_revision: self.evaluated.as_ref().map(|e| &*e.revision),
+            engine: self.evaluated.as_ref().map(|e| e.engine.as_str()),
+            eval_us: self.evaluated.as_ref().map(|e| e.eval_us),
             upstream_status: self.upstream_status,
             duration_ms: seconds * 1000.0,
         };
         self.log.record(&record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allow: bool, said: Option<&str>, label: Reason) -> Verdict {
+        Verdict::Policy {
+            allow,
+            said: said.map(str::to_owned),
+            label,
+            credential: None,
+            enforced: true,
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn counts_each_verdict_under_its_closed_reason() {
+        assert_eq!(Verdict::Undecided.label(), Reason::PolicyDenied);
+        assert_eq!(
+            policy(true, Some("allowed by rule x"), Reason::Allowed).label(),
+            Reason::Allowed
+        );
+        assert_eq!(
+            policy(false, Some("a custom reason"), Reason::PolicyDenied).label(),
+            Reason::PolicyDenied
+        );
+        assert_eq!(Verdict::Killed.label(), Reason::Killed);
+        let mut allowed = policy(true, None, Reason::Allowed);
+        if let Verdict::Policy { failure, .. } = &mut allowed {
+            *failure = Some(Reason::UpstreamTimeout);
+        }
+        assert_eq!(allowed.label(), Reason::UpstreamTimeout);
+        // A dry-run deny that then failed upstream still counts as what the policy decided.
+        let mut dry = policy(false, Some("method_not_allowed"), Reason::MethodNotAllowed);
+        if let Verdict::Policy {
+            failure, enforced, ..
+        } = &mut dry
+        {
+            *failure = Some(Reason::UpstreamConnect);
+            *enforced = false;
+        }
+        assert_eq!(dry.label(), Reason::MethodNotAllowed);
+    }
+
+    #[test]
+    fn logs_the_policy_words_and_tollgate_reasons_apart() {
+        let denied = policy(false, Some("a custom reason"), Reason::PolicyDenied);
+        let (decision, error) = denied.record();
+        assert_eq!((decision.reason, error), ("a custom reason", None));
+        let (decision, error) = Verdict::Killed.record();
+        assert_eq!(
+            (decision.allow, decision.reason, error),
+            (false, "killed", None)
+        );
+        let refused = Verdict::Refused {
+            reason: Reason::CredentialUnavailable,
+            credential: Some("github".into()),
+        };
+        let (decision, error) = refused.record();
+        assert_eq!(
+            (decision.reason, decision.credential, error),
+            (
+                "credential_unavailable",
+                Some("github"),
+                Some("credential_unavailable")
+            )
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The target stage: where a request goes, taken from one trusted place and normalized.
+//! The target stage: where a request goes, taken from one trusted place, normalized and
+//! resolved.
 //!
 //! - forward (absolute-form) requests: the request URI's scheme, host and port;
 //! - requests inside a CONNECT tunnel: the tunnel's authority, and the request's own Host /
@@ -6,12 +7,109 @@
 //! - hosts are lower-cased; paths are normalized (percent-decoding of unreserved characters,
 //!   dot segments removed, repeated slashes merged) *before* the policy sees them, and the
 //!   normalized path is what goes upstream, so `/repos/acme/../../admin` can neither slip past
-//!   a prefix rule nor reach the origin in a form the policy did not see.
+//!   a prefix rule nor reach the origin in a form the policy did not see;
+//! - the name is resolved here, so the policy sees the address that will be dialled, and a
+//!   name that resolves only to non-public addresses is refused before the policy runs. A name
+//!   that does not resolve is not refused here: the policy still decides (with
+//!   `destination.ip` null), so a call the policy denies is a 403 whether or not its name
+//!   resolves, and only an allowed call reports the DNS failure (502, [`Resolution::addresses`]).
 
-use http::Uri;
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use http::uri::{Authority, Scheme};
+use http::{Request, Uri};
 
 use crate::error::ProxyError;
+use crate::upstream::{ResolveError, UpstreamError};
+
+use super::Proxy;
+use super::ctx::ConnCtx;
+use super::record::Recorder;
+
+/// Where a request goes, and what its name resolved to.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub target: Target,
+    pub resolution: Resolution,
+}
+
+/// What a destination's name resolved to.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// Public addresses (or ones `upstream.allow_private` admits), in dial order.
+    Resolved(Arc<[IpAddr]>),
+    /// The name did not resolve; the policy decides without an address.
+    Unresolved(ResolveError),
+}
+
+impl Resolution {
+    /// The address the policy sees (`destination.ip`).
+    pub fn first(&self) -> Option<IpAddr> {
+        match self {
+            Resolution::Resolved(ips) => ips.first().copied(),
+            Resolution::Unresolved(_) => None,
+        }
+    }
+
+    /// The addresses to dial; a name that did not resolve is now the answer (502).
+    pub fn addresses(&self) -> Result<&Arc<[IpAddr]>, ProxyError> {
+        match self {
+            Resolution::Resolved(ips) => Ok(ips),
+            Resolution::Unresolved(dns) => {
+                Err(ProxyError::Upstream(UpstreamError::Resolve(dns.clone())))
+            }
+        }
+    }
+}
+
+/// Resolves `host`. Non-public addresses are refused here, before the policy runs; a DNS
+/// failure is not (see the module documentation).
+pub async fn resolve(proxy: &Proxy, host: &str) -> Result<Resolution, ProxyError> {
+    match proxy.upstream.resolver.resolve(host).await {
+        Ok(ips) => Ok(Resolution::Resolved(ips)),
+        Err(private @ ResolveError::Private { .. }) => Err(ProxyError::PrivateDestination(private)),
+        Err(dns) => Ok(Resolution::Unresolved(dns)),
+    }
+}
+
+/// The stage for an HTTP request: its target (the absolute-form URI, or inside a tunnel the
+/// tunnel's authority checked against the request's own), resolved — inside a tunnel, to the
+/// addresses vetted when the tunnel was authorized.
+pub async fn request_destination<B>(
+    proxy: &Proxy,
+    conn: &ConnCtx,
+    request: &Request<B>,
+    record: &mut Recorder,
+) -> Result<Destination, ProxyError> {
+    let target = match &conn.tunnel {
+        None => forward_target(request.uri())?,
+        Some(tunnel) => tunneled_target(
+            request.uri(),
+            request.headers().get(http::header::HOST),
+            &tunnel.authority,
+            tunnel.scheme,
+        )?,
+    };
+    record.target(&target);
+    let resolution = match &conn.tunnel {
+        Some(tunnel) if !tunnel.ips.is_empty() => Resolution::Resolved(tunnel.ips.clone()),
+        _ => resolve(proxy, &target.host).await?,
+    };
+    Ok(Destination { target, resolution })
+}
+
+/// The stage for a CONNECT: its `host:port`, resolved.
+pub async fn tunnel_destination<B>(
+    proxy: &Proxy,
+    request: &Request<B>,
+    record: &mut Recorder,
+) -> Result<(TunnelAuthority, Resolution), ProxyError> {
+    let authority = connect_authority(request.uri())?;
+    record.authority(&authority.host, authority.port);
+    let resolution = resolve(proxy, &authority.host).await?;
+    Ok((authority, resolution))
+}
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,67 +1,114 @@
-//! Listeners: accept loops, connection limits, listener TLS, and the HTTP server settings that
-//! enforce the limits (header size, header read timeout).
+//! The connection layer: every step between a socket and a request the proxy decides. The
+//! proxy ([`crate::proxy`]) only decides; the server accepts, identifies and serves.
 //!
-//! The forward listener speaks HTTP/1.1 to agents (absolute-form and CONNECT). Connections
-//! inside intercepted tunnels speak HTTP/1.1 or HTTP/2, chosen by ALPN or the h2 preface.
+//! - accept loops with a connection limit ([`accept_loop`]), listener TLS through the one
+//!   handshake function ([`crate::tls::accept_agent`]), the caller established from a verified
+//!   SVID or the configured identity;
+//! - [`serve`]: one way to serve HTTP on a connection — the framing guard under hyper, the
+//!   HTTP settings that enforce the limits (header size, header read timeout), the graceful
+//!   drain — for agent connections and for connections inside tunnels alike;
+//! - [`service`]: the hyper service of a connection: the framing and size checks of each
+//!   request, then the proxy's [`handle`](crate::proxy::handle) or
+//!   [`connect`](crate::proxy::connect::connect);
+//! - [`tunnel`]: what an allowed CONNECT becomes — a blind tunnel, or interception (TLS
+//!   terminated with a minted leaf, then [`serve`] again inside);
+//! - [`framing`]: the raw-byte HTTP/1 framing guard (request smuggling defence); [`lifecycle`]:
+//!   the drain.
+//!
+//! A third way in (a transparent listener: original destination, TLS or HTTP sniffed) fits
+//! the same shape: accept, [`crate::tls::accept_agent`] with a config chosen by SNI, a
+//! [`ConnCtx`] whose tunnel is the original destination, then [`serve`] with
+//! [`Protocol::Auto`].
 
 pub mod framing;
 pub mod io;
 pub mod lifecycle;
+pub mod serve;
+pub mod service;
+pub mod tunnel;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::config::ListenerConfig;
+use crate::error::ProxyError;
 use crate::identity::Caller;
+use crate::proxy::Proxy;
 use crate::proxy::ctx::ConnCtx;
-use crate::proxy::{Proxy, ProxyService};
-use framing::FramingGuard;
+use crate::tls::ListenerTls;
+use crate::tls::intercept::InterceptAuthority;
+use crate::watch::Watched;
+
+pub use serve::{AgentConn, Protocol, serve};
 
 /// A bound listener, ready to accept.
 pub struct BoundListener {
     pub config: ListenerConfig,
     pub tcp: TcpListener,
-    /// The listener's TLS config; swapped when trust bundles rotate (new handshakes only).
-    pub tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
-    /// With `tls.client_auth`: the SVID verifier also used inside intercepted TLS.
-    pub inner_verifier: Option<Arc<arc_swap::ArcSwap<crate::proxy::ctx::InnerVerifier>>>,
+    /// The listener's TLS; rebuilt when its files or the trust bundles change (new handshakes
+    /// only).
+    pub tls: Option<Arc<Watched<ListenerTls>>>,
     pub local_addr: SocketAddr,
 }
 
-/// What every accept loop shares.
-pub struct ServerContext {
+/// The limits the connection layer enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Largest request head (`limits.max_header_bytes`).
+    pub max_header_bytes: usize,
+    /// How long a client may take for a request head or a TLS handshake.
+    pub header_read_timeout: Duration,
+}
+
+/// What every connection shares.
+pub struct Server {
+    /// What decides.
     pub proxy: Arc<Proxy>,
+    /// Mints the leaves of intercepted TLS.
+    pub intercept: InterceptAuthority,
+    /// Tracks every task serving agent traffic, for the graceful drain.
+    pub lifecycle: lifecycle::Lifecycle,
+    /// Permits for open agent connections (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
     /// Identity of callers without a client certificate (`identity.workload_spiffe_id`).
     pub default_caller: Caller,
+    pub limits: ConnLimits,
+    http: serve::Http,
 }
 
-fn http1_builder(proxy: &Proxy) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(proxy.header_read_timeout)
-        // Heads up to max_header_bytes reach the service, which answers 431 in JSON; beyond
-        // this buffer hyper answers 431 itself.
-        .max_buf_size((proxy.max_header_bytes + 16 * 1024).max(8192))
-        .max_headers(1024);
-    builder
+impl Server {
+    /// Prepares the connection layer (the HTTP settings are built here, once).
+    pub fn new(
+        proxy: Arc<Proxy>,
+        intercept: InterceptAuthority,
+        lifecycle: lifecycle::Lifecycle,
+        max_connections: usize,
+        default_caller: Caller,
+        limits: ConnLimits,
+    ) -> Server {
+        Server {
+            proxy,
+            intercept,
+            lifecycle,
+            connections: Arc::new(Semaphore::new(max_connections)),
+            default_caller,
+            http: serve::Http::new(limits),
+            limits,
+        }
+    }
 }
 
-/// Accepts connections on one listener until the process stops.
-pub async fn accept_loop(server: Arc<ServerContext>, listener: BoundListener) {
-    let name: Arc<str> = Arc::from(listener.config.name.as_str());
+/// Accepts connections on one listener until the drain starts.
+pub async fn accept_loop(server: Arc<Server>, listener: BoundListener) {
     let listener = Arc::new(listener);
-    let lifecycle = server.proxy.lifecycle.clone();
+    let name: Arc<str> = Arc::from(listener.config.name.as_str());
+    let lifecycle = server.lifecycle.clone();
     loop {
         let accepted = tokio::select! {
             accepted = listener.tcp.accept() => accepted,
@@ -83,9 +130,6 @@ pub async fn accept_loop(server: Arc<ServerContext>, listener: BoundListener) {
             tokio::spawn(refuse_overloaded(stream, listener.tls.is_none()));
             continue;
         };
-        let server = server.clone();
-        let listener = listener.clone();
-        let name = name.clone();
         // A span per connection: every log line of this connection names its listener, peer
         // and caller.
         let caller = server
@@ -93,159 +137,70 @@ pub async fn accept_loop(server: Arc<ServerContext>, listener: BoundListener) {
             .spiffe_id()
             .map_or_else(|| "unauthenticated".to_string(), ToString::to_string);
         let span = tracing::info_span!("connection", listener = %name, %peer, %caller);
+        let (server, listener, name) = (server.clone(), listener.clone(), name.clone());
         lifecycle.spawn(
             async move {
                 let _permit = permit;
-                serve_agent_connection(server, listener, name, stream, peer).await;
+                agent_connection(&server, &listener, name, stream, peer).await;
             }
             .instrument(span),
         );
     }
 }
 
-async fn serve_agent_connection(
-    server: Arc<ServerContext>,
-    listener: Arc<BoundListener>,
+/// One agent connection: its TLS (if the listener has any), who is calling, then HTTP.
+async fn agent_connection(
+    server: &Arc<Server>,
+    listener: &BoundListener,
     name: Arc<str>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let proxy = server.proxy.clone();
+    let proxy = &server.proxy;
     let _open = proxy.metrics.connection_opened(&name);
-    let default_caller = server.default_caller.clone();
-    match &listener.tls {
-        None => {
-            let conn = ConnCtx::new(
-                name.clone(),
-                listener.config.intercept,
-                peer,
-                default_caller,
-            );
-            serve_http1(proxy, conn, stream).await;
-        }
-        Some(config) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
-            match tokio::time::timeout(proxy.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    // A verified SVID names the caller; without one (client_auth: optional or
-                    // none) the configured workload identity does. Never a header.
-                    let verified = crate::identity::svid::peer_spiffe_id(tls.get_ref().1);
-                    let caller_verified = verified.is_some();
-                    let caller = verified.map_or(default_caller, Caller::Authenticated);
-                    if let Some(id) = caller.spiffe_id() {
-                        tracing::Span::current().record("caller", id.as_str());
-                    }
-                    let mut conn =
-                        ConnCtx::new(name.clone(), listener.config.intercept, peer, caller);
-                    conn.caller_verified = caller_verified;
-                    conn.inner_verifier = listener.inner_verifier.clone();
-                    serve_http1(proxy, conn, tls).await;
-                }
-                Ok(Err(e)) => {
-                    if let Some(rejection) = crate::identity::svid::rejection_of_io(&e) {
-                        proxy.metrics.identity_rejected(rejection.reason().as_str());
-                        tracing::warn!(
-                            listener = %name,
-                            %peer,
-                            reason = rejection.reason().as_str(),
-                            "{rejection}"
-                        );
-                    }
-                    proxy.metrics.agent_tls_error();
-                    tracing::info!(listener = %name, %peer, error = %e, "TLS handshake with agent failed");
-                }
-                Err(_) => {
-                    proxy.metrics.agent_tls_error();
-                    tracing::info!(listener = %name, %peer, "TLS handshake with agent timed out");
-                }
-            }
-        }
-    }
-}
-
-/// Serves the proxy protocol (HTTP/1.1 with CONNECT upgrades) on an agent connection.
-async fn serve_http1<IO>(proxy: Arc<Proxy>, mut conn: ConnCtx, io: IO)
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (guarded, verdicts) = FramingGuard::new(io, proxy.max_header_bytes);
-    conn.framing = Some(verdicts);
-    let service = ProxyService {
-        proxy: proxy.clone(),
-        conn: Arc::new(conn),
+    let mut ctx = ConnCtx::new(
+        name,
+        listener.config.mode,
+        listener.config.intercept,
+        peer,
+        server.default_caller.clone(),
+    );
+    let Some(tls) = &listener.tls else {
+        let conn = AgentConn { ctx, tls: None };
+        serve(server, stream, conn, Protocol::Http1).await;
+        return;
     };
-    let connection = http1_builder(&proxy)
-        .serve_connection(TokioIo::new(guarded), service)
-        .with_upgrades();
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = proxy.lifecycle.draining() => {
-            // Finish the exchange in flight, then close.
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
+    let config = tls.load().server.clone();
+    let handshake = crate::tls::accept_agent(
+        stream,
+        server.limits.header_read_timeout,
+        &proxy.metrics,
+        None,
+        move |_| Ok(config),
+    )
+    .await;
+    let Ok(accepted) = handshake else {
+        return;
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "agent connection ended with an error");
+    // A verified SVID names the caller; without one (client_auth: optional or none) the
+    // configured workload identity does. Never a header.
+    if let Some(id) = accepted.peer {
+        tracing::Span::current().record("caller", id.as_str());
+        ctx.caller = Caller::Authenticated(id);
+        ctx.caller_verified = true;
     }
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on a connection inside a tunnel. Boxed: the service it runs can
-/// itself open tunnels, and the future type would otherwise be infinitely recursive.
-pub fn serve_tunneled<IO>(
-    proxy: Arc<Proxy>,
-    conn: Arc<ConnCtx>,
-    io: IO,
-) -> Pin<Box<dyn Future<Output = ()> + Send>>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    Box::pin(async move {
-        let (guarded, verdicts) = FramingGuard::new(io, proxy.max_header_bytes);
-        let conn = match Arc::try_unwrap(conn) {
-            Ok(mut owned) => {
-                owned.framing = Some(verdicts);
-                Arc::new(owned)
-            }
-            Err(shared) => shared,
-        };
-        let service = ProxyService {
-            proxy: proxy.clone(),
-            conn,
-        };
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(proxy.header_read_timeout)
-            .max_buf_size((proxy.max_header_bytes + 16 * 1024).max(8192))
-            .max_headers(1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(proxy.max_header_bytes).unwrap_or(u32::MAX));
-        let connection = builder.serve_connection(TokioIo::new(guarded), service);
-        let mut connection = std::pin::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = proxy.lifecycle.draining() => {
-                // HTTP/1.1: finish the exchange in flight; HTTP/2: GOAWAY, finish open streams.
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "tunneled connection ended with an error");
-        }
-    })
+    let conn = AgentConn {
+        ctx,
+        tls: Some(tls.clone()),
+    };
+    serve(server, accepted.stream, conn, Protocol::Http1).await;
 }
 
 /// Answers a connection over the limit with a JSON 503 and closes it.
 async fn refuse_overloaded(mut stream: TcpStream, plain: bool) {
     if plain {
         let id = crate::proxy::record::new_decision_id();
-        let body = crate::error::ProxyError::Overloaded.body(&id).to_string();
+        let body = ProxyError::Overloaded.body(&id).to_string();
         let response = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\nx-tollgate-decision-id: {id}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()

@@ -106,7 +106,8 @@ impl Recent {
         }
     }
 
-    fn push(&self, line: &[u8]) {
+    /// Keeps one line (the writer thread; tests).
+    pub(crate) fn push(&self, line: &[u8]) {
         let mut lines = match self.lines.lock() {
             Ok(lines) => lines,
             Err(poisoned) => poisoned.into_inner(),

@@ -1,8 +1,9 @@
 //! Prometheus metrics (SPEC §8, docs/METRICS.md): one registry, built at start-up.
 //!
-//! Every time series the request path touches is created up front — per listener, per
-//! decision, per closed reason — and kept in maps that are never written after start-up, so
-//! recording is a lookup plus an atomic add: no lock on the request path. Series whose labels
+//! Every time series the request path touches is created up front — per listener and closed
+//! [`Reason`] (whose outcome is the `decision` label), per identity rejection, per reload
+//! source — and kept in tables that are never written after start-up, so recording is an
+//! index plus an atomic add: no lock, no string lookup on the request path. Series whose labels
 //! cannot be known in advance (destination hosts, with `telemetry.metrics_label_destination`
 //! on) are made once through the prometheus crate's label lookup, which takes a read lock, and
 //! then kept in a per-thread cache of counter handles, so a request takes no lock either.
@@ -10,60 +11,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use crate::identity::svid::SvidRejection;
+use crate::per_thread::{self, OwnerId};
+use crate::reason::{Outcome, Reason};
+use crate::watch::Source;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-/// Reasons that may appear as the `reason` label of a deny; anything else is `policy_denied`.
-pub const DENY_REASONS: &[&str] = &[
-    "unauthenticated",
-    "unknown_agent",
-    "destination_not_allowed",
-    "port_not_allowed",
-    "method_not_allowed",
-    "path_not_allowed",
-    "intent_required",
-    "intent_not_allowed",
-    "verified_intent_required",
-    "outside_time_window",
-    "invalid_input",
-    "policy_error",
-    "policy_timeout",
-    "policy_denied",
-    "killed",
-    "bad_request",
-    "bad_intent",
-    "ambiguous_framing",
-    "headers_too_large",
-    "host_mismatch",
-    "private_destination",
-    "overloaded",
-    "token_too_large",
-    "token_malformed",
-    "token_alg_not_allowed",
-    "token_missing_claim",
-    "token_invalid_claim",
-    "token_unknown_issuer",
-    "token_unknown_key",
-    "token_bad_signature",
-    "token_expired",
-    "token_not_yet_valid",
-    "token_wrong_audience",
-    "token_subject_mismatch",
-    "credential_unavailable",
-    "agent_secret_present",
-];
-
-/// Reasons of an `error` decision: allowed, but tollgate could not complete the call.
-pub const ERROR_REASONS: &[&str] = &[
-    "dns_error",
-    "upstream_connect",
-    "upstream_tls",
-    "upstream_timeout",
-    "upstream_protocol",
-    "internal",
-];
 
 const REQUEST_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -78,43 +33,33 @@ const UPSTREAM_BUCKETS: &[f64] = &[
 ];
 
 /// Per-thread handles of destination-labelled counters (bounded; a miss falls back to the
-/// registry's label lookup). Keyed level by level — (registry, decision, reason), then
-/// listener, then destination — so a hit looks the strings up by `&str` and allocates nothing.
-type DestinationCounters =
-    HashMap<(u64, &'static str, &'static str), HashMap<String, HashMap<String, IntCounter>>>;
-static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// registry's label lookup). Keyed level by level — reason, then listener, then destination —
+/// so a hit looks the strings up by `&str` and allocates nothing; the count of handles kept
+/// comes first.
+type DestinationCounters = (
+    usize,
+    HashMap<Reason, HashMap<String, HashMap<String, IntCounter>>>,
+);
 const DESTINATION_CACHE_LIMIT: usize = 4096;
 
 thread_local! {
-    static DESTINATION_COUNTERS: RefCell<(usize, DestinationCounters)> = RefCell::new((0, HashMap::new()));
-}
-
-/// How a request ended, for `tollgate_requests_total{decision}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Allow,
-    Deny,
-    Error,
-}
-
-/// Request counters of one listener, created at start-up (without destination labels).
-struct RequestSeries {
-    allowed: IntCounter,
-    denied: HashMap<&'static str, IntCounter>,
-    errors: HashMap<&'static str, IntCounter>,
+    /// This thread's handles, and the registry they belong to.
+    static DESTINATION_COUNTERS: per_thread::Slot<DestinationCounters> = const { RefCell::new(None) };
 }
 
 /// Series of one listener, created at start-up.
 struct ListenerSeries {
-    requests: Option<RequestSeries>,
+    /// `tollgate_requests_total` of each [`Reason`], at `reason.index()` (without destination
+    /// labels; with them, the series depend on the traffic and are made on demand).
+    requests: Option<Vec<IntCounter>>,
     duration: Histogram,
     active: IntGauge,
 }
 
 /// The metrics registry and the handles the request path records into.
 pub struct Metrics {
-    /// Tells this registry's cached handles from another's (tests build several).
-    id: u64,
+    /// Tells this registry's per-thread handles from another's (tests build several).
+    id: OwnerId,
     registry: Registry,
     listeners: HashMap<String, ListenerSeries>,
     /// Set when requests carry a `destination` label (then looked up per request).
@@ -124,6 +69,8 @@ pub struct Metrics {
     upstream_duration: Histogram,
     reload_success: IntCounter,
     reload_failure: IntCounter,
+    /// `tollgate_reloads_total{source,result}`: success at `2 * source`, failure at `+ 1`.
+    reloads: Vec<IntCounter>,
     policy_info: IntGaugeVec,
     /// `tollgate_credential_issued_total{credential,kind}` (credentials release).
     pub credential_issued: IntCounterVec,
@@ -131,22 +78,58 @@ pub struct Metrics {
     pub credential_cache_hits: IntCounterVec,
     /// `tollgate_credential_errors_total{credential}` (credentials release).
     pub credential_errors: IntCounterVec,
-    /// `tollgate_identity_rejections_total{reason}` (identity release).
-    identity_rejections: IntCounterVec,
+    /// `tollgate_identity_rejections_total{reason}`, one series per `SvidRejection`.
+    identity_rejections: Vec<IntCounter>,
     tls_errors_agent: IntCounter,
     tls_errors_origin: IntCounter,
     /// `tollgate_kills_active`.
     pub kills_active: IntGauge,
 }
 
+/// Makes metric families and registers each as it is made.
+struct Families<'r>(&'r Registry);
+
+impl Families<'_> {
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        let family = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(family.clone()))?;
+        Ok(family)
+    }
+
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        let family = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(family.clone()))?;
+        Ok(family)
+    }
+
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> Result<HistogramVec, prometheus::Error> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let family = HistogramVec::new(opts, labels)?;
+        self.0.register(Box::new(family.clone()))?;
+        Ok(family)
+    }
+}
+
 /// A metric could not be registered (a programming error, caught at start-up).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the metrics registry: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
-
-fn closed(reason: &str, set: &[&'static str]) -> Option<&'static str> {
-    set.iter().copied().find(|known| *known == reason)
-}
 
 impl Metrics {
     /// Builds every series for these listeners.
@@ -155,130 +138,97 @@ impl Metrics {
         label_destination: bool,
     ) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
+        let family = Families(&registry);
         let mut request_labels = vec!["listener", "decision", "reason"];
         if label_destination {
             request_labels.push("destination");
         }
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "tollgate_requests_total",
-                "Decisions made, by outcome and closed reason.",
-            ),
+        let requests = family.counters(
+            "tollgate_requests_total",
+            "Decisions made, by outcome and closed reason.",
             &request_labels,
         )?;
-        let durations = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_request_duration_seconds",
-                "End-to-end request time, until the response body ends.",
-            )
-            .buckets(REQUEST_BUCKETS.to_vec()),
+        let durations = family.histograms(
+            "tollgate_request_duration_seconds",
+            "End-to-end request time, until the response body ends.",
+            REQUEST_BUCKETS,
             &["listener"],
         )?;
-        let active = IntGaugeVec::new(
-            Opts::new("tollgate_active_connections", "Agent connections open now."),
+        let active = family.gauges(
+            "tollgate_active_connections",
+            "Agent connections open now.",
             &["listener"],
         )?;
-        let policy_eval = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_policy_eval_duration_seconds",
-                "One policy evaluation.",
-            )
-            .buckets(POLICY_BUCKETS.to_vec()),
+        let policy_eval = family.histograms(
+            "tollgate_policy_eval_duration_seconds",
+            "One policy evaluation.",
+            POLICY_BUCKETS,
             &["engine"],
         )?;
-        let upstream_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "tollgate_upstream_duration_seconds",
-                "From sending to the origin until its response head.",
-            )
-            .buckets(UPSTREAM_BUCKETS.to_vec()),
+        let upstream_duration = family.histograms(
+            "tollgate_upstream_duration_seconds",
+            "From sending to the origin until its response head.",
+            UPSTREAM_BUCKETS,
+            &[],
         )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "tollgate_policy_reloads_total",
-                "Policy reloads, by result.",
-            ),
+        let reloads = family.counters(
+            "tollgate_policy_reloads_total",
+            "Policy reloads, by result.",
             &["result"],
         )?;
-        let policy_info = IntGaugeVec::new(
-            Opts::new(
-                "tollgate_policy_info",
-                "The policy revision in force (value 1).",
-            ),
+        let reloads_by_source = family.counters(
+            "tollgate_reloads_total",
+            "Values rebuilt from their files (or the Workload API), by source and result.",
+            &["source", "result"],
+        )?;
+        let policy_info = family.gauges(
+            "tollgate_policy_info",
+            "The policy revision in force (value 1).",
             &["revision", "engine"],
         )?;
-        let credential_issued = IntCounterVec::new(
-            Opts::new(
-                "tollgate_credential_issued_total",
-                "Credentials fetched or minted.",
-            ),
+        let credential_issued = family.counters(
+            "tollgate_credential_issued_total",
+            "Credentials fetched or minted.",
             &["credential", "kind"],
         )?;
-        let credential_cache_hits = IntCounterVec::new(
-            Opts::new(
-                "tollgate_credential_cache_hits_total",
-                "Credentials served from the cache.",
-            ),
+        let credential_cache_hits = family.counters(
+            "tollgate_credential_cache_hits_total",
+            "Credentials served from the cache.",
             &["credential"],
         )?;
-        let credential_errors = IntCounterVec::new(
-            Opts::new(
-                "tollgate_credential_errors_total",
-                "Credential provider failures.",
-            ),
+        let credential_errors = family.counters(
+            "tollgate_credential_errors_total",
+            "Credential provider failures.",
             &["credential"],
         )?;
-        let identity_rejections = IntCounterVec::new(
-            Opts::new(
-                "tollgate_identity_rejections_total",
-                "Peers refused during identity checks.",
-            ),
+        let identity_rejections = family.counters(
+            "tollgate_identity_rejections_total",
+            "Peers refused during identity checks.",
             &["reason"],
         )?;
-        let tls_errors = IntCounterVec::new(
-            Opts::new(
-                "tollgate_tls_handshake_errors_total",
-                "Failed TLS handshakes, by side.",
-            ),
+        let tls_errors = family.counters(
+            "tollgate_tls_handshake_errors_total",
+            "Failed TLS handshakes, by side.",
             &["side"],
         )?;
         let kills_active = IntGauge::new("tollgate_kills_active", "Kills in force.")?;
-
-        for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(durations.clone()),
-            Box::new(active.clone()),
-            Box::new(policy_eval.clone()),
-            Box::new(upstream_duration.clone()),
-            Box::new(reloads.clone()),
-            Box::new(policy_info.clone()),
-            Box::new(credential_issued.clone()),
-            Box::new(credential_cache_hits.clone()),
-            Box::new(credential_errors.clone()),
-            Box::new(identity_rejections.clone()),
-            Box::new(tls_errors.clone()),
-            Box::new(kills_active.clone()),
-        ] {
-            registry.register(collector)?;
-        }
+        registry.register(Box::new(kills_active.clone()))?;
 
         let mut listeners = HashMap::new();
         for name in listener_names {
-            let counter = |decision: &str, reason: &str| {
-                requests.with_label_values(&[name.as_str(), decision, reason])
-            };
             // With destination labels the series depend on the traffic and are made on demand.
             let series = ListenerSeries {
-                requests: (!label_destination).then(|| RequestSeries {
-                    allowed: counter("allow", "allowed"),
-                    denied: DENY_REASONS
+                requests: (!label_destination).then(|| {
+                    Reason::ALL
                         .iter()
-                        .map(|r| (*r, counter("deny", r)))
-                        .collect(),
-                    errors: ERROR_REASONS
-                        .iter()
-                        .map(|r| (*r, counter("error", r)))
-                        .collect(),
+                        .map(|reason| {
+                            requests.with_label_values(&[
+                                name.as_str(),
+                                reason.outcome().as_str(),
+                                reason.as_str(),
+                            ])
+                        })
+                        .collect()
                 }),
                 duration: durations.with_label_values(&[name.as_str()]),
                 active: active.with_label_values(&[name.as_str()]),
@@ -286,32 +236,42 @@ impl Metrics {
             listeners.insert(name.clone(), series);
         }
         Ok(Metrics {
-            id: NEXT_METRICS_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: OwnerId::new(),
             registry,
             listeners,
             by_destination: label_destination.then_some(requests),
             policy_eval_rego: policy_eval.with_label_values(&["rego"]),
             policy_eval_wasm: policy_eval.with_label_values(&["wasm"]),
-            upstream_duration,
+            upstream_duration: upstream_duration.with_label_values::<&str>(&[]),
             reload_success: reloads.with_label_values(&["success"]),
             reload_failure: reloads.with_label_values(&["failure"]),
+            reloads: Source::ALL
+                .iter()
+                .flat_map(|source| {
+                    ["success", "failure"].map(|result| {
+                        reloads_by_source.with_label_values(&[source.as_str(), result])
+                    })
+                })
+                .collect(),
             policy_info,
             credential_issued,
             credential_cache_hits,
             credential_errors,
-            identity_rejections,
+            identity_rejections: SvidRejection::ALL
+                .iter()
+                .map(|reason| identity_rejections.with_label_values(&[reason.as_str()]))
+                .collect(),
             tls_errors_agent: tls_errors.with_label_values(&["agent"]),
             tls_errors_origin: tls_errors.with_label_values(&["origin"]),
             kills_active,
         })
     }
 
-    /// Records one decision-log line: its outcome, closed reason and duration.
+    /// Records one decision-log line: its closed reason (which says its outcome) and duration.
     pub fn record_request(
         &self,
         listener: &str,
-        outcome: Outcome,
-        reason: &str,
+        reason: Reason,
         destination: Option<&str>,
         seconds: f64,
     ) {
@@ -319,54 +279,52 @@ impl Metrics {
             return;
         };
         series.duration.observe(seconds);
-        let (decision, label) = match outcome {
-            Outcome::Allow => ("allow", "allowed"),
-            Outcome::Deny => (
-                "deny",
-                closed(reason, DENY_REASONS).unwrap_or("policy_denied"),
-            ),
-            Outcome::Error => ("error", closed(reason, ERROR_REASONS).unwrap_or("internal")),
-        };
         if let Some(vec) = &self.by_destination {
             // Only destinations the policy let through are labelled: anyone can ask for random
             // hosts, and denied ones must not grow the series without bound.
-            let destination = match outcome {
+            let destination = match reason.outcome() {
                 Outcome::Deny => "",
                 Outcome::Allow | Outcome::Error => destination.unwrap_or(""),
             };
-            DESTINATION_COUNTERS.with(|cache| {
-                let (cached, by_outcome) = &mut *cache.borrow_mut();
-                let hit = by_outcome
-                    .get(&(self.id, decision, label))
-                    .and_then(|by_listener| by_listener.get(listener))
-                    .and_then(|by_destination| by_destination.get(destination));
-                if let Some(counter) = hit {
+            let fresh = || (0, HashMap::new());
+            per_thread::with(
+                &DESTINATION_COUNTERS,
+                self.id,
+                fresh,
+                |(cached, by_reason)| {
+                    let hit = by_reason
+                        .get(&reason)
+                        .and_then(|by_listener| by_listener.get(listener))
+                        .and_then(|by_destination| by_destination.get(destination));
+                    if let Some(counter) = hit {
+                        counter.inc();
+                        return;
+                    }
+                    let counter = vec.with_label_values(&[
+                        listener,
+                        reason.outcome().as_str(),
+                        reason.as_str(),
+                        destination,
+                    ]);
                     counter.inc();
-                    return;
-                }
-                let counter = vec.with_label_values(&[listener, decision, label, destination]);
-                counter.inc();
-                if *cached < DESTINATION_CACHE_LIMIT {
-                    *cached += 1;
-                    by_outcome
-                        .entry((self.id, decision, label))
-                        .or_default()
-                        .entry(listener.to_string())
-                        .or_default()
-                        .insert(destination.to_string(), counter);
-                }
-            });
+                    if *cached < DESTINATION_CACHE_LIMIT {
+                        *cached += 1;
+                        by_reason
+                            .entry(reason)
+                            .or_default()
+                            .entry(listener.to_string())
+                            .or_default()
+                            .insert(destination.to_string(), counter);
+                    }
+                },
+            );
             return;
         }
-        let Some(requests) = &series.requests else {
-            return;
-        };
-        let counter = match outcome {
-            Outcome::Allow => Some(&requests.allowed),
-            Outcome::Deny => requests.denied.get(label),
-            Outcome::Error => requests.errors.get(label),
-        };
-        if let Some(counter) = counter {
+        if let Some(counter) = series
+            .requests
+            .as_ref()
+            .and_then(|counters| counters.get(reason.index()))
+        {
             counter.inc();
         }
     }
@@ -402,10 +360,23 @@ impl Metrics {
             .set(1);
     }
 
-    /// A peer's certificate was refused as an X.509-SVID (`reason` from the closed set of
-    /// `identity::svid`).
-    pub fn identity_rejected(&self, reason: &str) {
-        self.identity_rejections.with_label_values(&[reason]).inc();
+    /// A peer's certificate was refused as an X.509-SVID.
+    pub fn identity_rejected(&self, reason: SvidRejection) {
+        if let Some(counter) = SvidRejection::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.identity_rejections.get(i))
+        {
+            counter.inc();
+        }
+    }
+
+    /// A watched value was rebuilt (`ok`) or could not be.
+    pub fn reloaded(&self, source: Source, ok: bool) {
+        let at = Source::ALL.iter().position(|s| *s == source).unwrap_or(0) * 2 + usize::from(!ok);
+        if let Some(counter) = self.reloads.get(at) {
+            counter.inc();
+        }
     }
 
     /// A TLS handshake with an agent failed.
@@ -456,16 +427,15 @@ mod tests {
     #[test]
     fn counts_outcomes_under_closed_reasons() {
         let m = Metrics::new(&["agents".to_string()], false).unwrap();
-        m.record_request("agents", Outcome::Allow, "allowed by rule x", None, 0.01);
-        m.record_request("agents", Outcome::Deny, "method_not_allowed", None, 0.01);
+        m.record_request("agents", Reason::Allowed, None, 0.01);
+        m.record_request("agents", Reason::MethodNotAllowed, None, 0.01);
         m.record_request(
             "agents",
-            Outcome::Deny,
-            "a custom policy's free text",
+            Reason::of_policy_deny("a custom policy's free text"),
             None,
             0.01,
         );
-        m.record_request("agents", Outcome::Error, "upstream_timeout", None, 0.01);
+        m.record_request("agents", Reason::UpstreamTimeout, None, 0.01);
         let t = text(&m);
         assert!(
             t.contains(
@@ -485,11 +455,10 @@ mod tests {
     #[test]
     fn labels_destination_only_when_asked() {
         let m = Metrics::new(&["agents".to_string()], true).unwrap();
-        m.record_request("agents", Outcome::Allow, "x", Some("api.github.com"), 0.01);
+        m.record_request("agents", Reason::Allowed, Some("api.github.com"), 0.01);
         m.record_request(
             "agents",
-            Outcome::Deny,
-            "destination_not_allowed",
+            Reason::DestinationNotAllowed,
             Some("random-1.example"),
             0.01,
         );
@@ -500,7 +469,7 @@ mod tests {
             "denied destinations are not labelled: {t}"
         );
         let m = Metrics::new(&["agents".to_string()], false).unwrap();
-        m.record_request("agents", Outcome::Allow, "x", Some("api.github.com"), 0.01);
+        m.record_request("agents", Reason::Allowed, Some("api.github.com"), 0.01);
         assert!(!text(&m).contains("destination=\""));
     }
 

@@ -1,71 +1,24 @@
-//! TLS: PEM loading, certificate authorities, interception, and the TLS configs of each side.
+//! TLS: the handshake with clients ([`accept`]), listener TLS ([`listener`]), certificate
+//! authorities ([`ca`]), interception ([`intercept`]) and the origin side ([`upstream`]).
 //!
-//! One crypto provider (ring) is used everywhere; it is installed as the process default at
-//! start-up (see [`install_crypto_provider`]) so no builder can pick another.
+//! One crypto provider (ring) is used everywhere ([`crate::pki`]); it is installed as the
+//! process default at start-up (see [`install_crypto_provider`]) so no builder can pick
+//! another.
 
+pub mod accept;
 pub mod ca;
 pub mod intercept;
+pub mod listener;
 pub mod upstream;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A TLS file that could not be used; names the file, never its contents.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TlsFileError {
-    #[error("cannot read {path}: {message}")]
-    Read { path: PathBuf, message: String },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{path} holds no usable PEM private key (PKCS#8, SEC1 or PKCS#1)")]
-    NoKey { path: PathBuf },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
-/// Installs ring as rustls' process-wide provider; idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// The provider every config in tollgate is built with.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Reads every certificate of a PEM file (a chain or a bundle).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsFileError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsFileError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsFileError::NoCertificate {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
-/// Reads the first private key of a PEM file.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsFileError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsFileError::Read {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| TlsFileError::NoKey {
-        path: path.to_path_buf(),
-    })
-}
+pub use crate::pki::{TlsFileError, install_crypto_provider, load_certs, load_key, provider};
+pub use accept::{Accepted, HandshakeFailure, accept, accept_agent};
+pub use listener::{ListenerTls, client_verifier, listener_tls};
 
 /// Server config for a TLS listener ("HTTPS proxy"): the agent speaks HTTP/1.1 to the proxy.
 /// With a `client_verifier`, agents authenticate with X.509-SVIDs.

@@ -11,7 +11,6 @@ pub mod resolve;
 use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -21,17 +20,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamConfig;
+use crate::per_thread::{self, OwnerId};
 use crate::tls::TlsFileError;
 pub use resolve::{GuardedResolver, ResolveError};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
 type OriginClient = Client<Connector, Incoming>;
 
-static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(1);
-
 thread_local! {
-    /// This worker thread's client, and the id of the `Upstream` it was built for.
-    static THREAD_CLIENT: RefCell<Option<(u64, OriginClient)>> = const { RefCell::new(None) };
+    /// This worker thread's client, and the `Upstream` it was built for.
+    static THREAD_CLIENT: per_thread::Slot<OriginClient> = const { RefCell::new(None) };
 }
 
 /// Why a call to an origin failed; each maps to one status and reason.
@@ -51,7 +49,7 @@ pub enum UpstreamError {
 
 /// The origin side: connector and settings shared, clients per worker thread.
 pub struct Upstream {
-    id: u64,
+    id: OwnerId,
     connector: Connector,
     /// The resolver the target stage uses, shared with the connector.
     pub resolver: GuardedResolver,
@@ -75,7 +73,7 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
         Ok(Upstream {
-            id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
+            id: OwnerId::new(),
             connector,
             resolver,
             connect_timeout: config.connect_timeout,
@@ -85,22 +83,15 @@ impl Upstream {
 
     /// This thread's client (a cheap handle), built on first use.
     fn client(&self) -> OriginClient {
-        THREAD_CLIENT.with(|slot| {
-            let mut slot = slot.borrow_mut();
-            match &*slot {
-                Some((id, client)) if *id == self.id => client.clone(),
-                _ => {
-                    let client = Client::builder(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .pool_timer(TokioTimer::new())
-                        .pool_idle_timeout(Duration::from_secs(90))
-                        .pool_max_idle_per_host(256)
-                        .build(self.connector.clone());
-                    *slot = Some((self.id, client.clone()));
-                    client
-                }
-            }
-        })
+        let build = || {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .build(self.connector.clone())
+        };
+        per_thread::with(&THREAD_CLIENT, self.id, build, |client| client.clone())
     }
 
     /// The configured total time a call may take (response headers and streamed body).

@@ -1,0 +1,85 @@
+//! Running tollgate: [`start`] loads and binds everything in an order that fails early,
+//! [`reload`] keeps what is reloadable current, [`banner`] greets a local developer, and
+//! [`run`] ties them together until SIGTERM, then drains.
+
+mod banner;
+pub mod reload;
+mod start;
+
+use std::time::Duration;
+
+pub use start::{
+    RunOptions, StartError, build_credentials, client_verifier, load_policy, state_dir,
+    trust_bundles,
+};
+
+use crate::config::Config;
+
+/// Runs the proxy until SIGINT or SIGTERM.
+pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
+    crate::tls::install_crypto_provider();
+    let started = start::start(&config, &options).await?;
+    let (revision, engine) = start::revision(&started.watchers.live);
+    if options.banner {
+        banner::Banner {
+            config: &config,
+            listeners: &started.listeners,
+            admin: started.admin_addr,
+            ca_path: &started.ca_path,
+            caller: &started.server.default_caller,
+            revision: &revision,
+            dry_run: started.dry_run,
+        }
+        .print();
+    }
+    tracing::info!(
+        revision = %revision,
+        engine,
+        source = config.policy.source.path().map(|p| p.display().to_string()).unwrap_or_else(|| "bundled".to_string()),
+        dry_run = started.dry_run,
+        "policy loaded"
+    );
+    if started.dry_run {
+        tracing::warn!("dry run: decisions are logged but not enforced");
+    }
+    for listener in started.listeners {
+        tracing::info!(
+            listener = %listener.config.name,
+            address = %listener.local_addr,
+            mode = listener.config.mode.as_str(),
+            tls = listener.tls.is_some(),
+            intercept = listener.config.intercept,
+            "listener ready"
+        );
+        tokio::spawn(crate::server::accept_loop(started.server.clone(), listener));
+    }
+    tokio::spawn(reload::run(
+        started.watchers,
+        started.workload_api,
+        started.admin_state.metrics.clone(),
+    ));
+    tokio::spawn(crate::admin::serve(
+        started.admin,
+        started.admin_state,
+        started.admin_tls,
+    ));
+    tracing::info!(address = %started.admin_addr, "admin ready");
+    started.health.set_ready(true);
+
+    reload::wait_for_shutdown(started.reloader.as_ref()).await;
+    started.health.set_ready(false);
+    let deadline = config.limits.drain_timeout;
+    tracing::info!(
+        deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+        "draining: no new connections; finishing requests in flight"
+    );
+    let unfinished = started.drain.drain(deadline).await;
+    if unfinished > 0 {
+        tracing::warn!(unfinished, "drain deadline passed; closing what is left");
+    }
+    if !started.decision_log.flush(Duration::from_secs(5)).await {
+        tracing::error!("the decision log could not be flushed before exit");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

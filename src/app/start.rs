@@ -1,0 +1,382 @@
+//! Start-up: turn a validated [`Config`] into running listeners, in an order that fails early
+//! (policy and certificates before any socket is bound) and reports readiness only when every
+//! listener accepts. Also the pieces `tollgate check` runs on its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::admin::{AdminState, AdminTls, Health, Reload};
+use crate::config::{ClientAuth, Config};
+use crate::credentials::CredentialStore;
+use crate::identity::Caller;
+use crate::identity::svid::TrustBundles;
+use crate::identity::workload_api::WorkloadApiSource;
+use crate::intent_token::IntentIssuers;
+use crate::kill::KillSwitch;
+use crate::policy::PolicyRevision;
+use crate::proxy::{Live, Proxy};
+use crate::server::lifecycle::Drain;
+use crate::server::{BoundListener, ConnLimits, Server};
+use crate::telemetry::decision_log::DecisionLog;
+use crate::telemetry::metrics::Metrics;
+use crate::tls::ListenerTls;
+use crate::tls::intercept::InterceptAuthority;
+use crate::upstream::Upstream;
+use crate::watch::Watched;
+
+use super::reload::{self, ConfigReloader, TlsSpec, Watchers};
+
+/// Why tollgate could not start; the variant decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Something the configuration references is unusable (exit 2).
+    #[error("{0}")]
+    Config(String),
+    /// The environment refused (port in use, unwritable state dir…) (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Options of `tollgate run` that are not in the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--dry-run`: evaluate and log every decision, enforce none.
+    pub dry_run: bool,
+    /// Print the local-development banner (built-in configuration).
+    pub banner: bool,
+    /// The configuration file (`None`: built-in), re-read on reload.
+    pub config_path: Option<PathBuf>,
+}
+
+/// Where the development CA lives: `$TOLLGATE_STATE_DIR`, else `$XDG_STATE_HOME/tollgate`,
+/// else `~/.local/state/tollgate`.
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TOLLGATE_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("tollgate");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/tollgate")
+}
+
+/// Loads the trust bundle of every configured trust domain (also used by `tollgate check`).
+pub fn trust_bundles(config: &Config) -> Result<TrustBundles, StartError> {
+    let mut bundles = TrustBundles::new();
+    for (domain, path) in &config.identity.trust_domains {
+        let certs = crate::identity::svid::load_bundle(path).map_err(|e| {
+            StartError::Config(format!(
+                "{}: identity.trust_domains.{domain}.bundle: {e}",
+                config.origin
+            ))
+        })?;
+        bundles.insert(domain.clone(), certs);
+    }
+    Ok(bundles)
+}
+
+/// The SVID verifier for a listener's `client_auth` (`tollgate check`).
+pub fn client_verifier(
+    config: &Config,
+    bundles: &TrustBundles,
+    mode: ClientAuth,
+) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, StartError> {
+    crate::tls::client_verifier(bundles, mode)
+        .map_err(|e| StartError::Config(format!("{}: identity.trust_domains: {e}", config.origin)))
+}
+
+/// Builds the credential store (start-up, reload); an unusable signing key or CA is a
+/// configuration error, an unreadable secret only makes its credential unavailable.
+pub fn build_credentials(
+    config: &Config,
+    metrics: &Metrics,
+    previous: Option<&CredentialStore>,
+) -> Result<CredentialStore, StartError> {
+    CredentialStore::build(
+        &config.credentials,
+        &config.agent_secrets,
+        metrics,
+        previous,
+        false,
+    )
+    .map_err(|errors| StartError::Config(lines(config, &errors)))
+}
+
+/// Loads the policy named by the configuration (also used by `tollgate check`).
+pub fn load_policy(config: &Config) -> Result<PolicyRevision, StartError> {
+    PolicyRevision::load(&config.policy)
+        .map_err(|e| StartError::Config(format!("{}: policy: {e}", config.origin)))
+}
+
+/// One line per error, each naming the configuration.
+fn lines<E: std::fmt::Display>(config: &Config, errors: &[E]) -> String {
+    let lines: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {e}", config.origin))
+        .collect();
+    lines.join("\n")
+}
+
+/// Everything running, once started.
+pub struct Started {
+    pub listeners: Vec<BoundListener>,
+    pub admin: TcpListener,
+    pub admin_addr: SocketAddr,
+    pub server: Arc<Server>,
+    pub admin_state: Arc<AdminState>,
+    pub admin_tls: Option<Arc<AdminTls>>,
+    pub watchers: Watchers,
+    pub workload_api: Option<Arc<WorkloadApiSource>>,
+    pub drain: Drain,
+    pub decision_log: DecisionLog,
+    pub health: Arc<Health>,
+    pub reloader: Arc<dyn Reload>,
+    pub ca_path: PathBuf,
+    pub dry_run: bool,
+}
+
+/// Loads, checks and binds everything, in an order that fails before a socket is bound when
+/// the configuration cannot work; spawns nothing yet.
+pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, StartError> {
+    let intercept = match &config.intercept_ca {
+        Some(paths) => InterceptAuthority::load(&paths.cert, &paths.key)
+            .map_err(|e| StartError::Config(format!("{}: intercept_ca: {e}", config.origin)))?,
+        None => InterceptAuthority::development(&state_dir())
+            .map_err(|e| StartError::Runtime(format!("development CA: {e}")))?,
+    };
+    let upstream = Upstream::new(&config.upstream)
+        .map_err(|e| StartError::Config(format!("{}: upstream.ca: {e}", config.origin)))?;
+    let decision_log = DecisionLog::start(&config.telemetry.decision_log)
+        .map_err(|e| StartError::Runtime(format!("telemetry.decision_log: {e}")))?;
+    let workload_api = workload_api(config).await?;
+    let bundles = reload::trust_bundles_watched(config, workload_api.clone())?;
+    let (listeners, mut tls) = bind_listeners(config, &bundles, &workload_api).await?;
+    let (admin, admin_addr) = bind_admin(config).await?;
+
+    let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+    let metrics = Arc::new(
+        Metrics::new(&listener_names, config.telemetry.metrics_label_destination)
+            .map_err(|e| StartError::Runtime(e.to_string()))?,
+    );
+    let kills = open_kills(config, &metrics)?;
+    let intent_issuers = Arc::new(
+        IntentIssuers::load(&config.intent_issuers)
+            .map_err(|errors| StartError::Config(lines(config, &errors)))?,
+    );
+    let live = reload::live(config, options.config_path.clone(), &metrics)?;
+    crate::policy::prepare_on_idle(live.clone());
+    {
+        let running = live.load();
+        metrics.set_policy_info(&running.policy.revision, running.policy.engine.as_str());
+        if !config.credentials.is_empty() {
+            tracing::info!(credentials = config.credentials.len(), "credentials ready");
+        }
+    }
+    let dry_run = options.dry_run || config.policy.dry_run;
+    let proxy = Arc::new(Proxy {
+        live: live.clone(),
+        upstream,
+        decision_log: decision_log.clone(),
+        metrics: metrics.clone(),
+        intent_issuers: intent_issuers.clone(),
+        kills: kills.clone(),
+        dry_run,
+    });
+    let (drain, lifecycle) = crate::server::lifecycle::lifecycle();
+    let ca_path = intercept.ca_cert_path.clone();
+    let server = Arc::new(Server::new(
+        proxy,
+        intercept,
+        lifecycle,
+        config.limits.max_connections,
+        default_caller(config),
+        ConnLimits {
+            max_header_bytes: config.limits.max_header_bytes,
+            header_read_timeout: config.limits.header_read_timeout,
+        },
+    ));
+    let admin_tls = admin_tls(config, &bundles, &workload_api, admin_addr)?;
+    if let Some(admin) = &admin_tls {
+        tls.push(admin.config.clone());
+    }
+    let reloader: Arc<dyn Reload> = Arc::new(ConfigReloader {
+        live: live.clone(),
+        metrics: metrics.clone(),
+    });
+    let health = Arc::new(Health::default());
+    let admin_state = Arc::new(AdminState {
+        health: health.clone(),
+        metrics,
+        kills,
+        credentials: {
+            let live = live.clone();
+            Arc::new(move || live.load().credentials.clone())
+        },
+        recent: decision_log.recent.clone(),
+        reloader: reloader.clone(),
+    });
+    let watchers = Watchers {
+        bundles: (!config.identity.trust_domains.is_empty() || workload_api.is_some())
+            .then_some(bundles),
+        tls,
+        issuers: intent_issuers,
+        live,
+        policy_watch: config.policy.watch,
+    };
+    Ok(Started {
+        listeners,
+        admin,
+        admin_addr,
+        server,
+        admin_state,
+        admin_tls,
+        watchers,
+        workload_api,
+        drain,
+        decision_log,
+        health,
+        reloader,
+        ca_path,
+        dry_run,
+    })
+}
+
+/// Connects to the SPIFFE Workload API, when configured.
+async fn workload_api(config: &Config) -> Result<Option<Arc<WorkloadApiSource>>, StartError> {
+    let Some(endpoint) = &config.identity.workload_api else {
+        return Ok(None);
+    };
+    let source = WorkloadApiSource::connect(endpoint)
+        .await
+        .map_err(|e| StartError::Runtime(format!("identity.workload_api: {e}")))?;
+    tracing::info!(endpoint = %endpoint, trust_domains = source.bundles().len(), "connected to the SPIFFE Workload API");
+    Ok(Some(Arc::new(source)))
+}
+
+/// Binds every listener, with its TLS built first (a broken certificate fails start-up
+/// before any socket is bound). Returns the listeners and their watched TLS.
+async fn bind_listeners(
+    config: &Config,
+    bundles: &Arc<Watched<TrustBundles>>,
+    workload_api: &Option<Arc<WorkloadApiSource>>,
+) -> Result<(Vec<BoundListener>, Vec<Arc<Watched<ListenerTls>>>), StartError> {
+    let mut bound = Vec::new();
+    let mut watched = Vec::new();
+    for listener in &config.listeners {
+        let what = format!("listeners.{}.tls", listener.name);
+        let tls = if listener.tls.is_some() || listener.tls_from_workload_api {
+            let spec = TlsSpec {
+                what: what.clone(),
+                files: listener.tls.clone(),
+                client_auth: listener.client_auth,
+                inner: true,
+            };
+            let tls = reload::listener_tls_watched(spec, workload_api.clone(), bundles)
+                .map_err(|e| StartError::Config(format!("{}: {what}: {e}", config.origin)))?;
+            watched.push(tls.clone());
+            Some(tls)
+        } else {
+            None
+        };
+        let tcp = TcpListener::bind(listener.address).await.map_err(|e| {
+            StartError::Runtime(format!(
+                "listener {} cannot bind {}: {e}",
+                listener.name, listener.address
+            ))
+        })?;
+        let local_addr = tcp
+            .local_addr()
+            .map_err(|e| StartError::Runtime(format!("listener {}: {e}", listener.name)))?;
+        bound.push(BoundListener {
+            config: listener.clone(),
+            tcp,
+            tls,
+            local_addr,
+        });
+    }
+    Ok((bound, watched))
+}
+
+/// Binds the admin listener.
+async fn bind_admin(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
+    let admin = TcpListener::bind(config.admin.address).await.map_err(|e| {
+        StartError::Runtime(format!("admin cannot bind {}: {e}", config.admin.address))
+    })?;
+    let addr = admin
+        .local_addr()
+        .map_err(|e| StartError::Runtime(format!("admin: {e}")))?;
+    Ok((admin, addr))
+}
+
+/// The admin listener's mTLS, when configured.
+fn admin_tls(
+    config: &Config,
+    bundles: &Arc<Watched<TrustBundles>>,
+    workload_api: &Option<Arc<WorkloadApiSource>>,
+    admin_addr: SocketAddr,
+) -> Result<Option<Arc<AdminTls>>, StartError> {
+    let Some(paths) = &config.admin.tls else {
+        return Ok(None);
+    };
+    let spec = TlsSpec {
+        what: "admin.tls".into(),
+        files: Some(paths.clone()),
+        client_auth: ClientAuth::Required,
+        inner: false,
+    };
+    let tls = reload::listener_tls_watched(spec, workload_api.clone(), bundles)
+        .map_err(|e| StartError::Config(format!("{}: admin.tls: {e}", config.origin)))?;
+    let allowed: Vec<String> = config
+        .admin
+        .allowed_spiffe_ids
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(address = %admin_addr, allowed_spiffe_ids = ?allowed, "admin API requires mTLS with an X.509-SVID");
+    Ok(Some(Arc::new(AdminTls {
+        config: tls,
+        allowed: config.admin.allowed_spiffe_ids.clone(),
+    })))
+}
+
+/// Opens the kill switch (kills restored from `admin.kill_file` are in force at once).
+fn open_kills(config: &Config, metrics: &Metrics) -> Result<Arc<KillSwitch>, StartError> {
+    let kills = Arc::new(
+        KillSwitch::open(config.admin.kill_file.clone())
+            .map_err(|e| StartError::Config(format!("{}: admin.kill_file: {e}", config.origin)))?,
+    );
+    metrics
+        .kills_active
+        .set(i64::try_from(kills.active()).unwrap_or(i64::MAX));
+    if kills.active() > 0 {
+        tracing::warn!(
+            kills = kills.active(),
+            "kills restored from admin.kill_file are in force"
+        );
+    }
+    Ok(kills)
+}
+
+/// Who callers without a verified SVID are (`identity.workload_spiffe_id`).
+fn default_caller(config: &Config) -> Caller {
+    config
+        .identity
+        .workload_spiffe_id
+        .clone()
+        .map_or(Caller::Anonymous, Caller::Authenticated)
+}
+
+/// The running [`Live`] value's revision (for the start-up log and the banner).
+pub fn revision(live: &Watched<Live>) -> (String, &'static str) {
+    let running = live.load();
+    (
+        running.policy.revision.to_string(),
+        running.policy.engine.as_str(),
+    )
+}

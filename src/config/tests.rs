@@ -1,0 +1,191 @@
+//! Loading and validation, key by key: every rule with the key it reports.
+
+use std::time::Duration;
+
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    load_str(text, Path::new("/nonexistent-base"), "test.yaml")
+}
+
+fn keys(errors: &ConfigErrors) -> Vec<&str> {
+    errors.errors.iter().map(|e| e.key.as_str()).collect()
+}
+
+#[test]
+fn accepts_minimal_config() {
+    let config = load("listeners: [{name: agents, address: '127.0.0.1:0'}]").unwrap();
+    assert_eq!(config.listeners.len(), 1);
+    assert!(config.listeners[0].intercept);
+    assert_eq!(config.policy.source, PolicySource::Bundled);
+    assert_eq!(config.policy.data, DataSource::Bundled);
+    assert_eq!(config.limits.max_header_bytes, 65536);
+    assert_eq!(config.upstream.request_timeout, Duration::from_secs(300));
+}
+
+#[test]
+fn accepts_builtin_config() {
+    let config = builtin().unwrap();
+    assert_eq!(
+        config.listeners[0].address,
+        "127.0.0.1:15001".parse().unwrap()
+    );
+    assert_eq!(config.admin.address, "127.0.0.1:15000".parse().unwrap());
+    assert_eq!(
+        config
+            .identity
+            .workload_spiffe_id
+            .as_ref()
+            .map(|id| id.as_str()),
+        Some("spiffe://tollgate.local/dev/agent")
+    );
+}
+
+#[test]
+fn rejects_every_unknown_key_at_once() {
+    let errors = load(
+        "listeners: [{name: a, address: '127.0.0.1:0', colour: red}]\n\
+         upstream: {conect_timeout: 5s}\nbogus: 1\nlimits: {max_header_bytes: 2048, nope: 1}",
+    )
+    .unwrap_err();
+    let keys = keys(&errors);
+    assert!(keys.contains(&"listeners[0].colour"), "{keys:?}");
+    assert!(keys.contains(&"upstream.conect_timeout"), "{keys:?}");
+    assert!(keys.contains(&"bogus"), "{keys:?}");
+    assert!(keys.contains(&"limits.nope"), "{keys:?}");
+    assert!(errors.errors.iter().all(|e| e.message == "unknown key"));
+}
+
+#[test]
+fn rejects_bad_values_naming_each_key() {
+    let errors = load(
+        "listeners: [{name: a, address: 'nowhere'}, {name: a, address: '127.0.0.1:0'}]\n\
+         upstream: {connect_timeout: 5 seconds, allow_private: [not-a-cidr]}\n\
+         limits: {max_header_bytes: 10}\npolicy: {engine: magic}",
+    )
+    .unwrap_err();
+    let keys = keys(&errors);
+    for expected in [
+        "listeners[0].address",
+        "listeners[1].name",
+        "upstream.connect_timeout",
+        "limits.max_header_bytes",
+        "policy.engine",
+    ] {
+        assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+    }
+}
+
+#[test]
+fn rejects_later_features_as_not_supported_yet() {
+    let errors = load(
+        "listeners: [{name: a, address: '127.0.0.1:0', mode: transparent}]\n\
+         intent_tokens: {issuers: [{issuer: x, jwks: j.json}]}",
+    )
+    .unwrap_err();
+    let text = errors.to_string();
+    assert!(!text.contains("credentials"), "{text}");
+    assert!(text.contains("transparent: not supported yet"), "{text}");
+}
+
+#[test]
+fn resolves_relative_paths_against_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+    std::fs::write(dir.path().join("ca-key.pem"), "x").unwrap();
+    let file = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &file,
+        "listeners: [{name: a, address: '127.0.0.1:0'}]\nintercept_ca: {cert: ca.pem, key: ca-key.pem}\n",
+    )
+    .unwrap();
+    let config = load_file(&file).unwrap();
+    let ca = config.intercept_ca.unwrap();
+    assert!(ca.cert.is_absolute());
+    assert_eq!(ca.cert, dir.path().join("ca.pem"));
+}
+
+#[test]
+fn rejects_missing_files_with_their_key() {
+    let errors = load(
+        "listeners: [{name: a, address: '127.0.0.1:0', tls: {cert: nope.pem, key: nope-key.pem}}]",
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(&errors),
+        vec!["listeners[0].tls.cert", "listeners[0].tls.key"]
+    );
+}
+
+#[test]
+fn rejects_non_yaml() {
+    let errors = load("listeners: [").unwrap_err();
+    assert!(errors.to_string().contains("not valid YAML"));
+}
+
+#[test]
+fn engine_auto_picks_by_what_the_path_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.wasm"), b"\0asm").unwrap();
+    std::fs::write(dir.path().join("b.tar.gz"), b"").unwrap();
+    std::fs::write(dir.path().join("p.rego"), "package p").unwrap();
+    let at = |policy: &str| {
+        load_str(
+            &format!("listeners: [{{name: a, address: '127.0.0.1:0'}}]\npolicy: {policy}"),
+            dir.path(),
+            "t.yaml",
+        )
+    };
+    let module = at("{path: p.wasm}").unwrap().policy;
+    assert_eq!(module.engine, EngineKind::Wasm);
+    assert_eq!(
+        module.source,
+        PolicySource::WasmModule(dir.path().join("p.wasm"))
+    );
+    assert_eq!(module.data, DataSource::Empty);
+    let bundle = at("{path: b.tar.gz, engine: auto}").unwrap().policy;
+    assert_eq!(bundle.engine, EngineKind::Wasm);
+    assert_eq!(
+        bundle.source,
+        PolicySource::WasmBundle(dir.path().join("b.tar.gz"))
+    );
+    let folder = at("{path: .}").unwrap().policy;
+    assert_eq!(folder.engine, EngineKind::Rego);
+    let file = at("{path: p.rego, engine: rego}").unwrap().policy;
+    assert_eq!(file.engine, EngineKind::Rego);
+    assert_eq!(
+        at("{path: p.wasm, engine: wasm}").unwrap().policy.engine,
+        EngineKind::Wasm
+    );
+}
+
+#[test]
+fn refuses_an_engine_that_cannot_read_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.wasm"), b"\0asm").unwrap();
+    std::fs::write(dir.path().join("b.tar.gz"), b"").unwrap();
+    std::fs::write(dir.path().join("d.json"), "{}").unwrap();
+    let at = |policy: &str| {
+        load_str(
+            &format!("listeners: [{{name: a, address: '127.0.0.1:0'}}]\npolicy: {policy}"),
+            dir.path(),
+            "t.yaml",
+        )
+        .unwrap_err()
+    };
+    for policy in [
+        "{path: p.wasm, engine: rego}",
+        "{path: ., engine: wasm}",
+        "{engine: wasm}",
+    ] {
+        let errors = at(policy);
+        assert_eq!(keys(&errors), vec!["policy.engine"], "{policy}");
+    }
+    let errors = at("{path: b.tar.gz, data: d.json}");
+    assert_eq!(keys(&errors), vec!["policy.data"]);
+    assert!(
+        errors
+            .to_string()
+            .contains("bundle carries its own data.json")
+    );
+}
