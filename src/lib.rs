@@ -21,6 +21,8 @@
 //! - [`telemetry`]: decision log and operational log
 //! - [`admin`]: the admin listener
 //! - [`watch`]: hot state from its sources (bundles, certificates, policy files, JWKS)
+//! - [`net`]: socket facts from the kernel (the original destination of a redirected connection)
+//! - [`redirect`]: `tollgate redirect`, the sidecar's init step (nat rules)
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -32,8 +34,10 @@ pub mod identity;
 pub mod intent;
 pub mod intent_token;
 pub mod kill;
+pub mod net;
 pub mod policy;
 pub mod proxy;
+pub mod redirect;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -49,6 +49,39 @@ enum Command {
     },
     /// Print version, git revision and policy engines.
     Version,
+    /// The sidecar's init step: the nat rules that redirect a pod's outbound TCP to tollgate.
+    Redirect {
+        #[command(subcommand)]
+        command: RedirectCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RedirectCommand {
+    /// Install (idempotently) the rules that send every outbound TCP connection to the proxy
+    /// port, except the proxy's UID, loopback and the exclusions. Needs NET_ADMIN only.
+    Install {
+        /// The proxy's UID: its own (upstream) connections are not redirected.
+        #[arg(long)]
+        proxy_uid: u32,
+        /// The transparent listener's port.
+        #[arg(long)]
+        proxy_port: u16,
+        /// Destination ports not redirected: `22,8000-8100`.
+        #[arg(long)]
+        exclude_ports: Option<String>,
+        /// Destination CIDRs or addresses not redirected (IPv4 and IPv6): `10.0.0.0/8,fd00::/8`.
+        #[arg(long)]
+        exclude_cidrs: Option<String>,
+        /// IPv6 rules: auto (when the namespace has IPv6), on, off.
+        #[arg(long, default_value = "auto")]
+        ipv6: String,
+        /// Print the rules, one per line, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove exactly the rules `install` put in place.
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +187,7 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                     name,
                 },
         } => certs_issue(dir, &spiffe_id, &ttl, name),
+        Command::Redirect { command } => redirect(command),
         Command::Version => {
             println!(
                 "tollgate {} (git {}) engines: rego, wasm",
@@ -163,6 +197,40 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn redirect(command: RedirectCommand) -> Result<(), Failure> {
+    use tollgate::redirect::{self, Ipv6Mode, RedirectSpec};
+    let fail = |e: redirect::RedirectError| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    };
+    let lines = match command {
+        RedirectCommand::Install {
+            proxy_uid,
+            proxy_port,
+            exclude_ports,
+            exclude_cidrs,
+            ipv6,
+            dry_run,
+        } => {
+            let ipv6 = Ipv6Mode::parse(&ipv6).map_err(|e| fail(e.into()))?;
+            let spec = RedirectSpec::new(
+                proxy_uid,
+                proxy_port,
+                exclude_ports.as_deref(),
+                exclude_cidrs.as_deref(),
+                ipv6,
+            )
+            .map_err(|e| fail(e.into()))?;
+            redirect::install(&spec, dry_run).map_err(fail)?
+        }
+        RedirectCommand::Remove => redirect::remove().map_err(fail)?,
+    };
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn run(path: Option<PathBuf>, dry_run: bool) -> Result<(), Failure> {
