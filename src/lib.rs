@@ -23,6 +23,7 @@
 //! - [`watch`]: hot state from its sources (bundles, certificates, policy files, JWKS)
 //! - [`net`]: socket facts from the kernel (the original destination of a redirected connection)
 //! - [`redirect`]: `tollgate redirect`, the sidecar's init step (nat rules)
+//! - [`inject`]: `tollgate inject`, the Kubernetes mutating admission webhook
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod identity;
+pub mod inject;
 pub mod intent;
 pub mod intent_token;
 pub mod kill;

@@ -49,6 +49,21 @@ enum Command {
     },
     /// Print version, git revision and policy engines.
     Version,
+    /// Serve the Kubernetes mutating admission webhook that adds the init step and the sidecar.
+    Inject {
+        /// Address to serve HTTPS on.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// Serving certificate (PEM chain); re-read when it changes.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// Serving key (PEM).
+        #[arg(long)]
+        tls_key: PathBuf,
+        /// Injector settings (YAML): image, proxy UID and ports, exclusions, names.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// The sidecar's init step: the nat rules that redirect a pod's outbound TCP to tollgate.
     Redirect {
         #[command(subcommand)]
@@ -188,6 +203,12 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                 },
         } => certs_issue(dir, &spiffe_id, &ttl, name),
         Command::Redirect { command } => redirect(command),
+        Command::Inject {
+            listen,
+            tls_cert,
+            tls_key,
+            config,
+        } => inject(listen, tls_cert, tls_key, config),
         Command::Version => {
             println!(
                 "tollgate {} (git {}) engines: rego, wasm",
@@ -196,6 +217,50 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
+    }
+}
+
+fn inject(
+    listen: std::net::SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    config: Option<PathBuf>,
+) -> Result<(), Failure> {
+    use tollgate::inject::server::{self, ServingCert};
+    tollgate::tls::install_crypto_provider();
+    tollgate::telemetry::init_logging(LogFormat::Json);
+    let settings = match &config {
+        Some(path) => tollgate::inject::Settings::load(path),
+        None => Ok(tollgate::inject::Settings::default()),
+    }
+    .map_err(|e| Failure::usage(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let (listener, tls, cert) = server::bind(listen, ServingCert { cert, key })
+            .await
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+        tracing::info!(%addr, image = %settings.image, "injector ready");
+        tokio::select! {
+            () = server::serve(listener, tls, cert, std::sync::Arc::new(settings)) => Ok(()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            () = terminated() => Ok(()),
+        }
+    })
+}
+
+/// Resolves on SIGTERM (the kubelet's stop); never when the handler cannot be installed.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending().await,
     }
 }
 

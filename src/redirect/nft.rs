@@ -42,17 +42,7 @@ fn rules(spec: &RedirectSpec, family: Family) -> Vec<String> {
         let keyword = family_name(family);
         rules.push(format!("{keyword} daddr {} return", set(&nets)));
     }
-    let ports: Vec<String> = spec
-        .exclude_ports
-        .iter()
-        .map(|r| {
-            if r.first == r.last {
-                r.first.to_string()
-            } else {
-                format!("{}-{}", r.first, r.last)
-            }
-        })
-        .collect();
+    let ports: Vec<String> = spec.exclude_ports.iter().map(|r| r.to_string()).collect();
     if !ports.is_empty() {
         rules.push(format!("tcp dport {} return", set(&ports)));
     }

@@ -42,6 +42,17 @@ pub struct PortRange {
     pub last: u16,
 }
 
+impl std::fmt::Display for PortRange {
+    /// `22` or `8000-8100`: the command line's form, and nft's.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
 /// The redirect rules' parameters, validated and normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectSpec {
@@ -106,6 +117,18 @@ impl RedirectSpec {
             exclude_cidrs,
             ipv6,
         })
+    }
+
+    /// `--exclude-ports` in normal form (sorted, merged), or `None` when empty.
+    pub fn ports_arg(&self) -> Option<String> {
+        let ports: Vec<String> = self.exclude_ports.iter().map(|r| r.to_string()).collect();
+        (!ports.is_empty()).then(|| ports.join(","))
+    }
+
+    /// `--exclude-cidrs` in normal form (aggregated), or `None` when empty.
+    pub fn cidrs_arg(&self) -> Option<String> {
+        let cidrs: Vec<String> = self.exclude_cidrs.iter().map(|n| n.to_string()).collect();
+        (!cidrs.is_empty()).then(|| cidrs.join(","))
     }
 
     /// The excluded ranges of one family.
