@@ -414,3 +414,70 @@ fn injector_settings_rendered_by_the_chart_are_what_tollgate_inject_accepts() {
         "the chart's defaults and the injector's agree"
     );
 }
+
+/// Writes every data file of the ConfigMap `name` into `dir`.
+fn write_configmap(docs: &[Value], name: &str, dir: &std::path::Path) {
+    let map = named(docs, "ConfigMap", name)["data"].as_object().unwrap();
+    for (file, text) in map {
+        std::fs::write(dir.join(file), text.as_str().unwrap()).unwrap();
+    }
+}
+
+/// What `tollgate check` still refuses in the chart's configurations because the features
+/// arrive with later work (the transparent listener; the admin socket and metrics address of
+/// issue 17), plus the CA files that exist only inside a pod. Anything else it reports is a
+/// mistake in the chart. Remove a line here when its feature lands.
+const NOT_YET: &[&str] = &[
+    "admin.metrics_address: unknown key",
+    "mode: transparent: not supported yet",
+    "admin.address: `unix:///run/tollgate/admin.sock` is not an IP:port address",
+    "intercept_ca.cert: file not found: /etc/tollgate/intercept-ca/tls.crt",
+    "intercept_ca.key: file not found: /etc/tollgate/intercept-ca/tls.key",
+];
+
+#[test]
+fn the_charts_sidecar_and_gateway_configs_pass_tollgate_check_but_for_features_still_coming() {
+    for (args, name) in [
+        (
+            &["--set", "agentNamespaces={agents}"][..],
+            "tollgate-sidecar",
+        ),
+        (&["--set", "mode=gateway"][..], "tollgate-gateway"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_configmap(&render(args).1, name, dir.path());
+        let out = run_with_timeout(
+            command(env!("CARGO_BIN_EXE_tollgate"))
+                .args(["check", "-c"])
+                .arg(dir.path().join("config.yaml")),
+            Duration::from_secs(60),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let unexpected: Vec<&str> = stderr
+            .lines()
+            .filter(|line| !NOT_YET.iter().any(|known| line.contains(known)))
+            .collect();
+        assert!(unexpected.is_empty(), "{name}: {unexpected:#?}");
+        // The shipped policy compiles and fails closed.
+        let input = dir.path().join("input.json");
+        std::fs::write(
+            &input,
+            r#"{"source": {"authenticated": true}, "destination": {"host": "example.com"}}"#,
+        )
+        .unwrap();
+        let eval = run_with_timeout(
+            command(env!("CARGO_BIN_EXE_tollgate"))
+                .args(["policy", "eval", "-p"])
+                .arg(dir.path().join("policy.rego"))
+                .arg("-i")
+                .arg(&input)
+                .arg("-d")
+                .arg(dir.path().join("data.json")),
+            Duration::from_secs(60),
+        );
+        let decision: Value = serde_json::from_slice(&eval.stdout)
+            .unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&eval.stderr)));
+        assert_eq!(decision["allow"], false, "{name}: {decision}");
+        assert_eq!(decision["reason"], "no rule allows this call");
+    }
+}
