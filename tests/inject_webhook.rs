@@ -41,11 +41,15 @@ impl Injector {
         let settings_file = dir.path().join("settings.yaml");
         std::fs::write(&settings_file, settings).unwrap();
         let pki = Pki::new();
+        // Copies, so a test can replace them (rotation).
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::copy(pki.server_cert(), &cert).unwrap();
+        std::fs::copy(pki.server_key(), &key).unwrap();
         let mut child = command(env!("CARGO_BIN_EXE_tollgate"))
             .args(["inject", "--listen", "127.0.0.1:0", "--tls-cert"])
-            .arg(pki.server_cert())
+            .arg(&cert)
             .arg("--tls-key")
-            .arg(pki.server_key())
+            .arg(&key)
             .arg("--config")
             .arg(&settings_file)
             .stdout(std::process::Stdio::null())
@@ -73,15 +77,21 @@ impl Injector {
         }
     }
 
-    /// curl against the injector: `(HTTP status, body)`.
+    /// curl against the injector: `(HTTP status, body)`; panics when curl fails.
     fn curl(&self, extra: &[&str]) -> (u16, String) {
+        self.try_curl(&self.ca, extra)
+            .unwrap_or_else(|e| panic!("curl {extra:?}: {e}"))
+    }
+
+    /// curl trusting `ca`: `(HTTP status, body)` or curl's error.
+    fn try_curl(&self, ca: &Path, extra: &[&str]) -> Result<(u16, String), String> {
         let resolve = format!("localhost:{}:127.0.0.1", self.port);
         let mut args: Vec<String> = vec![
             "-sS".into(),
             "--max-time".into(),
             "10".into(),
             "--cacert".into(),
-            self.ca.display().to_string(),
+            ca.display().to_string(),
             "--resolve".into(),
             resolve,
             "-w".into(),
@@ -89,17 +99,15 @@ impl Injector {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let out = curl(&args);
-        assert!(
-            out.status.success(),
-            "curl {extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').expect("status line");
-        (
+        Ok((
             code.trim().parse().expect("an HTTP status"),
             body.to_string(),
-        )
+        ))
     }
 
     fn url(&self, path: &str) -> String {
@@ -483,6 +491,51 @@ impl Injector {
     fn simple_still_injects(&self) -> bool {
         self.review(&simple_pod(), "after")["response"]["patch"].is_string()
     }
+}
+
+#[test]
+fn serves_a_rotated_certificate_without_a_restart_and_keeps_the_last_good_one() {
+    let injector = Injector::start(&[]);
+    let (cert, key) = (
+        injector.dir.path().join("tls.crt"),
+        injector.dir.path().join("tls.key"),
+    );
+    // A broken rotation (half-written pair) is not taken: the old certificate keeps serving.
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
+    let rotated = Pki::with_ca_name("rotated webhook CA");
+    std::fs::copy(rotated.server_cert(), &cert).unwrap();
+    assert!(
+        injector
+            .stderr
+            .wait_for(
+                0,
+                |l| l.contains("cannot be used; keeping the last good one"),
+                Duration::from_secs(25)
+            )
+            .is_some(),
+        "{}",
+        injector.stderr.text()
+    );
+    assert_eq!(injector.curl(&[&injector.url("/healthz")]).0, 200);
+    // The pair completed: within one reload period the new certificate serves new handshakes.
+    std::fs::copy(rotated.server_key(), &key).unwrap();
+    let (_, _) = injector
+        .stderr
+        .wait_for(
+            0,
+            |l| l.contains("webhook serving certificate reloaded"),
+            Duration::from_secs(25),
+        )
+        .unwrap_or_else(|| panic!("no reload:\n{}", injector.stderr.text()));
+    let url = injector.url("/healthz");
+    let (status, _) = injector
+        .try_curl(&rotated.ca_cert(), &[&url])
+        .expect("the rotated certificate serves");
+    assert_eq!(status, 200);
+    assert!(
+        injector.try_curl(&injector.ca, &[&url]).is_err(),
+        "the old certificate is gone"
+    );
 }
 
 #[test]

@@ -350,6 +350,53 @@ fn nft_backend_redirects_is_idempotent_and_removes_only_its_tables() {
 }
 
 #[test]
+fn legacy_iptables_needs_net_raw_as_well_and_then_redirects() {
+    let scene = scene();
+    let net = &scene.net;
+    let legacy = tempfile::tempdir().unwrap();
+    for name in [
+        "iptables",
+        "iptables-restore",
+        "ip6tables",
+        "ip6tables-restore",
+    ] {
+        std::os::unix::fs::symlink(
+            require_tool("xtables-legacy-multi"),
+            legacy.path().join(name),
+        )
+        .unwrap();
+    }
+    let refused = redirect(net, INSTALL, Some(legacy.path()));
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr),
+        "tollgate redirect: needs the NET_ADMIN and NET_RAW capabilities (legacy iptables opens \
+         a raw socket); this process does not have it (as the init container: runAsUser 0, \
+         capabilities add [NET_ADMIN, NET_RAW], drop [ALL])\n"
+    );
+    let with_raw = |args: &[&str]| {
+        let mut cmd = net
+            .pod
+            .root_with_caps(&["net_admin", "net_raw"], tollgate());
+        cmd.arg("redirect").args(args).env("PATH", legacy.path());
+        stdout_of(&mut cmd)
+    };
+    assert_eq!(
+        with_raw(INSTALL),
+        "ipv4: installed (iptables (legacy))\nipv6: installed (iptables (legacy))\n"
+    );
+    assert_eq!(
+        with_raw(INSTALL),
+        "ipv4: unchanged (iptables (legacy))\nipv6: unchanged (iptables (legacy))\n"
+    );
+    assert_redirected(net, AGENT_UID, "192.0.2.2:80");
+    assert_redirected(net, AGENT_UID, "[2001:db8::2]:80");
+    assert_direct(net, PROXY_UID, "192.0.2.2:80", "origin");
+    assert!(with_raw(&["remove"]).contains("ipv4: removed"));
+    assert_direct(net, AGENT_UID, "192.0.2.2:80", "origin");
+}
+
+#[test]
 fn ipv6_off_leaves_ipv6_alone_and_refuses_ipv6_exclusions() {
     let net = PodNetwork::new();
     let out = redirect_ok(&net, &[INSTALL_PLAIN, &["--ipv6", "off"]].concat(), None);

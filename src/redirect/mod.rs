@@ -61,12 +61,14 @@ pub enum RedirectError {
     Spec(#[from] SpecError),
     /// The process lacks a capability the firewall needs.
     #[error(
-        "tollgate redirect: needs the {needed} capability ({why}); this process does not have it \
-         (as the init container: runAsUser 0, capabilities add [{needed}], drop [ALL])"
+        "tollgate redirect: needs the {needed} ({why}); this process does not have it \
+         (as the init container: runAsUser 0, capabilities add [{add}], drop [ALL])"
     )]
     MissingCapability {
-        /// `NET_ADMIN` or `NET_ADMIN and NET_RAW`.
+        /// `NET_ADMIN capability` or `NET_ADMIN and NET_RAW capabilities`.
         needed: &'static str,
+        /// What the container must add: `NET_ADMIN` or `NET_ADMIN, NET_RAW`.
+        add: &'static str,
         /// Which backend needs it.
         why: &'static str,
     },
@@ -214,12 +216,14 @@ fn require_capabilities(backend: &Backend) -> Result<(), RedirectError> {
     }
     Err(if legacy {
         RedirectError::MissingCapability {
-            needed: "NET_ADMIN and NET_RAW",
+            needed: "NET_ADMIN and NET_RAW capabilities",
+            add: "NET_ADMIN, NET_RAW",
             why: "legacy iptables opens a raw socket",
         }
     } else {
         RedirectError::MissingCapability {
-            needed: "NET_ADMIN",
+            needed: "NET_ADMIN capability",
+            add: "NET_ADMIN",
             why: "to change the network namespace's nat rules",
         }
     })

@@ -100,13 +100,18 @@ impl Netns {
     /// `program` inside the namespace as root with NET_ADMIN as its only capability: what the
     /// injected init container has (`runAsUser: 0`, `drop: [ALL]`, `add: [NET_ADMIN]`).
     pub fn net_admin(&self, program: impl AsRef<Path>) -> Command {
+        self.root_with_caps(&["net_admin"], program)
+    }
+
+    /// `program` inside the namespace as root with exactly the capabilities `caps` (lower-case
+    /// names without `CAP_`, as setpriv takes them).
+    pub fn root_with_caps(&self, caps: &[&str], program: impl AsRef<Path>) -> Command {
+        let set: String = caps.iter().map(|c| format!(",+{c}")).collect();
         let mut c = self.root(require_tool("setpriv"));
-        c.args([
-            "--bounding-set=-all,+net_admin",
-            "--inh-caps=-all,+net_admin",
-            "--ambient-caps=-all,+net_admin",
-            "--",
-        ]);
+        c.arg(format!("--bounding-set=-all{set}"))
+            .arg(format!("--inh-caps=-all{set}"))
+            .arg(format!("--ambient-caps=-all{set}"))
+            .arg("--");
         c.arg(program.as_ref());
         c
     }
