@@ -433,8 +433,10 @@ fn refuses_without_net_admin_with_exit_2_and_one_clear_line() {
     let expected = "tollgate redirect: needs the NET_ADMIN capability (to change the network \
                     namespace's nat rules); this process does not have it (as the init \
                     container: runAsUser 0, capabilities add [NET_ADMIN], drop [ALL])\n";
+    // A copy every UID can execute, wherever the checkout lives.
+    let (_staged, staged) = stage_for_all_uids(&[&tollgate()]);
     let without_caps = || net.pod.root_without_caps(tollgate());
-    let unprivileged = || net.pod.user(AGENT_UID, tollgate());
+    let unprivileged = || net.pod.user(AGENT_UID, &staged[0]);
     let callers: [(&str, &dyn Fn() -> std::process::Command); 2] = [
         ("root without capabilities", &without_caps),
         ("an unprivileged UID", &unprivileged),
