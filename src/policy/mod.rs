@@ -118,7 +118,7 @@ pub struct PolicyRevision {
 
 /// The compiled policy of one engine.
 enum Evaluator {
-    Rego(RegoPolicy),
+    Rego(Box<RegoPolicy>),
     Wasm(Box<WasmPolicy>),
 }
 
@@ -223,7 +223,7 @@ impl PolicyRevision {
         Ok(PolicyRevision {
             revision: Arc::from(revision),
             engine: EngineKind::Rego,
-            evaluator: Evaluator::Rego(RegoPolicy::compile(modules, data, entrypoint)?),
+            evaluator: Evaluator::Rego(Box::new(RegoPolicy::compile(modules, data, entrypoint)?)),
         })
     }
 

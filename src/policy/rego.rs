@@ -1,20 +1,26 @@
-//! The native Rego engine: regorus' RVM, one VM per worker thread.
+//! The native Rego engine: regorus' interpreter, one engine per worker thread.
 //!
-//! A revision is compiled once (parse → `CompiledPolicy` → RVM `Program`) off the request path.
-//! `RegoVM::execute` needs `&mut`, so each thread keeps its own VM in a thread-local and
-//! reloads it only when it sees a new revision: evaluation never takes a lock shared between
-//! workers (a `Mutex<RegoVM>` would serialize every request).
+//! Why the interpreter: it is the evaluation path regorus checks against OPA's conformance
+//! suite. regorus' bytecode VM (RVM), which this engine used before, is faster but not
+//! OPA-exact, and it failed *open*: an assignment from an undefined reference succeeded
+//! (`t := input.headers["x-ticket"]; not startswith(t, "revoked-")` allowed a request with no
+//! ticket), comprehensions kept undefined elements, conflicting complete rules gave a value,
+//! and `with` did not compile. A policy that `opa test` passes must decide the same here.
+//!
+//! A revision is parsed, checked (every call a known builtin or a function of the policy; no
+//! network builtin) and prepared once, off the request path, into a template `Engine`.
+//! Evaluation needs `&mut Engine`, so each worker thread keeps its own engine in a
+//! thread-local — a cheap clone of the template, made on the thread's first request for the
+//! revision — and evaluation never takes a lock shared between workers.
 //!
 //! Nor does it share reference counts. Evaluating clones values of the data and of the
-//! program's literals (regorus values are `Arc`s), and two threads incrementing the same counts
-//! bounce cache lines between cores: two threads evaluated at 1.0–1.6× the rate of one. So each
-//! worker thread gets its own deep copy of the program and the data, built *by that thread*
-//! (a copy built elsewhere measured no better: its memory sits next to other threads'
-//! allocations) and built while the thread is idle: tokio calls [`RegoPolicy::prepare_thread`]
-//! through the runtime's park hook (`policy::on_worker_park`). Until then — a thread's first
-//! requests after a reload, or a thread that is never idle — the thread's VM works on the
-//! shared originals: correct, only slower when threads contend. With their own copies two
-//! threads evaluate at 1.89–2.05× the rate of one (docs/BENCHMARKS.md).
+//! policy's syntax tree (regorus values are `Arc`s); two threads incrementing the same counts
+//! bounce cache lines between cores. So each worker thread also gets its own deep copy of the
+//! policy and data — parsed from source *by that thread* and while it is idle: tokio calls
+//! [`RegoPolicy::prepare_thread`] through the runtime's park hook (`policy::on_worker_park`).
+//! Until then the thread's engine is the cheap clone: correct, only slower under contention.
+//!
+//! Builtin errors follow OPA's default (non-strict) mode: the call is undefined.
 
 use std::cell::RefCell;
 use std::num::NonZeroU32;
@@ -22,95 +28,100 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use regorus::languages::rego::compiler::Compiler;
-use regorus::rvm::program::{DeserializationResult, Program};
-use regorus::rvm::vm::{RegoVM, VmError};
 use regorus::utils::limits::ExecutionTimerConfig;
-use regorus::{Engine, Value};
+use regorus::{Engine, LimitError, Value};
 
-use super::PolicyLoadError;
+use super::{PolicyLoadError, builtins};
 
 /// Wall-clock bound on one evaluation: a runaway policy becomes a deny, not a stuck worker.
 pub const EVAL_TIME_LIMIT: Duration = Duration::from_millis(100);
-/// Instruction bound on one evaluation (regorus' default of 25,000 is too tight for large data).
-const MAX_INSTRUCTIONS: usize = 5_000_000;
+/// Interpreter work units between two looks at the clock.
+const TIME_CHECK_INTERVAL: u32 = 64;
 
-static NEXT_PROGRAM_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_POLICY_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// This thread's VM, the id of the program it has loaded, and whether it runs on the
-    /// thread's own copy of program and data (`true`) or on the shared originals.
-    static WORKER_VM: RefCell<Option<(u64, bool, RegoVM)>> = const { RefCell::new(None) };
+    /// This thread's engine, the id of the revision it holds, and whether it is the thread's
+    /// own deep copy (`true`) or a clone sharing the template's values (`false`).
+    static WORKER_ENGINE: RefCell<Option<(u64, bool, Engine)>> = const { RefCell::new(None) };
 }
 
 /// One compiled revision of a Rego policy with its data.
 pub struct RegoPolicy {
     id: u64,
-    program: Arc<Program>,
-    data: Value,
+    /// Policies, data and builtins loaded and prepared; cloned per thread.
+    template: Engine,
+    /// The rule evaluated, e.g. `data.tollgate.decision`.
     entrypoint: String,
-    /// The program and data serialized once at compile time, for per-thread copies; `None`
-    /// if either does not round-trip (threads then share the originals).
-    serialized: Option<(Arc<[u8]>, Arc<str>)>,
-}
-
-/// A deep copy of the program and data (regorus has no deep clone: through their serialized
-/// forms), allocated by the calling thread.
-fn build_copy(bytes: &[u8], json: &str) -> Option<(Arc<Program>, Value)> {
-    let program = match Program::deserialize_binary(bytes).ok()? {
-        DeserializationResult::Complete(program) => program,
-        DeserializationResult::Partial(_) => return None,
-    };
-    let data = Value::from_json_str(json).ok()?;
-    Some((Arc::new(program), data))
+    /// The sources and the data's JSON, for the per-thread deep copies.
+    modules: Arc<[(String, String)]>,
+    data_json: Arc<str>,
 }
 
 /// Why an evaluation produced no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
-    #[error("policy evaluation exceeded its time or instruction limit")]
+    #[error("policy evaluation exceeded its time limit")]
     Timeout,
     #[error("policy evaluation failed: {0}")]
     Failed(String),
 }
 
+/// Builds an engine over `modules` and `data`, with tollgate's builtins and limits, and every
+/// call checked. Used for a revision's template, for the threads' deep copies, and by
+/// `policy test`, so every path evaluates with the same builtins and the same semantics.
+pub fn build_engine(
+    modules: &[(String, String)],
+    data: Option<Value>,
+) -> Result<Engine, PolicyLoadError> {
+    let mut engine = Engine::new();
+    engine.set_strict_builtin_errors(false);
+    engine.set_execution_timer_config(ExecutionTimerConfig {
+        limit: EVAL_TIME_LIMIT,
+        check_interval: NonZeroU32::new(TIME_CHECK_INTERVAL).unwrap_or(NonZeroU32::MIN),
+    });
+    builtins::register(&mut engine)?;
+    for (name, source) in modules {
+        engine
+            .add_policy(name.clone(), source.clone())
+            .map_err(|e| PolicyLoadError::Compile(format!("{name}: {e}")))?;
+    }
+    builtins::check_calls(&mut engine)?;
+    if let Some(data) = data {
+        engine
+            .add_data(data)
+            .map_err(|e| PolicyLoadError::Data(e.to_string()))?;
+    }
+    Ok(engine)
+}
+
 impl RegoPolicy {
-    /// Parses and compiles `modules` (name, source) for the rule path `entrypoint`
+    /// Parses and checks `modules` (name, source) for the rule path `entrypoint`
     /// (`tollgate/decision`), with `data` as the base document.
     pub fn compile(
         modules: &[(String, String)],
         data: Value,
         entrypoint: &str,
     ) -> Result<RegoPolicy, PolicyLoadError> {
-        let mut engine = Engine::new();
-        for (name, source) in modules {
-            engine
-                .add_policy(name.clone(), source.clone())
-                .map_err(|e| PolicyLoadError::Compile(format!("{name}: {e}")))?;
-        }
-        let rule = format!("data.{}", entrypoint.replace('/', "."));
-        let compiled = engine
-            .compile_with_entrypoint(&rule.as_str().into())
-            .map_err(|e| PolicyLoadError::Compile(e.to_string()))?;
-        let program = Compiler::compile_from_policy(&compiled, &[rule.as_str()])
-            .map_err(|e| PolicyLoadError::Compile(e.to_string()))?;
-        // Load once here so a data document that conflicts with the rules fails at load time.
-        let mut probe = RegoVM::new();
-        probe.load_program(program.clone());
-        probe
-            .set_data(data.clone())
+        let data_json = data
+            .to_json_str()
             .map_err(|e| PolicyLoadError::Data(e.to_string()))?;
-        let serialized = program
-            .serialize_binary()
-            .ok()
-            .zip(data.to_json_str().ok())
-            .map(|(bytes, json)| (Arc::from(bytes), Arc::from(json)));
+        let mut template = build_engine(modules, Some(data))?;
+        let rule = format!("data.{}", entrypoint.replace('/', "."));
+        // Refuses an entrypoint no rule defines, and prepares the engine (rule analysis and
+        // scheduling), so that every clone starts prepared.
+        template
+            .compile_with_entrypoint(&rule.as_str().into())
+            .map_err(|e| PolicyLoadError::Compile(format!("entrypoint {rule}: {e}")))?;
+        template.set_input(Value::new_object());
+        // The result does not matter (an empty input may well be an error); the preparation does.
+        let _ = template.eval_rule(rule.clone());
         Ok(RegoPolicy {
-            id: NEXT_PROGRAM_ID.fetch_add(1, Ordering::Relaxed),
-            program,
-            data,
+            id: NEXT_POLICY_ID.fetch_add(1, Ordering::Relaxed),
+            template,
             entrypoint: rule,
-            serialized,
+            modules: modules.into(),
+            data_json: data_json.into(),
         })
     }
 
@@ -119,83 +130,84 @@ impl RegoPolicy {
         &self.entrypoint
     }
 
-    /// Evaluates the entrypoint for one input on this thread's VM.
+    /// Evaluates the entrypoint for one input on this thread's engine.
     pub fn evaluate(&self, input: Value) -> Result<Value, EvalError> {
-        WORKER_VM.with(|cell| {
+        WORKER_ENGINE.with(|cell| {
             let mut slot = cell.borrow_mut();
-            let stale = !matches!(&*slot, Some((id, _, _)) if *id == self.id);
-            if stale {
-                // Never a copy here: that is work for an idle moment, not for a request.
-                let vm = self.vm_over(self.program.clone(), self.data.clone())?;
-                *slot = Some((self.id, false, vm));
-            }
-            let Some((_, _, vm)) = slot.as_mut() else {
-                return Err(EvalError::Failed("no VM".into()));
+            let engine = match &mut *slot {
+                Some((id, _, engine)) if *id == self.id => engine,
+                other => {
+                    // Never a deep copy here: that is work for an idle moment, not a request.
+                    &mut other.insert((self.id, false, self.template.clone())).2
+                }
             };
-            vm.set_input(input);
-            vm.execute().map_err(classify)
+            eval(engine, input, &self.entrypoint)
         })
     }
 
-    /// Gives this thread a VM over its own copy of the program and data, unless it has one
-    /// for this revision already. Called by idle worker threads; cheap when there is nothing
-    /// to do (a thread-local check).
+    /// Gives this thread its own deep copy of the policy and data, unless it has one for this
+    /// revision already. Called by idle worker threads; cheap when there is nothing to do.
     pub fn prepare_thread(&self) {
-        WORKER_VM.with(|cell| {
+        WORKER_ENGINE.with(|cell| {
             let Ok(mut slot) = cell.try_borrow_mut() else {
                 return;
             };
             if matches!(&*slot, Some((id, true, _)) if *id == self.id) {
                 return;
             }
-            let copy = self
-                .serialized
-                .as_ref()
-                .and_then(|(bytes, json)| build_copy(bytes, json));
-            let (program, data) = copy.unwrap_or_else(|| (self.program.clone(), self.data.clone()));
-            // Marked prepared even when the copy failed: it would fail again.
-            if let Ok(vm) = self.vm_over(program, data) {
-                *slot = Some((self.id, true, vm));
-            }
+            // Marked prepared even when the copy fails (it would fail again): the thread then
+            // works on a clone of the template, which decides the same.
+            let engine = self.deep_copy().unwrap_or_else(|| self.template.clone());
+            *slot = Some((self.id, true, engine));
         });
     }
 
-    /// Evaluates on a VM of its own over the shared originals, leaving the thread's VM alone
-    /// (for one-off evaluations off the request path, such as reload probes).
+    /// Evaluates on an engine of its own, leaving the thread's alone (for one-off
+    /// evaluations off the request path: reload probes, `policy eval`).
     pub fn evaluate_once(&self, input: Value) -> Result<Value, EvalError> {
-        let mut vm = self.vm_over(self.program.clone(), self.data.clone())?;
-        vm.set_input(input);
-        vm.execute().map_err(classify)
+        let mut engine = self.template.clone();
+        eval(&mut engine, input, &self.entrypoint)
     }
 
-    fn vm_over(&self, program: Arc<Program>, data: Value) -> Result<RegoVM, EvalError> {
-        let mut vm = RegoVM::new();
-        vm.load_program(program);
-        vm.set_max_instructions(MAX_INSTRUCTIONS);
-        vm.set_execution_timer_config(Some(ExecutionTimerConfig {
-            limit: EVAL_TIME_LIMIT,
-            check_interval: NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN),
-        }));
-        vm.set_data(data)
-            .map_err(|e| EvalError::Failed(e.to_string()))?;
-        Ok(vm)
+    /// Evaluates another rule of the same revision once (e.g. a data-validation entrypoint).
+    pub fn evaluate_rule_once(&self, rule: &str, input: Value) -> Result<Value, EvalError> {
+        let mut engine = self.template.clone();
+        eval(&mut engine, input, rule)
+    }
+
+    /// A new engine parsed from the sources by the calling thread: shares no value with the
+    /// template or with other threads.
+    fn deep_copy(&self) -> Option<Engine> {
+        let data = Value::from_json_str(&self.data_json).ok()?;
+        let mut engine = build_engine(&self.modules, Some(data)).ok()?;
+        engine.set_input(Value::new_object());
+        let _ = engine.eval_rule(self.entrypoint.clone());
+        Some(engine)
     }
 }
 
-/// Whether this thread's VM runs on its own copy (`Some(true)`), on the shared originals
+fn eval(engine: &mut Engine, input: Value, rule: &str) -> Result<Value, EvalError> {
+    engine.set_input(input);
+    engine.eval_rule(rule.to_string()).map_err(classify)
+}
+
+/// Whether this thread's engine is its own deep copy (`Some(true)`), a clone of the template
 /// (`Some(false)`), or does not exist yet (`None`). For tests of the idle-time preparation.
 #[cfg(test)]
 pub(crate) fn thread_has_own_copy() -> Option<bool> {
-    WORKER_VM.with(|c| c.borrow().as_ref().map(|(_, own, _)| *own))
+    WORKER_ENGINE.with(|c| c.borrow().as_ref().map(|(_, own, _)| *own))
 }
 
-fn classify(error: VmError) -> EvalError {
-    match error {
-        VmError::TimeLimitExceeded { .. } | VmError::InstructionLimitExceeded { .. } => {
-            EvalError::Timeout
-        }
-        other => EvalError::Failed(other.to_string()),
+fn classify(error: anyhow::Error) -> EvalError {
+    if error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref(),
+            Some(LimitError::TimeLimitExceeded { .. })
+        )
+    }) {
+        return EvalError::Timeout;
     }
+    EvalError::Failed(format!("{error:#}"))
 }
 
 #[cfg(test)]
@@ -211,44 +223,148 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn evaluates_with_input_and_data() {
-        let p = policy("package t\ndecision := {\"allow\": input.n < data.limit}\n");
-        let yes = p
-            .evaluate(Value::from_json_str(r#"{"n": 1}"#).unwrap())
-            .unwrap();
-        let no = p
-            .evaluate(Value::from_json_str(r#"{"n": 5}"#).unwrap())
-            .unwrap();
-        assert_eq!(yes, Value::from_json_str(r#"{"allow": true}"#).unwrap());
-        assert_eq!(no, Value::from_json_str(r#"{"allow": false}"#).unwrap());
+    fn input(json: &str) -> Value {
+        Value::from_json_str(json).unwrap()
     }
 
     #[test]
-    fn reuses_the_thread_vm_across_revisions() {
+    fn evaluates_with_input_and_data() {
+        let p = policy("package t\ndecision := {\"allow\": input.n < data.limit}\n");
+        assert_eq!(
+            p.evaluate(input(r#"{"n": 1}"#)).unwrap(),
+            input(r#"{"allow": true}"#)
+        );
+        assert_eq!(
+            p.evaluate(input(r#"{"n": 5}"#)).unwrap(),
+            input(r#"{"allow": false}"#)
+        );
+    }
+
+    #[test]
+    fn an_assignment_from_an_undefined_reference_fails_the_body() {
+        // The RVM let this through (fail open); OPA fails the body, so the default holds.
+        let p = policy(
+            "package t\ndefault allow := false\n\
+             allow if {\n  t := input.headers[\"x-ticket\"]\n  not startswith(t, \"revoked-\")\n}\n\
+             decision := {\"allow\": allow}\n",
+        );
+        assert_eq!(
+            p.evaluate(input(r#"{"headers": {}}"#)).unwrap(),
+            input(r#"{"allow": false}"#)
+        );
+        assert_eq!(
+            p.evaluate(input(r#"{"headers": {"x-ticket": "ok"}}"#))
+                .unwrap(),
+            input(r#"{"allow": true}"#)
+        );
+    }
+
+    #[test]
+    fn conflicting_complete_rules_are_an_error_not_a_decision() {
+        let p = policy(
+            "package t\ndecision := {\"allow\": true} if input.a\n\
+             decision := {\"allow\": false} if input.b\n",
+        );
+        let error = p.evaluate(input(r#"{"a": true, "b": true}"#)).unwrap_err();
+        assert!(matches!(error, EvalError::Failed(_)), "{error}");
+    }
+
+    #[test]
+    fn reuses_the_thread_engine_across_revisions() {
         let a = policy("package t\ndecision := {\"allow\": true}\n");
         let b = policy("package t\ndecision := {\"allow\": false}\n");
-        let input = Value::new_object();
         for _ in 0..3 {
             assert_eq!(
-                a.evaluate(input.clone()).unwrap()["allow"],
+                a.evaluate(Value::new_object()).unwrap()["allow"],
                 Value::from(true)
             );
             assert_eq!(
-                b.evaluate(input.clone()).unwrap()["allow"],
+                b.evaluate(Value::new_object()).unwrap()["allow"],
                 Value::from(false)
             );
         }
     }
 
     #[test]
-    fn rejects_syntax_errors_at_compile_time() {
-        let result = RegoPolicy::compile(
-            &[("p.rego".into(), "package t\ndecision := {\n".into())],
-            Value::new_object(),
-            "t/decision",
+    fn rejects_syntax_errors_and_missing_entrypoints_at_compile_time() {
+        for source in [
+            "package t\ndecision := {\n",
+            "package t\nallow := true\n",
+            "package other\ndecision := {\"allow\": true}\n",
+        ] {
+            let result = RegoPolicy::compile(
+                &[("p.rego".into(), source.into())],
+                Value::new_object(),
+                "t/decision",
+            );
+            assert!(
+                matches!(result, Err(PolicyLoadError::Compile(_))),
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_network_and_unknown_builtins_at_load_naming_them() {
+        for (source, name) in [
+            (
+                "package t\ndecision := {\"allow\": http.send({}).status_code == 200}\n",
+                "http.send",
+            ),
+            (
+                "package t\ndecision := {\"allow\": count(net.lookup_ip_addr(\"a\")) > 0}\n",
+                "net.lookup_ip_addr",
+            ),
+            (
+                "package t\ndecision := {\"allow\": regex.matches(\"a\", \"a\")}\n",
+                "regex.matches",
+            ),
+            (
+                "package t\ndecision := {\"allow\": true} if { x := nosuch(1); x }\n",
+                "nosuch",
+            ),
+        ] {
+            let error = RegoPolicy::compile(
+                &[("p.rego".into(), source.into())],
+                Value::new_object(),
+                "t/decision",
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{source} loaded"));
+            assert!(error.to_string().contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn accepts_calls_of_the_policys_own_functions_and_imports() {
+        let modules = [
+            (
+                "lib.rego".to_string(),
+                "package lib\nok(x) if x > 1\n".to_string(),
+            ),
+            (
+                "p.rego".to_string(),
+                "package t\nimport data.lib\nlocal(x) := x * 2\n\
+                 decision := {\"allow\": lib.ok(local(input.n))}\n"
+                    .to_string(),
+            ),
+        ];
+        let p = RegoPolicy::compile(&modules, Value::new_object(), "t/decision").unwrap();
+        assert_eq!(
+            p.evaluate(input(r#"{"n": 1}"#)).unwrap(),
+            input(r#"{"allow": true}"#)
         );
-        assert!(matches!(result, Err(PolicyLoadError::Compile(_))));
+    }
+
+    #[test]
+    fn a_runaway_policy_times_out() {
+        let p = policy(
+            "package t\ndecision := {\"allow\": count([x | some x in numbers.range(1, 100000000)]) > 0}\n",
+        );
+        assert_eq!(
+            p.evaluate(Value::new_object()).unwrap_err(),
+            EvalError::Timeout
+        );
     }
 
     #[test]
@@ -262,14 +378,10 @@ mod tests {
         let p = Arc::new(policy(
             "package t\ndecision := {\"allow\": input.n < data.limit, \"reason\": \"below the limit\"}\n",
         ));
-        assert!(
-            p.serialized.is_some(),
-            "program and data serialize for copies"
-        );
-        let input = Value::from_json_str(r#"{"n": 2}"#).unwrap();
+        let input = input(r#"{"n": 2}"#);
         let expected = p.evaluate_once(input.clone()).unwrap();
         assert_eq!(expected["allow"], Value::from(true), "{expected}");
-        let own = || WORKER_VM.with(|c| c.borrow().as_ref().map(|(_, own, _)| *own));
+        let own = || WORKER_ENGINE.with(|c| c.borrow().as_ref().map(|(_, own, _)| *own));
         let p2 = p.clone();
         std::thread::spawn(move || {
             assert_eq!(p2.evaluate(input.clone()).unwrap(), expected);
@@ -279,7 +391,7 @@ mod tests {
             assert_eq!(p2.evaluate(input.clone()).unwrap(), expected);
             p2.prepare_thread();
             assert_eq!(own(), Some(true));
-            // A new revision: shared first, then its own copy again.
+            // A new revision: a clone first, then its own copy again.
             let other = policy("package t\ndecision := {\"allow\": false}\n");
             other.evaluate(input.clone()).unwrap();
             assert_eq!(own(), Some(false));

@@ -1,15 +1,16 @@
 //! `tollgate policy test`: runs the `test_*` rules of a policy folder, like `opa test`.
 //!
 //! regorus has no test runner of its own. Each `test_*` rule of every package is evaluated
-//! with the interpreter; a test passes when its value is `true`, fails when it is `false` or
+//! with the interpreter, on an engine built exactly as the proxy's (`rego::build_engine`); a test passes when its value is `true`, fails when it is `false` or
 //! undefined, and errors when evaluation fails. A `data.json` at the root of the folder is
 //! loaded as `data`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use regorus::{Engine, Value};
+use regorus::Value;
 
+use super::rego::build_engine;
 use super::{PolicyLoadError, read_modules};
 
 /// How one test ended.
@@ -32,12 +33,8 @@ pub struct TestOutcome {
 /// Finds and runs every `test_*` rule under `path`.
 pub fn run_tests(path: &Path) -> Result<Vec<TestOutcome>, PolicyLoadError> {
     let modules = read_modules(path, true)?;
-    let mut engine = Engine::new();
     let mut tests = Vec::new();
-    for (name, source) in &modules {
-        engine
-            .add_policy(name.clone(), source.clone())
-            .map_err(|e| PolicyLoadError::Compile(format!("{name}: {e}")))?;
+    for (_, source) in &modules {
         let Some(package) = package_of(source) else {
             continue;
         };
@@ -53,15 +50,18 @@ pub fn run_tests(path: &Path) -> Result<Vec<TestOutcome>, PolicyLoadError> {
     } else {
         None
     };
-    if let Some(data_file) = data_file.filter(|f| f.is_file()) {
-        let text = std::fs::read_to_string(&data_file).map_err(|e| PolicyLoadError::Read {
-            path: data_file.clone(),
-            message: e.to_string(),
-        })?;
-        engine
-            .add_data_json(&text)
-            .map_err(|e| PolicyLoadError::Data(e.to_string()))?;
-    }
+    let data = match data_file.filter(|f| f.is_file()) {
+        Some(data_file) => {
+            let text = std::fs::read_to_string(&data_file).map_err(|e| PolicyLoadError::Read {
+                path: data_file.clone(),
+                message: e.to_string(),
+            })?;
+            Some(Value::from_json_str(&text).map_err(|e| PolicyLoadError::Data(e.to_string()))?)
+        }
+        None => None,
+    };
+    // The engine the proxy uses: the same builtins, call checks and non-strict errors.
+    let mut engine = build_engine(&modules, data)?;
     let mut outcomes = Vec::new();
     for name in tests {
         let start = Instant::now();
