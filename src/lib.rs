@@ -29,6 +29,9 @@
 //! - [`watch`]: `Watched<T>`, one way to keep a value built from files current
 //! - [`reason`]: the closed set of reasons (responses, decision log, metric labels)
 //! - [`error`]: `ProxyError`, every way a request fails
+//! - [`net`]: socket facts from the kernel (the original destination of a redirected connection)
+//! - [`redirect`]: `tollgate redirect`, the sidecar's init step (nat rules)
+//! - [`inject`]: `tollgate inject`, the Kubernetes mutating admission webhook
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -37,14 +40,17 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod identity;
+pub mod inject;
 pub mod intent;
 pub mod intent_token;
 pub mod kill;
+pub mod net;
 pub mod per_thread;
 pub mod pki;
 pub mod policy;
 pub mod proxy;
 pub mod reason;
+pub mod redirect;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

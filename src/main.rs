@@ -49,6 +49,54 @@ enum Command {
     },
     /// Print version, git revision and policy engines.
     Version,
+    /// Serve the Kubernetes mutating admission webhook that adds the init step and the sidecar.
+    Inject {
+        /// Address to serve HTTPS on.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        /// Serving certificate (PEM chain); re-read when it changes.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// Serving key (PEM).
+        #[arg(long)]
+        tls_key: PathBuf,
+        /// Injector settings (YAML): image, proxy UID and ports, exclusions, names.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The sidecar's init step: the nat rules that redirect a pod's outbound TCP to tollgate.
+    Redirect {
+        #[command(subcommand)]
+        command: RedirectCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RedirectCommand {
+    /// Install (idempotently) the rules that send every outbound TCP connection to the proxy
+    /// port, except the proxy's UID, loopback and the exclusions. Needs NET_ADMIN only.
+    Install {
+        /// The proxy's UID: its own (upstream) connections are not redirected.
+        #[arg(long)]
+        proxy_uid: u32,
+        /// The transparent listener's port.
+        #[arg(long)]
+        proxy_port: u16,
+        /// Destination ports not redirected: `22,8000-8100`.
+        #[arg(long)]
+        exclude_ports: Option<String>,
+        /// Destination CIDRs or addresses not redirected (IPv4 and IPv6): `10.0.0.0/8,fd00::/8`.
+        #[arg(long)]
+        exclude_cidrs: Option<String>,
+        /// IPv6 rules: auto (when the namespace has IPv6), on, off.
+        #[arg(long, default_value = "auto")]
+        ipv6: String,
+        /// Print the rules, one per line, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove exactly the rules `install` put in place.
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +202,13 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                     name,
                 },
         } => certs_issue(dir, &spiffe_id, &ttl, name),
+        Command::Redirect { command } => redirect(command),
+        Command::Inject {
+            listen,
+            tls_cert,
+            tls_key,
+            config,
+        } => inject(listen, tls_cert, tls_key, config),
         Command::Version => {
             println!(
                 "tollgate {} (git {}) engines: rego, wasm",
@@ -163,6 +218,84 @@ fn dispatch(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn inject(
+    listen: std::net::SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    config: Option<PathBuf>,
+) -> Result<(), Failure> {
+    use tollgate::inject::server::{self, ServingCert};
+    tollgate::tls::install_crypto_provider();
+    tollgate::telemetry::init_logging(LogFormat::Json);
+    let settings = match &config {
+        Some(path) => tollgate::inject::Settings::load(path),
+        None => Ok(tollgate::inject::Settings::default()),
+    }
+    .map_err(|e| Failure::usage(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let (listener, tls, cert) = server::bind(listen, ServingCert { cert, key })
+            .await
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+        tracing::info!(%addr, image = %settings.image, "injector ready");
+        tokio::select! {
+            () = server::serve(listener, tls, cert, std::sync::Arc::new(settings)) => Ok(()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            () = terminated() => Ok(()),
+        }
+    })
+}
+
+/// Resolves on SIGTERM (the kubelet's stop); never when the handler cannot be installed.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+fn redirect(command: RedirectCommand) -> Result<(), Failure> {
+    use tollgate::redirect::{self, Ipv6Mode, RedirectSpec};
+    let fail = |e: redirect::RedirectError| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    };
+    let lines = match command {
+        RedirectCommand::Install {
+            proxy_uid,
+            proxy_port,
+            exclude_ports,
+            exclude_cidrs,
+            ipv6,
+            dry_run,
+        } => {
+            let ipv6 = Ipv6Mode::parse(&ipv6).map_err(|e| fail(e.into()))?;
+            let spec = RedirectSpec::new(
+                proxy_uid,
+                proxy_port,
+                exclude_ports.as_deref(),
+                exclude_cidrs.as_deref(),
+                ipv6,
+            )
+            .map_err(|e| fail(e.into()))?;
+            redirect::install(&spec, dry_run).map_err(fail)?
+        }
+        RedirectCommand::Remove => redirect::remove().map_err(fail)?,
+    };
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn run(path: Option<PathBuf>, dry_run: bool) -> Result<(), Failure> {
