@@ -25,7 +25,7 @@ import rego.v1
 decision := deny("invalid_input") if {
 	not valid_input
 } else := deny("unauthenticated") if {
-	not is_string(input.source.spiffe_id)
+	not has_spiffe_id
 } else := deny("unknown_agent") if {
 	not agent
 } else := deny("unauthenticated") if {
@@ -75,6 +75,11 @@ port := input.request.port if not connection_level
 # The caller's entry, looked up by its SPIFFE ID: a decision costs the same with ten agents
 # or ten thousand.
 agent := data.tollgate_config.agents[input.source.spiffe_id]
+
+# A helper rule, not `not is_string(input.source.spiffe_id)` in the chain above: OPA evaluates
+# a call's arguments before the `not`, so a missing spiffe_id would make that body undefined and
+# the chain would go on to `unknown_agent`.
+has_spiffe_id if is_string(input.source.spiffe_id)
 
 rules := agent.rules if {
 	is_array(agent.rules)
@@ -411,8 +416,12 @@ headers_of(rule) := {"headers": {
 #   tollgate_config.agents["spiffe://example.org/a"].rules[2].ports: must be a list of ...
 
 data_errors contains "tollgate_config.agents: must be an object keyed by SPIFFE ID" if {
-	not is_object(data.tollgate_config.agents)
+	not agents_is_object
 }
+
+# A helper rule, not `not is_object(data.tollgate_config.agents)`: OPA evaluates a call's
+# arguments before the `not`, so with no agents at all that body would be undefined, not true.
+agents_is_object if is_object(data.tollgate_config.agents)
 
 data_errors contains problem("tollgate_config", key_path(key), "unknown field") if {
 	some key, _ in config
@@ -463,7 +472,7 @@ agent_problems(entry) := {[key_path(key), "unknown field"] |
 	some key, _ in entry
 	not key in {"description", "require_authenticated", "rules"}
 } | {[".rules", "must be a list of rules"] |
-	not is_array(entry.rules)
+	not has_rule_list(entry)
 } | {[".description", "must be a string"] |
 	description := entry.description
 	not is_string(description)
@@ -471,6 +480,10 @@ agent_problems(entry) := {[key_path(key), "unknown field"] |
 	required := entry.require_authenticated
 	not is_boolean(required)
 }
+
+# A helper, not `not is_array(entry.rules)`: OPA evaluates a call's arguments before the `not`,
+# so an agent without `rules` would report nothing.
+has_rule_list(entry) if is_array(entry.rules)
 
 rule_problems(rule) := {[key_path(key), "unknown field"] |
 	some key, _ in rule

@@ -446,7 +446,17 @@ fn probe_outcome(verdict: Verdict) -> Outcome {
 /// Writes a case's modules (plus a probe when its query is not a decision), data and input
 /// into `dir`; returns the entrypoint to evaluate.
 fn lay_out_case(case: &Case, dir: &Path) -> String {
-    write_modules(dir, &case.modules);
+    // `policy eval` loads a folder's policy without its `*_test.rego` files (as the proxy does);
+    // a bundled test's rules are evaluated here as ordinary rules, so they get another name.
+    for path in write_modules(dir, &case.modules) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if let Some(stem) = name.strip_suffix("_test.rego") {
+            std::fs::rename(&path, dir.join(format!("{stem}_test_rules.rego"))).expect("rename");
+        }
+    }
     std::fs::write(dir.join("data.json"), case.data.to_string()).expect("write data.json");
     std::fs::write(dir.join("input.json"), case.input.to_string()).expect("write input.json");
     if case.is_decision() {
@@ -967,6 +977,7 @@ fn judge(
         let empty = BTreeMap::new();
         let got = answers.get(&case.name).unwrap_or(&empty);
         let mut problems = Vec::new();
+        let mut known_difference = false;
         for &path in paths {
             let Some(answer) = got.get(path) else {
                 continue;
@@ -1013,6 +1024,12 @@ fn judge(
                     (None, _) => {}
                 }
             }
+            // A known difference of tollgate's engine (the case's `tollgate:` note): its own
+            // paths may differ; that they still do is checked below.
+            if !ok && case.tollgate.is_some() && !path.starts_with("reference-") {
+                known_difference = true;
+                ok = true;
+            }
             let entry = tally.entry(path).or_default();
             entry.1 += 1;
             if ok {
@@ -1030,7 +1047,13 @@ fn judge(
                 _ => None,
             })
             .collect();
-        if let Some((first_path, first)) = own.first() {
+        if case.tollgate.is_some() && !known_difference {
+            problems.push(
+                "    every tollgate path now gives the stated answer; drop its `tollgate:` note"
+                    .to_string(),
+            );
+        }
+        if let Some((first_path, first)) = own.first().filter(|_| case.tollgate.is_none()) {
             for (path, o) in &own[1..] {
                 let same = match (first, o) {
                     (Outcome::Value(a), Outcome::Value(b)) => rego_cases::same_value(a, b),
@@ -1205,6 +1228,16 @@ fn every_engine_path_gives_opas_answer_on_every_case() {
     let regopy_notes = traps.iter().filter(|c| c.regopy.is_some()).count();
     say(&format!(
         "differential: rego-cpp differs from OPA, with the reason stated, on {regopy_notes} trap cases"
+    ));
+    let known: Vec<&str> = traps
+        .iter()
+        .filter(|c| c.tollgate.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    say(&format!(
+        "differential: tollgate's native engine differs from OPA, with the reason stated, on {} trap cases: {}",
+        known.len(),
+        known.join(", ")
     ));
     assert!(
         failures.is_empty(),

@@ -8,7 +8,9 @@
 pub mod builtins;
 pub mod decision;
 pub mod input;
+pub mod opa_rewrite;
 pub mod rego;
+pub mod rules_check;
 pub mod testing;
 pub mod validate;
 pub mod wasm;

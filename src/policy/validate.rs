@@ -93,8 +93,10 @@ pub fn check_rego(
     let mut engine = Engine::new();
     let mut declared = false;
     for (name, source) in modules {
+        let text = super::opa_rewrite::rewrite(name, source)
+            .map_err(|e| broken(format!("{name}: {e}")))?;
         let module_package = engine
-            .add_policy(name.clone(), source.clone())
+            .add_policy(name.clone(), text)
             .map_err(|e| broken(format!("{name}: {e}")))?;
         declared |= module_package == package
             && engine

@@ -3,7 +3,7 @@
 //! One `Engine` serves every revision (compiled code is tied to it, and creating one costs
 //! milliseconds). Epoch interruption is on: a ticker thread advances the epoch every
 //! [`TICK`], and each evaluation sets its deadline [`deadline_ticks`] ahead, so a policy that
-//! runs past `EVAL_TIME_LIMIT` traps (`Trap::Interrupt`) instead of holding a worker. Both are
+//! runs past `DECISION_TIME_LIMIT` traps (`Trap::Interrupt`) instead of holding a worker. Both are
 //! created on first use, so a deployment on the Rego engine pays for neither.
 
 use std::sync::LazyLock;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use wasmtime::{Config, Engine, StoreLimits, StoreLimitsBuilder};
 
 use super::dispatch::HostInstance;
-use crate::policy::rego::EVAL_TIME_LIMIT;
+use crate::policy::rego::DECISION_TIME_LIMIT;
 
 /// How often the epoch advances: the granularity of the time limit.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -47,9 +47,9 @@ pub fn engine() -> Result<&'static Engine, String> {
     ENGINE.as_ref().map_err(Clone::clone)
 }
 
-/// Epoch ticks in one evaluation's time limit (the Rego engine's `EVAL_TIME_LIMIT`).
+/// Epoch ticks in one evaluation's time limit (the Rego engine's `DECISION_TIME_LIMIT`).
 pub fn deadline_ticks() -> u64 {
-    let ticks = EVAL_TIME_LIMIT.as_micros() / TICK.as_micros().max(1);
+    let ticks = DECISION_TIME_LIMIT.as_micros() / TICK.as_micros().max(1);
     u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 

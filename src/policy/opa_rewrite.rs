@@ -1,0 +1,500 @@
+//! Two rewrites of OPA's compiler that regorus' interpreter lacks, applied to each module's
+//! text before regorus parses it for evaluation, so that tollgate decides as OPA does.
+//!
+//! **Rule heads.** A partial set's or object's head term that is not a variable
+//! (`creds contains r.cred if …`) is moved into the body, as OPA does: an iteration where it
+//! is undefined adds nothing. regorus evaluated it in the head, and one undefined element
+//! emptied the whole set (see [`hoist_head_terms`]).
+//!
+//! **Negation.**
+//! OPA's compiler hoists the *dynamic operands* of every expression (references, calls and
+//! the references inside composite values) into assignments of their own before the
+//! expression (its `RewriteDynamicTerms` stage). For a negated expression those assignments
+//! land *outside* the negation, so an operand that is undefined makes the whole body fail:
+//!
+//! ```rego
+//! allow if not startswith(input.ticket, "revoked-")   # no ticket: OPA says undefined
+//! deny if not blocked[input.user]                      # no user: undefined
+//! r if not input.x == "a"                              # an equality keeps its references: true
+//! ```
+//!
+//! regorus evaluates the negated expression as a whole, so a missing operand made it undefined
+//! and `not` turned that into *true* — an allow where OPA denies. Here, for
+//! every `not` literal with dynamic operands, `__tollgate_hN__ = (operand)` literals (carrying
+//! the literal's `with` modifiers) are inserted before it and the operands are replaced by the
+//! variables. A one-line rule body (`r if not …`) gets braces. Nothing is inserted on a new
+//! line, so errors keep their line numbers.
+//!
+//! Which operands are hoisted follows OPA (checked against OPA v1.20.2 in
+//! `tests/traps/negation*.yaml`): every reference, call or arithmetic operand of a call or an
+//! operator; for an equality (`==`, `=`) and a bare term only the dynamic parts *inside*
+//! references (`data.m[input.x]`) and composites (`[input.x]`); never variables, scalars or
+//! comprehensions (always defined). OPA refuses unbound variables inside `not`, so a hoisted
+//! operand never introduces iteration.
+
+use regorus::Engine;
+use regorus::unstable::{AssignOp, BoolOp, Expr, Literal, LiteralStmt, Query, Rule, RuleHead};
+
+/// The prefix of the variables this rewrite introduces.
+const PREFIX: &str = "__tollgate_h";
+
+/// Why a module could not be rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    /// The module does not parse (the caller reports regorus' own message when it parses the
+    /// module again).
+    #[error("{0}")]
+    Parse(String),
+    /// The module already uses the rewrite's variable names.
+    #[error("{module}: names starting with `{PREFIX}` are reserved by tollgate")]
+    Reserved { module: String },
+}
+
+/// One text edit: replace `start..end` with `text`.
+struct Edit {
+    start: usize,
+    end: usize,
+    text: String,
+}
+
+/// Returns `source` with every negated expression's dynamic operands hoisted (unchanged when
+/// there are none).
+pub fn rewrite(name: &str, source: &str) -> Result<String, RewriteError> {
+    let mut engine = Engine::new();
+    engine
+        .add_policy(name.to_string(), source.to_string())
+        .map_err(|e| RewriteError::Parse(e.to_string()))?;
+    let mut edits = Vec::new();
+    let mut counter = 0usize;
+    for module in engine.get_modules().iter() {
+        for rule in &module.policy {
+            if let Rule::Spec { head, bodies, .. } = rule.as_ref() {
+                if let Some(edit) = hoist_head_terms(head, bodies, source, &mut counter) {
+                    edits.extend(edit);
+                }
+                let (key, assign) = match head {
+                    RuleHead::Compr { assign, .. } => (None, assign.as_ref()),
+                    RuleHead::Set { key, .. } => (key.as_ref(), None),
+                    RuleHead::Func { assign, .. } => (None, assign.as_ref()),
+                };
+                for expr in key.into_iter().chain(assign.map(|a| &a.value)) {
+                    walk_expr(expr, source, &mut counter, &mut edits);
+                }
+                for body in bodies {
+                    if let Some(assign) = &body.assign {
+                        walk_expr(&assign.value, source, &mut counter, &mut edits);
+                    }
+                    walk_query(&body.query, true, source, &mut counter, &mut edits);
+                }
+            }
+        }
+    }
+    if edits.is_empty() {
+        return Ok(source.to_string());
+    }
+    if source.contains(PREFIX) {
+        return Err(RewriteError::Reserved {
+            module: name.to_string(),
+        });
+    }
+    edits.sort_by_key(|e| std::cmp::Reverse(e.start));
+    let mut text = source.to_string();
+    for edit in edits {
+        text.replace_range(edit.start..edit.end, &edit.text);
+    }
+    Ok(text)
+}
+
+fn span_range(span: &regorus::unstable::Span) -> (usize, usize) {
+    (span.start as usize, span.end as usize)
+}
+
+/// The end of a span that may stop inside a closing quote: a string's span covers its
+/// contents, so a literal ending in a string ends one character later.
+fn text_end(source: &str, start: usize, end: usize) -> usize {
+    let text = &source[start..end];
+    let mut open: Option<char> = None;
+    let mut escaped = false;
+    for c in text.chars() {
+        match open {
+            Some('"') if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(q) if c == q => open = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => open = Some(c),
+            None => {}
+        }
+    }
+    match open {
+        Some(q) if source[end..].starts_with(q) => end + q.len_utf8(),
+        _ => end,
+    }
+}
+
+/// Walks a rule body (`rule_body`: it may be a one-line `if` body without braces) or the
+/// query of a comprehension or `every` (where literals can always be added).
+fn walk_query(
+    query: &Query,
+    rule_body: bool,
+    source: &str,
+    counter: &mut usize,
+    edits: &mut Vec<Edit>,
+) {
+    let braced = !rule_body || {
+        let (start, _) = span_range(&query.span);
+        source[start..].trim_start().starts_with('{') || source[..start].trim_end().ends_with('{')
+    };
+    for stmt in &query.stmts {
+        match &stmt.literal {
+            Literal::NotExpr { expr, .. } => {
+                if let Some(edit) = hoist(stmt, expr, source, braced, counter) {
+                    edits.push(edit);
+                }
+                walk_expr(expr, source, counter, edits);
+            }
+            Literal::Expr { expr, .. } => walk_expr(expr, source, counter, edits),
+            Literal::SomeIn {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                if let Some(key) = key {
+                    walk_expr(key, source, counter, edits);
+                }
+                walk_expr(value, source, counter, edits);
+                walk_expr(collection, source, counter, edits);
+            }
+            Literal::Every { domain, query, .. } => {
+                walk_expr(domain, source, counter, edits);
+                walk_query(query, false, source, counter, edits);
+            }
+            Literal::SomeVars { .. } => {}
+        }
+    }
+}
+
+/// Finds the queries of comprehensions inside `expr`.
+fn walk_expr(expr: &Expr, source: &str, counter: &mut usize, edits: &mut Vec<Edit>) {
+    match expr {
+        Expr::ArrayCompr { query, .. }
+        | Expr::SetCompr { query, .. }
+        | Expr::ObjectCompr { query, .. } => walk_query(query, false, source, counter, edits),
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            for item in items {
+                walk_expr(item, source, counter, edits);
+            }
+        }
+        Expr::Object { fields, .. } => {
+            for (_, key, value) in fields {
+                walk_expr(key, source, counter, edits);
+                walk_expr(value, source, counter, edits);
+            }
+        }
+        Expr::Call { params, .. } => {
+            for param in params {
+                walk_expr(param, source, counter, edits);
+            }
+        }
+        Expr::UnaryExpr { expr, .. } => walk_expr(expr, source, counter, edits),
+        Expr::RefDot { refr, .. } => walk_expr(refr, source, counter, edits),
+        Expr::RefBrack { refr, index, .. } => {
+            walk_expr(refr, source, counter, edits);
+            walk_expr(index, source, counter, edits);
+        }
+        Expr::BinExpr { lhs, rhs, .. }
+        | Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::AssignExpr { lhs, rhs, .. } => {
+            walk_expr(lhs, source, counter, edits);
+            walk_expr(rhs, source, counter, edits);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            if let Some(key) = key {
+                walk_expr(key, source, counter, edits);
+            }
+            walk_expr(value, source, counter, edits);
+            walk_expr(collection, source, counter, edits);
+        }
+        Expr::String { .. }
+        | Expr::RawString { .. }
+        | Expr::Number { .. }
+        | Expr::Bool { .. }
+        | Expr::Null { .. }
+        | Expr::Var { .. } => {}
+    }
+}
+
+/// A term of a partial set's or partial object's head that is not a variable or a scalar
+/// (`creds contains r.cred if …`, `creds[r.name] := r.cred if …`): OPA moves it into the body
+/// (`creds contains __v if { …; __v = r.cred }`), so an iteration where it is undefined adds
+/// nothing. regorus evaluated it in the head, and one undefined element emptied the whole set
+/// (or failed it). Returns the edits: the terms replaced by variables, and the assignments
+/// appended to the body (one-line bodies get braces; a rule without a body gets one).
+fn hoist_head_terms(
+    head: &RuleHead,
+    bodies: &[regorus::unstable::RuleBody],
+    source: &str,
+    counter: &mut usize,
+) -> Option<Vec<Edit>> {
+    let terms: Vec<&Expr> = match head {
+        RuleHead::Set { key: Some(key), .. } => vec![key.as_ref()],
+        RuleHead::Compr {
+            refr,
+            assign: Some(assign),
+            ..
+        } => match refr.as_ref() {
+            Expr::RefBrack { index, .. } => vec![index.as_ref(), assign.value.as_ref()],
+            _ => return None,
+        },
+        _ => return None,
+    }
+    .into_iter()
+    .filter(|t| is_dynamic_term(t))
+    .collect();
+    if terms.is_empty() || bodies.len() > 1 {
+        return None;
+    }
+    let mut edits = Vec::new();
+    let mut assignments = String::new();
+    for term in terms {
+        let name = format!("{PREFIX}{}__", *counter);
+        *counter += 1;
+        let (start, end) = span_range(term.span());
+        let end = text_end(source, start, end);
+        assignments.push_str(&format!("; {name} = ({})", &source[start..end]));
+        edits.push(Edit {
+            start,
+            end,
+            text: name,
+        });
+    }
+    match bodies.first() {
+        None => {
+            // `p contains input.x`: no body; one is added after the head.
+            let head_span = match head {
+                RuleHead::Set { span, .. }
+                | RuleHead::Compr { span, .. }
+                | RuleHead::Func { span, .. } => span,
+            };
+            let (start, end) = span_range(head_span);
+            let end = text_end(source, start, end);
+            edits.push(Edit {
+                start: end,
+                end,
+                text: format!(" if {{ true{assignments} }}"),
+            });
+        }
+        Some(body) => {
+            let (start, end) = span_range(&body.query.span);
+            let end = text_end(source, start, end);
+            let text = &source[start..end];
+            if text.trim_start().starts_with('{') && text.trim_end().ends_with('}') {
+                let close = start + text.trim_end().len() - 1;
+                edits.push(Edit {
+                    start: close,
+                    end: close,
+                    text: format!("{assignments} "),
+                });
+            } else if source[..start].trim_end().ends_with('{') {
+                let close = start + text.len() + source[end..].find('}')?;
+                edits.push(Edit {
+                    start: close,
+                    end: close,
+                    text: format!("{assignments} "),
+                });
+            } else {
+                edits.push(Edit {
+                    start,
+                    end,
+                    text: format!("{{ {text}{assignments} }}"),
+                });
+            }
+        }
+    }
+    Some(edits)
+}
+
+/// A head term OPA moves into the body: anything but a variable, a scalar or a comprehension.
+fn is_dynamic_term(expr: &Expr) -> bool {
+    !matches!(
+        expr,
+        Expr::Var { .. }
+            | Expr::String { .. }
+            | Expr::RawString { .. }
+            | Expr::Number { .. }
+            | Expr::Bool { .. }
+            | Expr::Null { .. }
+            | Expr::ArrayCompr { .. }
+            | Expr::SetCompr { .. }
+            | Expr::ObjectCompr { .. }
+    )
+}
+
+/// The edit that hoists the dynamic operands of one `not` literal, if it has any.
+fn hoist(
+    stmt: &LiteralStmt,
+    expr: &Expr,
+    source: &str,
+    braced: bool,
+    counter: &mut usize,
+) -> Option<Edit> {
+    let mut operands = Vec::new();
+    negated_operands(expr, &mut operands);
+    if operands.is_empty() {
+        return None;
+    }
+    let (stmt_start, stmt_end) = span_range(&stmt.span);
+    let stmt_end = text_end(source, stmt_start, stmt_end);
+    let (expr_start, expr_end) = span_range(expr.span());
+    let expr_end = text_end(source, expr_start, expr_end);
+    let with_text = match (stmt.with_mods.first(), stmt.with_mods.last()) {
+        (Some(first), Some(last)) => {
+            let (start, _) = span_range(&first.span);
+            let (_, end) = span_range(&last.span);
+            let end = text_end(source, start, end);
+            format!(" {}", &source[start..end])
+        }
+        _ => String::new(),
+    };
+    let mut hoisted = String::new();
+    let mut replacements = Vec::new();
+    for operand in operands {
+        let name = format!("{PREFIX}{}__", *counter);
+        *counter += 1;
+        let (start, end) = span_range(operand.span());
+        let end = text_end(source, start, end);
+        hoisted.push_str(&format!("{name} = ({}){with_text}; ", &source[start..end]));
+        replacements.push((start, end, name));
+    }
+    // The literal with its operands replaced (right to left, so offsets stay valid).
+    let mut literal = source[stmt_start..stmt_end].to_string();
+    replacements.sort_by_key(|r| std::cmp::Reverse(r.0));
+    for (start, end, name) in replacements {
+        if start < expr_start || end > expr_end {
+            return None;
+        }
+        literal.replace_range(start - stmt_start..end - stmt_start, &name);
+    }
+    let text = if braced {
+        format!("{hoisted}{literal}")
+    } else {
+        format!("{{ {hoisted}{literal} }}")
+    };
+    Some(Edit {
+        start: stmt_start,
+        end: stmt_end,
+        text,
+    })
+}
+
+/// The operands OPA hoists out of a negated expression.
+fn negated_operands<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match expr {
+        // Equalities unify their operands: only what is dynamic inside them is hoisted.
+        Expr::BoolExpr {
+            op: BoolOp::Eq,
+            lhs,
+            rhs,
+            ..
+        }
+        | Expr::AssignExpr {
+            op: AssignOp::Eq,
+            lhs,
+            rhs,
+            ..
+        } => {
+            term_parts(lhs, out);
+            term_parts(rhs, out);
+        }
+        Expr::Call { params, .. } => {
+            for param in params {
+                operand(param, out);
+            }
+        }
+        Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::BinExpr { lhs, rhs, .. } => {
+            operand(lhs, out);
+            operand(rhs, out);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            if let Some(key) = key {
+                operand(key, out);
+            }
+            operand(value, out);
+            operand(collection, out);
+        }
+        Expr::UnaryExpr { expr, .. } => operand(expr, out),
+        other => term_parts(other, out),
+    }
+}
+
+/// An operand of a call or operator: hoisted whole when it is dynamic.
+fn operand<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match expr {
+        Expr::RefDot { .. }
+        | Expr::RefBrack { .. }
+        | Expr::Call { .. }
+        | Expr::ArithExpr { .. }
+        | Expr::BinExpr { .. }
+        | Expr::BoolExpr { .. }
+        | Expr::Membership { .. }
+        | Expr::UnaryExpr { .. }
+        | Expr::AssignExpr { .. } => out.push(expr),
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            for item in items {
+                operand(item, out);
+            }
+        }
+        Expr::Object { fields, .. } => {
+            for (_, key, value) in fields {
+                operand(key, out);
+                operand(value, out);
+            }
+        }
+        Expr::ArrayCompr { .. }
+        | Expr::SetCompr { .. }
+        | Expr::ObjectCompr { .. }
+        | Expr::String { .. }
+        | Expr::RawString { .. }
+        | Expr::Number { .. }
+        | Expr::Bool { .. }
+        | Expr::Null { .. }
+        | Expr::Var { .. } => {}
+    }
+}
+
+/// A term standing for itself (an equality's side, a bare `not` term): only the dynamic parts
+/// inside it are hoisted.
+fn term_parts<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+    match expr {
+        Expr::RefBrack { refr, index, .. } => {
+            term_parts(refr, out);
+            operand(index, out);
+        }
+        Expr::RefDot { refr, .. } => term_parts(refr, out),
+        Expr::Array { .. } | Expr::Set { .. } | Expr::Object { .. } => operand(expr, out),
+        Expr::Call { .. }
+        | Expr::ArithExpr { .. }
+        | Expr::BinExpr { .. }
+        | Expr::BoolExpr { .. }
+        | Expr::Membership { .. }
+        | Expr::UnaryExpr { .. }
+        | Expr::AssignExpr { .. } => out.push(expr),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;
