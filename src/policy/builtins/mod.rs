@@ -1,7 +1,7 @@
 //! The builtin functions tollgate adds to regorus, shared by both engines.
 //!
 //! regorus implements most of OPA's builtins itself; this module adds the ones it lacks
-//! (crypto digests and HMAC, `io.jwt.*`) and replaces the ones a policy calls on every request
+//! (crypto digests and HMAC, `io.jwt.*`, `strings.split_n`) and replaces the ones a policy calls on every request
 //! with versions that cache their compiled patterns per thread (`glob.match`, `regex.match`).
 //! The Wasm engine's host builtins delegate to a regorus engine prepared with [`register`],
 //! so a builtin decides the same on both engines: there is one implementation of each.
@@ -93,6 +93,7 @@ const BUILTINS: &[Builtin] = &[
     builtin!("net.cidr_merge", 1, net::cidr_merge),
     builtin!("net.cidr_contains_matches", 2, net::cidr_contains_matches),
     builtin!("sprintf", 2, sprintf::call),
+    builtin!("strings.split_n", 3, opa_strings::split_n),
     Builtin {
         name: "glob.match",
         arity: 3,
