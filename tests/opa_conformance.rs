@@ -241,7 +241,15 @@ fn opa_conformance_cases_on_the_native_engine() {
     }
 }
 
+/// The text on one line, at most about 300 characters: its start and its end (regorus puts the
+/// source line first and the error message last).
 fn one_line(text: &str) -> String {
     let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    flat.chars().take(300).collect()
+    let chars: Vec<char> = flat.chars().collect();
+    if chars.len() <= 300 {
+        return flat;
+    }
+    let head: String = chars[..100].iter().collect();
+    let tail: String = chars[chars.len() - 190..].iter().collect();
+    format!("{head} … {tail}")
 }
