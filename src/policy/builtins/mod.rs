@@ -1,8 +1,9 @@
 //! The builtin functions tollgate adds to regorus, shared by both engines.
 //!
 //! regorus implements most of OPA's builtins itself; this module adds the ones it lacks
-//! (crypto digests and HMAC, `io.jwt.*`) and replaces the ones a policy calls on every request
-//! with versions that cache their compiled patterns per thread (`glob.match`, `regex.match`).
+//! (crypto digests and HMAC, `io.jwt.*`, `strings.split_n`, `array.flatten`) and replaces
+//! the ones a policy calls on every request with versions that cache their compiled
+//! patterns per thread (`glob.match`, `regex.match`).
 //! The Wasm engine's host builtins delegate to a regorus engine prepared with [`register`],
 //! so a builtin decides the same on both engines: there is one implementation of each.
 //!
@@ -11,6 +12,7 @@
 //! as a failing regorus builtin does with strict errors off. Only a resource limit is an
 //! error, so that a limit can never turn `not builtin(...)` into true.
 
+pub mod arrays;
 pub mod calls;
 pub mod crypto;
 pub mod jwt;
@@ -66,6 +68,7 @@ macro_rules! builtin {
 
 /// Every builtin tollgate adds or replaces.
 const BUILTINS: &[Builtin] = &[
+    builtin!("array.flatten", 1, arrays::flatten),
     builtin!("crypto.md5", 1, crypto::md5),
     builtin!("crypto.sha1", 1, crypto::sha1),
     builtin!("crypto.sha256", 1, crypto::sha256),
@@ -93,6 +96,7 @@ const BUILTINS: &[Builtin] = &[
     builtin!("net.cidr_merge", 1, net::cidr_merge),
     builtin!("net.cidr_contains_matches", 2, net::cidr_contains_matches),
     builtin!("sprintf", 2, sprintf::call),
+    builtin!("strings.split_n", 3, opa_strings::split_n),
     Builtin {
         name: "glob.match",
         arity: 3,

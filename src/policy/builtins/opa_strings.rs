@@ -11,9 +11,14 @@
 //!
 //! regorus looks a call up among an engine's extensions before its own builtins, so adding
 //! these as extensions replaces regorus' versions for that engine.
+//!
+//! [`split_n`] (`strings.split_n`) is one regorus lacks altogether; it is a row of
+//! [`super::BUILTINS`], so a bad argument makes the call undefined as for tollgate's other
+//! builtins.
 
 use regorus::{Engine, Value};
 
+use super::BuiltinError;
 use crate::policy::PolicyLoadError;
 
 /// Adds the replacements to `engine`.
@@ -69,6 +74,47 @@ fn strings_count(args: Vec<Value>) -> anyhow::Result<Value> {
     Ok(Value::from(count(search, substring)))
 }
 
+/// Go's `strings.Split`: an empty separator splits after each code point.
+fn go_split(text: &str, separator: &str) -> Vec<String> {
+    if separator.is_empty() {
+        text.chars().map(String::from).collect()
+    } else {
+        text.split(separator).map(String::from).collect()
+    }
+}
+
+/// `strings.split_n(text, separator, n)`: the first `n` parts of `split(text, separator)`,
+/// the last `-n` when `n` is negative, none when it is 0 (OPA's conformance cases
+/// `strings/split_n/*`).
+pub(super) fn split_n(args: &[Value]) -> Result<Value, BuiltinError> {
+    const NAME: &str = "strings.split_n";
+    let undefined = |m: String| BuiltinError::Undefined(format!("{NAME}: {m}"));
+    let text = string_arg(args, 0, NAME).map_err(|e| BuiltinError::Undefined(e.to_string()))?;
+    let separator =
+        string_arg(args, 1, NAME).map_err(|e| BuiltinError::Undefined(e.to_string()))?;
+    let n = match args.get(2) {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| undefined("operand 3 must be integer number".into()))?,
+        Some(other) => {
+            return Err(undefined(format!(
+                "operand 3 must be number but got {}",
+                type_name(other)
+            )));
+        }
+        None => return Err(undefined("missing operand 3".into())),
+    };
+    let parts = go_split(text, separator);
+    let wanted = usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX);
+    let kept: Vec<Value> = if n >= 0 {
+        parts.into_iter().take(wanted).map(Value::from).collect()
+    } else {
+        let skip = parts.len().saturating_sub(wanted);
+        parts.into_iter().skip(skip).map(Value::from).collect()
+    };
+    Ok(Value::from(kept))
+}
+
 fn json_is_valid(args: Vec<Value>) -> anyhow::Result<Value> {
     let valid = match args.first() {
         Some(Value::String(s)) => serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok(),
@@ -112,6 +158,58 @@ mod tests {
         assert_eq!(count("μx", ""), 3, "code points, not bytes");
         assert_eq!(eval(r#"strings.count("11111", "11")"#), Value::from(2));
         assert_eq!(eval(r#"strings.count("dummy", "")"#), Value::from(6));
+    }
+
+    #[test]
+    fn split_n_keeps_the_first_or_last_parts() {
+        let mut engine = Engine::new();
+        crate::policy::builtins::register(&mut engine).unwrap();
+        let mut split = |query: &str| -> Value {
+            let results = engine.eval_query(query.to_string(), false).unwrap();
+            results
+                .result
+                .first()
+                .map(|r| r.expressions[0].value.clone())
+                .unwrap_or(Value::Undefined)
+        };
+        let list = |json: &str| Value::from_json_str(json).unwrap();
+        // OPA's conformance cases strings/split_n/*.
+        assert_eq!(
+            split(r#"strings.split_n("a.b.c.d", ".", 2)"#),
+            list(r#"["a", "b"]"#)
+        );
+        assert_eq!(
+            split(r#"strings.split_n("a.b.c.d", ".", 10)"#),
+            list(r#"["a", "b", "c", "d"]"#)
+        );
+        assert_eq!(split(r#"strings.split_n("a.b.c.d", ".", 0)"#), list("[]"));
+        assert_eq!(
+            split(r#"strings.split_n("a.b.c.d", ".", -2)"#),
+            list(r#"["c", "d"]"#)
+        );
+        assert_eq!(
+            split(r#"strings.split_n("a.b.c.d", ".", -10)"#),
+            list(r#"["a", "b", "c", "d"]"#)
+        );
+        assert_eq!(split(r#"strings.split_n("", ".", 2)"#), list(r#"[""]"#));
+        assert_eq!(
+            split(r#"strings.split_n("abc", "", -2)"#),
+            list(r#"["b", "c"]"#)
+        );
+        assert_eq!(
+            split(r#"strings.split_n("åäö", "", 2)"#),
+            list(r#"["å", "ä"]"#)
+        );
+        // A bad operand makes the call undefined (OPA's non-strict mode).
+        assert_eq!(
+            split(r#"strings.split_n("a.b", ".", 1.5)"#),
+            Value::Undefined
+        );
+        assert_eq!(
+            split(r#"strings.split_n("a.b", ".", "1")"#),
+            Value::Undefined
+        );
+        assert_eq!(split(r#"strings.split_n(1, ".", 1)"#), Value::Undefined);
     }
 
     #[test]

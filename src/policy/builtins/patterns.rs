@@ -9,8 +9,9 @@
 //! and a pattern is compiled once per thread.
 //!
 //! The matching itself is regorus' (and OPA's): globs are translated the way regorus'
-//! `glob.match` translates them (delimiters become path separators for `globset`), and
-//! regexes are Rust `regex` with regorus' size limit, so a cached result is the uncached one.
+//! `glob.match` translates them (delimiters become path separators for `globset`), except
+//! that an empty alternative (`{a,}`) is kept, as OPA keeps it; regexes are Rust `regex` with
+//! regorus' size limit, so a cached result is the uncached one.
 
 use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
@@ -150,8 +151,11 @@ fn cached_glob(
         return Ok(found);
     }
     let translated = translate(pattern, delimiters)?;
+    // OPA's globs accept an empty alternative (`{a,}`: "a" or nothing); globset drops an
+    // empty branch unless told otherwise, so `{**/,}x` would not match "x".
     let matcher = GlobBuilder::new(&translated)
         .literal_separator(true)
+        .empty_alternates(true)
         .build()
         .map_err(|e| PatternError::Invalid(format!("glob.match: invalid glob: {e}")))?
         .compile_matcher();
@@ -256,6 +260,16 @@ mod tests {
         assert!(glob("v[0-9].example.org", dots(), "v7.example.org").unwrap());
         assert!(!glob("v[!0-9].example.org", dots(), "v7.example.org").unwrap());
         assert!(glob("h?st", dots(), "host").unwrap());
+    }
+
+    #[test]
+    fn an_empty_alternative_matches_nothing_as_opa_does() {
+        // OPA's conformance case globmatch/empty pattern alternative.
+        assert!(glob("{**/,}x", Value::Null, "x").unwrap());
+        assert!(glob("{**/,}x", Value::Null, "a/x").unwrap());
+        assert!(glob("api.{,eu.}example.com", dots(), "api.example.com").unwrap());
+        assert!(glob("api.{,eu.}example.com", dots(), "api.eu.example.com").unwrap());
+        assert!(!glob("api.{,eu.}example.com", dots(), "api.us.example.com").unwrap());
     }
 
     #[test]
