@@ -200,6 +200,11 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
             max_header_bytes: config.limits.max_header_bytes,
             header_read_timeout: config.limits.header_read_timeout,
         },
+        listeners
+            .iter()
+            .map(|l| l.local_addr.port())
+            .chain([admin_addr.port()])
+            .collect(),
     ));
     let admin_tls = admin_tls(config, &bundles, &workload_api, admin_addr)?;
     if let Some(admin) = &admin_tls {

@@ -77,15 +77,56 @@ fn rejects_bad_values_naming_each_key() {
 }
 
 #[test]
-fn rejects_later_features_as_not_supported_yet() {
-    let errors = load(
-        "listeners: [{name: a, address: '127.0.0.1:0', mode: transparent}]\n\
-         intent_tokens: {issuers: [{issuer: x, jwks: j.json}]}",
+fn accepts_transparent_listeners_with_a_default_sniff_timeout() {
+    let config = load(
+        "listeners:\n\
+         - {name: pod, address: '127.0.0.1:15001', mode: transparent}\n\
+         - {name: pod-v6, address: '[::1]:15001', mode: transparent, sniff_timeout: 150ms}\n",
     )
-    .unwrap_err();
-    let text = errors.to_string();
-    assert!(!text.contains("credentials"), "{text}");
-    assert!(text.contains("transparent: not supported yet"), "{text}");
+    .unwrap();
+    assert_eq!(config.listeners[0].mode, ListenerMode::Transparent);
+    assert_eq!(config.listeners[0].sniff_timeout, DEFAULT_SNIFF_TIMEOUT);
+    assert!(DEFAULT_SNIFF_TIMEOUT <= Duration::from_millis(500));
+    assert_eq!(
+        config.listeners[1].sniff_timeout,
+        Duration::from_millis(150)
+    );
+}
+
+#[test]
+fn refuses_bad_sniff_timeouts_and_tls_on_a_transparent_listener() {
+    for (listener, key, message) in [
+        (
+            "{name: a, address: '127.0.0.1:0', mode: transparent, sniff_timeout: 0ms}",
+            "listeners[0].sniff_timeout",
+            "must be greater than zero and at most 10s",
+        ),
+        (
+            "{name: a, address: '127.0.0.1:0', mode: transparent, sniff_timeout: 11s}",
+            "listeners[0].sniff_timeout",
+            "must be greater than zero and at most 10s",
+        ),
+        (
+            "{name: a, address: '127.0.0.1:0', mode: transparent, sniff_timeout: soon}",
+            "listeners[0].sniff_timeout",
+            "",
+        ),
+        (
+            "{name: a, address: '127.0.0.1:0', sniff_timeout: 100ms}",
+            "listeners[0].sniff_timeout",
+            "applies only to mode: transparent",
+        ),
+        (
+            "{name: a, address: '127.0.0.1:0', mode: transparent, tls: {cert: c.pem, key: k.pem}}",
+            "listeners[0].tls",
+            "TLS on the listener itself does not apply",
+        ),
+    ] {
+        let errors = load(&format!("listeners: [{listener}]")).unwrap_err();
+        let found = errors.errors.iter().find(|e| e.key == key);
+        let found = found.unwrap_or_else(|| panic!("{listener}: no error at {key}: {errors}"));
+        assert!(found.message.contains(message), "{listener}: {found:?}");
+    }
 }
 
 #[test]

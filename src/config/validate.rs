@@ -382,10 +382,7 @@ fn validate_listeners(
         let address = parse_address(&listener.address, &format!("{key}.address"), problems);
         let mode = match listener.mode.as_deref() {
             None | Some("forward") => ListenerMode::Forward,
-            Some("transparent") => {
-                problems.not_supported(format!("{key}.mode: transparent"));
-                ListenerMode::Forward
-            }
+            Some("transparent") => ListenerMode::Transparent,
             Some(other) => {
                 problems.add(
                     format!("{key}.mode"),
@@ -394,6 +391,31 @@ fn validate_listeners(
                 ListenerMode::Forward
             }
         };
+        let sniff_timeout = match (mode, listener.sniff_timeout) {
+            (_, None) => DEFAULT_SNIFF_TIMEOUT,
+            (ListenerMode::Transparent, Some(d)) if d.0.is_zero() || d.0 > MAX_SNIFF_TIMEOUT => {
+                problems.add(
+                    format!("{key}.sniff_timeout"),
+                    "must be greater than zero and at most 10s",
+                );
+                DEFAULT_SNIFF_TIMEOUT
+            }
+            (ListenerMode::Transparent, Some(d)) => d.0,
+            (ListenerMode::Forward, Some(_)) => {
+                problems.add(
+                    format!("{key}.sniff_timeout"),
+                    "applies only to mode: transparent",
+                );
+                DEFAULT_SNIFF_TIMEOUT
+            }
+        };
+        if mode == ListenerMode::Transparent && listener.tls.is_some() {
+            problems.add(
+                format!("{key}.tls"),
+                "a transparent listener takes the agent's own connections to origins: TLS on \
+                 the listener itself does not apply (interception is `intercept`)",
+            );
+        }
         let mut client_auth = ClientAuth::None;
         let mut tls_from_workload_api = false;
         let tls = listener.tls.and_then(|tls| {
@@ -437,6 +459,7 @@ fn validate_listeners(
                 tls_from_workload_api,
                 client_auth,
                 intercept: listener.intercept.unwrap_or(true),
+                sniff_timeout,
             });
         }
     }

@@ -15,16 +15,18 @@
 //! - [`framing`]: the raw-byte HTTP/1 framing guard (request smuggling defence); [`lifecycle`]:
 //!   the drain.
 //!
-//! A third way in (a transparent listener: original destination, TLS or HTTP sniffed) fits
-//! the same shape: accept, [`crate::tls::accept_agent`] with a config chosen by SNI, a
-//! [`ConnCtx`] whose tunnel is the original destination, then [`serve`] with
-//! [`Protocol::Auto`].
+//! - [`transparent`]: the third way in, a transparent listener's redirected connection — the
+//!   original destination from the kernel, the first bytes peeked ([`sniff`]), then the same
+//!   steps: a [`ConnCtx`] bound to the original destination, [`crate::tls::accept_agent`] with
+//!   a leaf chosen by SNI, [`serve`] with [`Protocol::Auto`], or a blind tunnel.
 
 pub mod framing;
 pub mod io;
 pub mod lifecycle;
 pub mod serve;
 pub mod service;
+pub mod sniff;
+pub mod transparent;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -36,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ListenerMode};
 use crate::error::ProxyError;
 use crate::identity::Caller;
 use crate::proxy::Proxy;
@@ -79,6 +81,9 @@ pub struct Server {
     /// Identity of callers without a client certificate (`identity.workload_spiffe_id`).
     pub default_caller: Caller,
     pub limits: ConnLimits,
+    /// The ports tollgate itself listens on (listeners, admin): a transparent connection to one
+    /// of them is refused, so redirected traffic can never loop back into tollgate.
+    pub own_ports: Arc<[u16]>,
     http: serve::Http,
 }
 
@@ -91,6 +96,7 @@ impl Server {
         max_connections: usize,
         default_caller: Caller,
         limits: ConnLimits,
+        own_ports: Arc<[u16]>,
     ) -> Server {
         Server {
             proxy,
@@ -100,6 +106,7 @@ impl Server {
             default_caller,
             http: serve::Http::new(limits),
             limits,
+            own_ports,
         }
     }
 }
@@ -148,7 +155,8 @@ pub async fn accept_loop(server: Arc<Server>, listener: BoundListener) {
     }
 }
 
-/// One agent connection: its TLS (if the listener has any), who is calling, then HTTP.
+/// One agent connection: its TLS (if the listener has any), who is calling, then HTTP; a
+/// transparent listener's connection goes its own way in ([`transparent`]).
 async fn agent_connection(
     server: &Arc<Server>,
     listener: &BoundListener,
@@ -165,6 +173,10 @@ async fn agent_connection(
         peer,
         server.default_caller.clone(),
     );
+    if listener.config.mode == ListenerMode::Transparent {
+        transparent::connection(server, listener, ctx, stream).await;
+        return;
+    }
     let Some(tls) = &listener.tls else {
         let conn = AgentConn { ctx, tls: None };
         serve(server, stream, conn, Protocol::Http1).await;
