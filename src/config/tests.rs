@@ -76,12 +76,28 @@ fn rejects_bad_values_naming_each_key() {
     }
 }
 
+/// Two transparent listeners with the admin API they require (mTLS, an allow list); the
+/// files exist in `dir`.
+fn transparent_config(dir: &Path, admin: &str) -> Result<Config, ConfigErrors> {
+    for file in ["admin.pem", "admin-key.pem", "bundle.pem"] {
+        std::fs::write(dir.join(file), "x").unwrap();
+    }
+    let text = format!(
+        "listeners:\n\
+         - {{name: pod, address: '127.0.0.1:15001', mode: transparent}}\n\
+         - {{name: pod-v6, address: '[::1]:15001', mode: transparent, sniff_timeout: 150ms}}\n\
+         admin: {admin}\n\
+         identity: {{trust_domains: {{example.org: {{bundle: bundle.pem}}}}}}\n"
+    );
+    load_str(&text, dir, "test.yaml")
+}
+
 #[test]
 fn accepts_transparent_listeners_with_a_default_sniff_timeout() {
-    let config = load(
-        "listeners:\n\
-         - {name: pod, address: '127.0.0.1:15001', mode: transparent}\n\
-         - {name: pod-v6, address: '[::1]:15001', mode: transparent, sniff_timeout: 150ms}\n",
+    let dir = tempfile::tempdir().unwrap();
+    let config = transparent_config(
+        dir.path(),
+        "{tls: {cert: admin.pem, key: admin-key.pem}, allowed_spiffe_ids: ['spiffe://example.org/ops']}",
     )
     .unwrap();
     assert_eq!(config.listeners[0].mode, ListenerMode::Transparent);
@@ -90,6 +106,19 @@ fn accepts_transparent_listeners_with_a_default_sniff_timeout() {
     assert_eq!(
         config.listeners[1].sniff_timeout,
         Duration::from_millis(150)
+    );
+}
+
+#[test]
+fn a_transparent_listener_requires_an_admin_api_with_mtls_and_an_allow_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = transparent_config(dir.path(), "{address: '127.0.0.1:15000'}").unwrap_err();
+    let keys = keys(&errors);
+    assert!(keys.contains(&"admin.tls"), "{errors}");
+    assert!(keys.contains(&"admin.allowed_spiffe_ids"), "{errors}");
+    assert!(
+        errors.to_string().contains("the agent shares loopback"),
+        "{errors}"
     );
 }
 

@@ -104,8 +104,8 @@ fn validate_admin_and_identity(
     problems: &mut Problems,
 ) -> (AdminConfig, IdentityConfig) {
     let admin_address = raw_admin.address.as_deref().unwrap_or(DEFAULT_ADMIN);
-    let admin_address = parse_address(admin_address, "admin.address", problems)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
+    let admin_parsed = parse_address(admin_address, "admin.address", problems);
+    let admin_address = admin_parsed.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
     let allowed_spiffe_ids: Vec<SpiffeId> = raw_admin
         .allowed_spiffe_ids
         .iter()
@@ -163,6 +163,22 @@ fn validate_admin_and_identity(
                 "identity.trust_domains",
                 "a non-loopback admin.address needs trust bundles (or identity.workload_api) to verify callers",
             );
+        }
+    }
+    if admin_parsed.is_some_and(|a| a.ip().is_loopback())
+        && listeners
+            .iter()
+            .any(|l| l.mode == ListenerMode::Transparent)
+    {
+        // In a sidecar the agent shares loopback with tollgate (the redirect exempts
+        // loopback): without mTLS and an allow list it could lift its own kill or reload.
+        let why = "is required when a transparent listener exists: the agent shares loopback \
+                   with the admin API";
+        if admin_tls.is_none() {
+            problems.add("admin.tls", format!("(mTLS) {why}"));
+        }
+        if allowed_spiffe_ids.is_empty() {
+            problems.add("admin.allowed_spiffe_ids", format!("(at least one) {why}"));
         }
     }
     let workload_api = raw_identity.workload_api.clone();

@@ -57,6 +57,10 @@ pub struct BoundListener {
     /// only).
     pub tls: Option<Arc<Watched<ListenerTls>>>,
     pub local_addr: SocketAddr,
+    /// Who callers without a verified SVID are on this listener: `identity.workload_spiffe_id`,
+    /// or on a transparent listener without one, the SPIFFE ID of tollgate's own SVID from the
+    /// Workload API (in a sidecar every caller is the pod whose SVID SPIRE gave tollgate).
+    pub default_caller: Caller,
 }
 
 /// The limits the connection layer enforces.
@@ -139,7 +143,7 @@ pub async fn accept_loop(server: Arc<Server>, listener: BoundListener) {
         };
         // A span per connection: every log line of this connection names its listener, peer
         // and caller.
-        let caller = server
+        let caller = listener
             .default_caller
             .spiffe_id()
             .map_or_else(|| "unauthenticated".to_string(), ToString::to_string);
@@ -171,7 +175,7 @@ async fn agent_connection(
         listener.config.mode,
         listener.config.intercept,
         peer,
-        server.default_caller.clone(),
+        listener.default_caller.clone(),
     );
     if listener.config.mode == ListenerMode::Transparent {
         transparent::connection(server, listener, ctx, stream).await;
