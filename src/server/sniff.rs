@@ -145,8 +145,7 @@ mod tests {
 
     /// A real ClientHello from rustls' client, for `sni`.
     fn client_hello_bytes(sni: &str) -> Vec<u8> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.roots = Vec::new();
+        let roots = rustls::RootCertStore::empty();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
