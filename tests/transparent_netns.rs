@@ -420,6 +420,17 @@ fn decides_each_request_in_plain_http_and_intercepted_tls_over_ipv4_and_ipv6() {
         scene
             .curl(&[family, "http://api.test/private"])
             .refused(403, "path_not_allowed");
+        // HTTP/2 with prior knowledge (cleartext) is sniffed as HTTP too.
+        let h2c = scene.curl(&[
+            family,
+            "--http2-prior-knowledge",
+            "http://api.test/public/h2c",
+        ]);
+        assert_eq!(h2c.origin_answer()["path"], "/public/h2c");
+        assert_eq!(h2c.version, "2", "{h2c:?}");
+        scene
+            .curl(&[family, "--http2-prior-knowledge", "http://api.test/private"])
+            .refused(403, "path_not_allowed");
         scene
             .curl(&[family, "-X", "POST", "http://api.test/public/a"])
             .refused(403, "method_not_allowed");
