@@ -38,6 +38,13 @@ pub enum ProxyError {
     IntentToken(crate::intent_token::TokenError),
     #[error("the policy could not decide: {}", .0.detail())]
     Policy(PolicyFailure),
+    /// Transparent listener: `host` (the SNI or Host the policy saw) does not resolve to
+    /// `dialled`, the address the agent's connection was really going to.
+    #[error("{host} does not resolve to {dialled}, the address this connection was made to")]
+    DestinationMismatch {
+        host: String,
+        dialled: std::net::IpAddr,
+    },
     #[error("{0}")]
     PrivateDestination(ResolveError),
     #[error("{0}")]
@@ -69,6 +76,7 @@ impl ProxyError {
             ProxyError::Killed => Reason::Killed,
             ProxyError::IntentToken(e) => e.reason(),
             ProxyError::Policy(failure) => failure.reason(),
+            ProxyError::DestinationMismatch { .. } => Reason::DestinationMismatch,
             ProxyError::PrivateDestination(_) => Reason::PrivateDestination,
             ProxyError::CredentialUnavailable(_) => Reason::CredentialUnavailable,
             ProxyError::AgentSecretPresent(_) => Reason::AgentSecretPresent,

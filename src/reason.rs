@@ -142,6 +142,9 @@ reasons! {
     HeadersTooLarge = "headers_too_large", Deny, REQUEST_HEADER_FIELDS_TOO_LARGE, Caller;
     /// Inside a tunnel, the request names another host than the tunnel's.
     HostMismatch = "host_mismatch", Deny, BAD_REQUEST, Caller;
+    /// Transparent listener: the name authorized (SNI or Host) does not resolve to the
+    /// address the agent dialled (no reaching an evil IP by naming an allowed host).
+    DestinationMismatch = "destination_mismatch", Deny, FORBIDDEN, Caller;
     /// The destination resolves only to non-public addresses.
     PrivateDestination = "private_destination", Deny, FORBIDDEN, Caller;
     /// tollgate is at its connection limit.

@@ -424,12 +424,10 @@ fn write_configmap(docs: &[Value], name: &str, dir: &std::path::Path) {
 }
 
 /// What `tollgate check` still refuses in the chart's configurations because the features
-/// arrive with later work (the transparent listener; the admin socket and metrics address of
-/// issue 17), plus the CA files that exist only inside a pod. Anything else it reports is a
-/// mistake in the chart. Remove a line here when its feature lands.
+/// arrive with later work (the admin socket and metrics address of issue 17), plus the CA
+/// files that exist only inside a pod. Anything else it reports is a mistake in the chart. Remove a line here when its feature lands.
 const NOT_YET: &[&str] = &[
     "admin.metrics_address: unknown key",
-    "mode: transparent: not supported yet",
     "admin.address: `unix:///run/tollgate/admin.sock` is not an IP:port address",
     "intercept_ca.cert: file not found: /etc/tollgate/intercept-ca/tls.crt",
     "intercept_ca.key: file not found: /etc/tollgate/intercept-ca/tls.key",

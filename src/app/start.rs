@@ -9,11 +9,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::admin::{AdminState, AdminTls, Health, Reload};
-use crate::config::{ClientAuth, Config};
+use crate::config::{ClientAuth, Config, ListenerMode};
 use crate::credentials::CredentialStore;
-use crate::identity::Caller;
 use crate::identity::svid::TrustBundles;
 use crate::identity::workload_api::WorkloadApiSource;
+use crate::identity::{Caller, SpiffeId};
 use crate::intent_token::IntentIssuers;
 use crate::kill::KillSwitch;
 use crate::policy::PolicyRevision;
@@ -200,6 +200,11 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
             max_header_bytes: config.limits.max_header_bytes,
             header_read_timeout: config.limits.header_read_timeout,
         },
+        listeners
+            .iter()
+            .map(|l| l.local_addr.port())
+            .chain([admin_addr.port()])
+            .collect(),
     ));
     let admin_tls = admin_tls(config, &bundles, &workload_api, admin_addr)?;
     if let Some(admin) = &admin_tls {
@@ -293,7 +298,17 @@ async fn bind_listeners(
         let local_addr = tcp
             .local_addr()
             .map_err(|e| StartError::Runtime(format!("listener {}: {e}", listener.name)))?;
+        let svid_id = workload_api
+            .as_ref()
+            .and_then(|source| source.svid())
+            .map(|(_, _, id)| id);
+        let default_caller = listener_caller(
+            config.identity.workload_spiffe_id.as_ref(),
+            listener.mode,
+            svid_id,
+        );
         bound.push(BoundListener {
+            default_caller,
             config: listener.clone(),
             tcp,
             tls,
@@ -372,6 +387,23 @@ fn default_caller(config: &Config) -> Caller {
         .map_or(Caller::Anonymous, Caller::Authenticated)
 }
 
+/// Who callers without a verified SVID are on a listener of `mode`: the configured
+/// `identity.workload_spiffe_id`; without one, on a transparent listener, `svid_id` (the SPIFFE
+/// ID of tollgate's own SVID from the Workload API: a sidecar's callers are all the pod SPIRE
+/// attested); otherwise unauthenticated. A forward listener never takes tollgate's own ID for
+/// its callers: they are other workloads.
+fn listener_caller(
+    configured: Option<&SpiffeId>,
+    mode: ListenerMode,
+    svid_id: Option<SpiffeId>,
+) -> Caller {
+    match (configured, mode, svid_id) {
+        (Some(id), _, _) => Caller::Authenticated(id.clone()),
+        (None, ListenerMode::Transparent, Some(id)) => Caller::Authenticated(id),
+        _ => Caller::Anonymous,
+    }
+}
+
 /// The running [`Live`] value's revision (for the start-up log and the banner).
 pub fn revision(live: &Watched<Live>) -> (String, &'static str) {
     let running = live.load();
@@ -379,4 +411,40 @@ pub fn revision(live: &Watched<Live>) -> (String, &'static str) {
         running.policy.revision.to_string(),
         running.policy.engine.as_str(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transparent_listener_takes_the_workload_api_svid_only_without_a_configured_id() {
+        let configured = SpiffeId::parse("spiffe://example.org/ns/agents/sa/configured").unwrap();
+        let svid = SpiffeId::parse("spiffe://example.org/ns/agents/sa/pod").unwrap();
+        let id = |caller: Caller| caller.spiffe_id().map(|id| id.as_str().to_string());
+        assert_eq!(
+            id(listener_caller(
+                Some(&configured),
+                ListenerMode::Transparent,
+                Some(svid.clone())
+            )),
+            Some(configured.as_str().to_string())
+        );
+        assert_eq!(
+            id(listener_caller(
+                None,
+                ListenerMode::Transparent,
+                Some(svid.clone())
+            )),
+            Some(svid.as_str().to_string())
+        );
+        assert_eq!(
+            id(listener_caller(None, ListenerMode::Forward, Some(svid))),
+            None
+        );
+        assert_eq!(
+            id(listener_caller(None, ListenerMode::Transparent, None)),
+            None
+        );
+    }
 }

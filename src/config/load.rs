@@ -18,10 +18,6 @@ impl Problems {
             message: message.into(),
         });
     }
-
-    pub fn not_supported(&mut self, key: impl Into<String>) {
-        self.add(key, "not supported yet in this version of tollgate");
-    }
 }
 
 /// The top-level sections, each deserialized on its own.

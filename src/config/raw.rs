@@ -22,6 +22,9 @@ pub struct RawListener {
     pub tls: Option<RawListenerTls>,
     #[serde(default)]
     pub intercept: Option<bool>,
+    /// `mode: transparent` only: how long to wait for the client's first bytes.
+    #[serde(default)]
+    pub sniff_timeout: Option<ConfigDuration>,
 }
 
 /// `listeners[].tls`: TLS on the listener itself ("HTTPS proxy").

@@ -76,16 +76,86 @@ fn rejects_bad_values_naming_each_key() {
     }
 }
 
+/// Two transparent listeners with the admin API they require (mTLS, an allow list); the
+/// files exist in `dir`.
+fn transparent_config(dir: &Path, admin: &str) -> Result<Config, ConfigErrors> {
+    for file in ["admin.pem", "admin-key.pem", "bundle.pem"] {
+        std::fs::write(dir.join(file), "x").unwrap();
+    }
+    let text = format!(
+        "listeners:\n\
+         - {{name: pod, address: '127.0.0.1:15001', mode: transparent}}\n\
+         - {{name: pod-v6, address: '[::1]:15001', mode: transparent, sniff_timeout: 150ms}}\n\
+         admin: {admin}\n\
+         identity: {{trust_domains: {{example.org: {{bundle: bundle.pem}}}}}}\n"
+    );
+    load_str(&text, dir, "test.yaml")
+}
+
 #[test]
-fn rejects_later_features_as_not_supported_yet() {
-    let errors = load(
-        "listeners: [{name: a, address: '127.0.0.1:0', mode: transparent}]\n\
-         intent_tokens: {issuers: [{issuer: x, jwks: j.json}]}",
+fn accepts_transparent_listeners_with_a_default_sniff_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = transparent_config(
+        dir.path(),
+        "{tls: {cert: admin.pem, key: admin-key.pem}, allowed_spiffe_ids: ['spiffe://example.org/ops']}",
     )
-    .unwrap_err();
-    let text = errors.to_string();
-    assert!(!text.contains("credentials"), "{text}");
-    assert!(text.contains("transparent: not supported yet"), "{text}");
+    .unwrap();
+    assert_eq!(config.listeners[0].mode, ListenerMode::Transparent);
+    assert_eq!(config.listeners[0].sniff_timeout, DEFAULT_SNIFF_TIMEOUT);
+    assert!(DEFAULT_SNIFF_TIMEOUT <= Duration::from_millis(500));
+    assert_eq!(
+        config.listeners[1].sniff_timeout,
+        Duration::from_millis(150)
+    );
+}
+
+#[test]
+fn a_transparent_listener_requires_an_admin_api_with_mtls_and_an_allow_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = transparent_config(dir.path(), "{address: '127.0.0.1:15000'}").unwrap_err();
+    let keys = keys(&errors);
+    assert!(keys.contains(&"admin.tls"), "{errors}");
+    assert!(keys.contains(&"admin.allowed_spiffe_ids"), "{errors}");
+    assert!(
+        errors.to_string().contains("the agent shares loopback"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn refuses_bad_sniff_timeouts_and_tls_on_a_transparent_listener() {
+    for (listener, key, message) in [
+        (
+            "{name: a, address: '127.0.0.1:0', mode: transparent, sniff_timeout: 0ms}",
+            "listeners[0].sniff_timeout",
+            "must be greater than zero and at most 10s",
+        ),
+        (
+            "{name: a, address: '127.0.0.1:0', mode: transparent, sniff_timeout: 11s}",
+            "listeners[0].sniff_timeout",
+            "must be greater than zero and at most 10s",
+        ),
+        (
+            "{name: a, address: '127.0.0.1:0', mode: transparent, sniff_timeout: soon}",
+            "listeners[0].sniff_timeout",
+            "",
+        ),
+        (
+            "{name: a, address: '127.0.0.1:0', sniff_timeout: 100ms}",
+            "listeners[0].sniff_timeout",
+            "applies only to mode: transparent",
+        ),
+        (
+            "{name: a, address: '127.0.0.1:0', mode: transparent, tls: {cert: c.pem, key: k.pem}}",
+            "listeners[0].tls",
+            "TLS on the listener itself does not apply",
+        ),
+    ] {
+        let errors = load(&format!("listeners: [{listener}]")).unwrap_err();
+        let found = errors.errors.iter().find(|e| e.key == key);
+        let found = found.unwrap_or_else(|| panic!("{listener}: no error at {key}: {errors}"));
+        assert!(found.message.contains(message), "{listener}: {found:?}");
+    }
 }
 
 #[test]

@@ -38,6 +38,9 @@ pub struct Config {
 pub enum ListenerMode {
     /// Explicit HTTP proxy: absolute-form requests and CONNECT.
     Forward,
+    /// Connections the kernel redirected (`tollgate redirect install`): the destination is
+    /// the original one (`SO_ORIGINAL_DST`), the protocol sniffed from the first bytes.
+    Transparent,
 }
 
 impl ListenerMode {
@@ -45,6 +48,7 @@ impl ListenerMode {
     pub fn as_str(self) -> &'static str {
         match self {
             ListenerMode::Forward => "forward",
+            ListenerMode::Transparent => "transparent",
         }
     }
 }
@@ -62,7 +66,19 @@ pub struct ListenerConfig {
     /// Whether agents must (or may) present an X.509-SVID on the listener's TLS.
     pub client_auth: ClientAuth,
     pub intercept: bool,
+    /// `mode: transparent`: how long the listener waits for the first bytes before it takes
+    /// the connection as one it cannot read (server-speaks-first protocols such as SSH):
+    /// `listeners[].sniff_timeout`, default [`DEFAULT_SNIFF_TIMEOUT`].
+    pub sniff_timeout: Duration,
 }
+
+/// The default `listeners[].sniff_timeout`: short, because a server-speaks-first client waits
+/// this long for its connection-level decision.
+pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The largest `listeners[].sniff_timeout`: longer would only hold server-speaks-first
+/// connections back.
+pub const MAX_SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `listeners[].tls.client_auth`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

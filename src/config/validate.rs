@@ -104,8 +104,8 @@ fn validate_admin_and_identity(
     problems: &mut Problems,
 ) -> (AdminConfig, IdentityConfig) {
     let admin_address = raw_admin.address.as_deref().unwrap_or(DEFAULT_ADMIN);
-    let admin_address = parse_address(admin_address, "admin.address", problems)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
+    let admin_parsed = parse_address(admin_address, "admin.address", problems);
+    let admin_address = admin_parsed.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
     let allowed_spiffe_ids: Vec<SpiffeId> = raw_admin
         .allowed_spiffe_ids
         .iter()
@@ -163,6 +163,22 @@ fn validate_admin_and_identity(
                 "identity.trust_domains",
                 "a non-loopback admin.address needs trust bundles (or identity.workload_api) to verify callers",
             );
+        }
+    }
+    if admin_parsed.is_some_and(|a| a.ip().is_loopback())
+        && listeners
+            .iter()
+            .any(|l| l.mode == ListenerMode::Transparent)
+    {
+        // In a sidecar the agent shares loopback with tollgate (the redirect exempts
+        // loopback): without mTLS and an allow list it could lift its own kill or reload.
+        let why = "is required when a transparent listener exists: the agent shares loopback \
+                   with the admin API";
+        if admin_tls.is_none() {
+            problems.add("admin.tls", format!("(mTLS) {why}"));
+        }
+        if allowed_spiffe_ids.is_empty() {
+            problems.add("admin.allowed_spiffe_ids", format!("(at least one) {why}"));
         }
     }
     let workload_api = raw_identity.workload_api.clone();
@@ -382,10 +398,7 @@ fn validate_listeners(
         let address = parse_address(&listener.address, &format!("{key}.address"), problems);
         let mode = match listener.mode.as_deref() {
             None | Some("forward") => ListenerMode::Forward,
-            Some("transparent") => {
-                problems.not_supported(format!("{key}.mode: transparent"));
-                ListenerMode::Forward
-            }
+            Some("transparent") => ListenerMode::Transparent,
             Some(other) => {
                 problems.add(
                     format!("{key}.mode"),
@@ -394,6 +407,31 @@ fn validate_listeners(
                 ListenerMode::Forward
             }
         };
+        let sniff_timeout = match (mode, listener.sniff_timeout) {
+            (_, None) => DEFAULT_SNIFF_TIMEOUT,
+            (ListenerMode::Transparent, Some(d)) if d.0.is_zero() || d.0 > MAX_SNIFF_TIMEOUT => {
+                problems.add(
+                    format!("{key}.sniff_timeout"),
+                    "must be greater than zero and at most 10s",
+                );
+                DEFAULT_SNIFF_TIMEOUT
+            }
+            (ListenerMode::Transparent, Some(d)) => d.0,
+            (ListenerMode::Forward, Some(_)) => {
+                problems.add(
+                    format!("{key}.sniff_timeout"),
+                    "applies only to mode: transparent",
+                );
+                DEFAULT_SNIFF_TIMEOUT
+            }
+        };
+        if mode == ListenerMode::Transparent && listener.tls.is_some() {
+            problems.add(
+                format!("{key}.tls"),
+                "a transparent listener takes the agent's own connections to origins: TLS on \
+                 the listener itself does not apply (interception is `intercept`)",
+            );
+        }
         let mut client_auth = ClientAuth::None;
         let mut tls_from_workload_api = false;
         let tls = listener.tls.and_then(|tls| {
@@ -437,6 +475,7 @@ fn validate_listeners(
                 tls_from_workload_api,
                 client_auth,
                 intercept: listener.intercept.unwrap_or(true),
+                sniff_timeout,
             });
         }
     }

@@ -1,6 +1,6 @@
 //! Per-connection facts the stages read: which listener, who is calling, and — for a
-//! connection served inside a CONNECT tunnel (or, later, one a transparent listener
-//! intercepted) — where it goes. The server establishes them when it accepts the connection;
+//! connection served inside a CONNECT tunnel, or one a transparent listener took in — where it
+//! goes. The server establishes them when it accepts the connection;
 //! no request can change them.
 
 use std::net::{IpAddr, SocketAddr};
@@ -28,8 +28,11 @@ pub struct ConnCtx {
     /// True when `caller` is a verified SVID (not the configured workload identity).
     pub caller_verified: bool,
     /// Set for connections whose destination is fixed before any request: inside an
-    /// intercepted CONNECT tunnel.
+    /// intercepted CONNECT tunnel, or a transparent connection whose TLS was intercepted.
     pub tunnel: Option<TunnelCtx>,
+    /// A transparent listener's connection: the address the agent dialled before the kernel
+    /// redirected it. tollgate connects only there, and only for a name that resolves to it.
+    pub original: Option<SocketAddr>,
 }
 
 /// The fixed destination of a connection served inside a tunnel.
@@ -61,6 +64,7 @@ impl ConnCtx {
             caller,
             caller_verified: false,
             tunnel: None,
+            original: None,
         }
     }
 

@@ -19,13 +19,18 @@ use super::record::Recorder;
 pub const DECISION_ID: HeaderName = HeaderName::from_static("x-tollgate-decision-id");
 
 /// Sends the request and waits for the origin's response head (bounded by
-/// `upstream.request_timeout`).
+/// `upstream.request_timeout`). With `pin` (a transparent connection's original address) every
+/// connection goes to that address alone.
 pub async fn send(
     proxy: &Proxy,
     request: Request<Incoming>,
+    pin: Option<std::net::IpAddr>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let sent = std::time::Instant::now();
-    let result = proxy.upstream.send(request).await;
+    let result = match pin {
+        None => proxy.upstream.send(request).await,
+        Some(ip) => proxy.upstream.send_pinned(request, ip).await,
+    };
     proxy.metrics.observe_upstream(sent.elapsed().as_secs_f64());
     if let Err(UpstreamError::Tls(_)) = &result {
         proxy.metrics.origin_tls_error();

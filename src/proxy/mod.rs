@@ -137,8 +137,10 @@ async fn stages(
         token.as_ref().map(|t| &t.injection),
     )?;
     drop(token);
-    // 8. forward: send it; the response streams back from `handle`.
-    forward::send(proxy, upstream_request).await
+    // 8. forward: send it; the response streams back from `handle`. A transparent
+    // connection's request goes only to the address the agent dialled.
+    let pin = conn.original.map(|original| original.ip());
+    forward::send(proxy, upstream_request, pin).await
 }
 
 /// Refuses a request before its stages run (the server's framing and size checks), with the

@@ -82,21 +82,57 @@ pub async fn request_destination<B>(
     request: &Request<B>,
     record: &mut Recorder,
 ) -> Result<Destination, ProxyError> {
-    let target = match &conn.tunnel {
-        None => forward_target(request.uri())?,
-        Some(tunnel) => tunneled_target(
-            request.uri(),
-            request.headers().get(http::header::HOST),
-            &tunnel.authority,
-            tunnel.scheme,
-        )?,
+    let host_header = request.headers().get(http::header::HOST);
+    let target = match (&conn.tunnel, conn.original) {
+        (Some(tunnel), _) => {
+            tunneled_target(request.uri(), host_header, &tunnel.authority, tunnel.scheme)?
+        }
+        (None, Some(original)) => {
+            if request.method() == http::Method::CONNECT {
+                return Err(ProxyError::BadRequest(
+                    "CONNECT on a transparently redirected connection: send the request itself"
+                        .into(),
+                ));
+            }
+            transparent_target(request.uri(), host_header, original)?
+        }
+        (None, None) => forward_target(request.uri())?,
     };
     record.target(&target);
-    let resolution = match &conn.tunnel {
-        Some(tunnel) if !tunnel.ips.is_empty() => Resolution::Resolved(tunnel.ips.clone()),
+    let resolution = match (&conn.tunnel, conn.original) {
+        (Some(tunnel), _) if !tunnel.ips.is_empty() => Resolution::Resolved(tunnel.ips.clone()),
+        (None, Some(original)) => bind_original(proxy, &target.host, original.ip()).await?,
         _ => resolve(proxy, &target.host).await?,
     };
     Ok(Destination { target, resolution })
+}
+
+/// Destination binding for a transparent connection: `host` (the name the policy will see:
+/// SNI or Host) must resolve to `dialled`, the address the agent's connection was made to, and
+/// that address must be one tollgate may dial; the resolution is then that address alone. A
+/// name that does not resolve, or resolves elsewhere, is [`ProxyError::DestinationMismatch`]:
+/// an agent cannot reach an arbitrary IP by naming a host the policy allows (domain fronting).
+pub async fn bind_original(
+    proxy: &Proxy,
+    host: &str,
+    dialled: IpAddr,
+) -> Result<Resolution, ProxyError> {
+    let resolver = &proxy.upstream.resolver;
+    if !resolver.permits(dialled) {
+        return Err(ProxyError::PrivateDestination(ResolveError::Private {
+            host: host.to_string(),
+            ip: dialled,
+        }));
+    }
+    match resolver.resolve(host).await {
+        Ok(ips) if ips.contains(&dialled) => Ok(Resolution::Resolved(Arc::from([dialled]))),
+        Ok(_) | Err(ResolveError::Dns { .. } | ResolveError::Private { .. }) => {
+            Err(ProxyError::DestinationMismatch {
+                host: host.to_string(),
+                dialled,
+            })
+        }
+    }
 }
 
 /// The stage for a CONNECT: its `host:port`, resolved.
@@ -238,6 +274,38 @@ pub fn tunneled_target(
         scheme,
         host,
         port: tunnel.port,
+        path: normalize_path(uri.path())?,
+        query: uri.query().map(str::to_owned),
+    })
+}
+
+/// The target of a request on a transparent connection (plain HTTP): the request's own
+/// authority (h2 `:authority` or h1 `Host`), at the port the agent dialled (a port the request
+/// names must be that one).
+pub fn transparent_target(
+    uri: &Uri,
+    host_header: Option<&http::HeaderValue>,
+    original: std::net::SocketAddr,
+) -> Result<Target, ProxyError> {
+    let claimed: Option<Authority> = match uri.authority() {
+        Some(a) => Some(a.clone()),
+        None => host_header
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Authority>().ok()),
+    };
+    let claimed =
+        claimed.ok_or_else(|| ProxyError::BadRequest("the request has no Host".into()))?;
+    reject_userinfo(&claimed)?;
+    if claimed.port_u16().is_some_and(|p| p != original.port()) {
+        return Err(ProxyError::HostMismatch {
+            expected: format!("port {}", original.port()),
+            found: claimed.to_string(),
+        });
+    }
+    Ok(Target {
+        scheme: "http",
+        host: normalize_host(claimed.host())?,
+        port: original.port(),
         path: normalize_path(uri.path())?,
         query: uri.query().map(str::to_owned),
     })
@@ -407,6 +475,30 @@ mod tests {
         assert!(matches!(
             tunneled_target(&uri, Some(&wrong_port), &tunnel, "https"),
             Err(ProxyError::HostMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn takes_a_transparent_target_from_the_host_at_the_dialled_port() {
+        let original: std::net::SocketAddr = "192.0.2.2:8080".parse().unwrap();
+        let uri: Uri = "/a/../b?x=1".parse().unwrap();
+        let host = http::HeaderValue::from_static("API.test");
+        let t = transparent_target(&uri, Some(&host), original).unwrap();
+        assert_eq!(
+            (t.scheme, t.host.as_str(), t.port, t.path.as_str()),
+            ("http", "api.test", 8080, "/b")
+        );
+        assert_eq!(t.query.as_deref(), Some("x=1"));
+        let same_port = http::HeaderValue::from_static("api.test:8080");
+        assert!(transparent_target(&uri, Some(&same_port), original).is_ok());
+        let other_port = http::HeaderValue::from_static("api.test:9090");
+        assert!(matches!(
+            transparent_target(&uri, Some(&other_port), original),
+            Err(ProxyError::HostMismatch { .. })
+        ));
+        assert!(matches!(
+            transparent_target(&uri, None, original),
+            Err(ProxyError::BadRequest(_))
         ));
     }
 

@@ -15,16 +15,18 @@
 //! - [`framing`]: the raw-byte HTTP/1 framing guard (request smuggling defence); [`lifecycle`]:
 //!   the drain.
 //!
-//! A third way in (a transparent listener: original destination, TLS or HTTP sniffed) fits
-//! the same shape: accept, [`crate::tls::accept_agent`] with a config chosen by SNI, a
-//! [`ConnCtx`] whose tunnel is the original destination, then [`serve`] with
-//! [`Protocol::Auto`].
+//! - [`transparent`]: the third way in, a transparent listener's redirected connection — the
+//!   original destination from the kernel, the first bytes peeked ([`sniff`]), then the same
+//!   steps: a [`ConnCtx`] bound to the original destination, [`crate::tls::accept_agent`] with
+//!   a leaf chosen by SNI, [`serve`] with [`Protocol::Auto`], or a blind tunnel.
 
 pub mod framing;
 pub mod io;
 pub mod lifecycle;
 pub mod serve;
 pub mod service;
+pub mod sniff;
+pub mod transparent;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -36,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ListenerMode};
 use crate::error::ProxyError;
 use crate::identity::Caller;
 use crate::proxy::Proxy;
@@ -55,6 +57,10 @@ pub struct BoundListener {
     /// only).
     pub tls: Option<Arc<Watched<ListenerTls>>>,
     pub local_addr: SocketAddr,
+    /// Who callers without a verified SVID are on this listener: `identity.workload_spiffe_id`,
+    /// or on a transparent listener without one, the SPIFFE ID of tollgate's own SVID from the
+    /// Workload API (in a sidecar every caller is the pod whose SVID SPIRE gave tollgate).
+    pub default_caller: Caller,
 }
 
 /// The limits the connection layer enforces.
@@ -79,6 +85,9 @@ pub struct Server {
     /// Identity of callers without a client certificate (`identity.workload_spiffe_id`).
     pub default_caller: Caller,
     pub limits: ConnLimits,
+    /// The ports tollgate itself listens on (listeners, admin): a transparent connection to one
+    /// of them is refused, so redirected traffic can never loop back into tollgate.
+    pub own_ports: Arc<[u16]>,
     http: serve::Http,
 }
 
@@ -91,6 +100,7 @@ impl Server {
         max_connections: usize,
         default_caller: Caller,
         limits: ConnLimits,
+        own_ports: Arc<[u16]>,
     ) -> Server {
         Server {
             proxy,
@@ -100,6 +110,7 @@ impl Server {
             default_caller,
             http: serve::Http::new(limits),
             limits,
+            own_ports,
         }
     }
 }
@@ -132,7 +143,7 @@ pub async fn accept_loop(server: Arc<Server>, listener: BoundListener) {
         };
         // A span per connection: every log line of this connection names its listener, peer
         // and caller.
-        let caller = server
+        let caller = listener
             .default_caller
             .spiffe_id()
             .map_or_else(|| "unauthenticated".to_string(), ToString::to_string);
@@ -148,7 +159,8 @@ pub async fn accept_loop(server: Arc<Server>, listener: BoundListener) {
     }
 }
 
-/// One agent connection: its TLS (if the listener has any), who is calling, then HTTP.
+/// One agent connection: its TLS (if the listener has any), who is calling, then HTTP; a
+/// transparent listener's connection goes its own way in ([`transparent`]).
 async fn agent_connection(
     server: &Arc<Server>,
     listener: &BoundListener,
@@ -163,8 +175,12 @@ async fn agent_connection(
         listener.config.mode,
         listener.config.intercept,
         peer,
-        server.default_caller.clone(),
+        listener.default_caller.clone(),
     );
+    if listener.config.mode == ListenerMode::Transparent {
+        transparent::connection(server, listener, ctx, stream).await;
+        return;
+    }
     let Some(tls) = &listener.tls else {
         let conn = AgentConn { ctx, tls: None };
         serve(server, stream, conn, Protocol::Http1).await;

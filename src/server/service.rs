@@ -76,7 +76,12 @@ impl Connection {
         if let Err(error) = self.admit(&request) {
             return proxy::refuse(proxy, &self.ctx, request.method().clone(), &error);
         }
-        if request.method() != Method::CONNECT || self.ctx.tunnel.is_some() {
+        // CONNECT opens a tunnel only on a forward listener's own connection: inside a tunnel,
+        // or on a transparently redirected connection, the target stage refuses it.
+        if request.method() != Method::CONNECT
+            || self.ctx.tunnel.is_some()
+            || self.ctx.original.is_some()
+        {
             return proxy::handle(proxy, &self.ctx, request).await;
         }
         match proxy::connect::connect(proxy, &self.ctx, &request).await {

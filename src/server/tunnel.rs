@@ -5,19 +5,21 @@
 //! decided on its own. Plain HTTP inside a tunnel (a CONNECT to port 80) is served the same
 //! way, without TLS.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::Request;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tracing::Instrument;
 
 use crate::identity::Caller;
 use crate::policy::ConnectionMode;
 use crate::proxy::connect::TunnelPlan;
 use crate::proxy::ctx::{ConnCtx, TunnelCtx};
+use crate::proxy::target::TunnelAuthority;
 use crate::tls::ListenerTls;
 use crate::watch::Watched;
 
@@ -47,7 +49,7 @@ pub fn open(
             }
         };
         match plan.mode {
-            ConnectionMode::Tunnel => blind(&server, &conn, &plan, upgraded).await,
+            ConnectionMode::Tunnel => blind(&server, &conn, &plan, TokioIo::new(upgraded)).await,
             ConnectionMode::Intercept => intercept(&server, &conn, tls, plan, upgraded).await,
         }
     };
@@ -55,10 +57,13 @@ pub fn open(
 }
 
 /// `mode: tunnel`: copy bytes both ways, unread — until either side closes or the caller (or
-/// the task the CONNECT declared) is killed.
-async fn blind(server: &Server, conn: &ConnCtx, plan: &TunnelPlan, upgraded: Upgraded) {
+/// the task the CONNECT declared) is killed. `agent` is the upgraded CONNECT, or a transparent
+/// listener's connection (its unread first bytes still in the socket).
+pub(super) async fn blind<IO>(server: &Server, conn: &ConnCtx, plan: &TunnelPlan, mut agent: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let proxy = &server.proxy;
-    let mut agent = TokioIo::new(upgraded);
     let mut origin = match proxy
         .upstream
         .connect_tcp(&plan.ips, plan.authority.port)
@@ -128,6 +133,24 @@ async fn intercept(
         serve(server, io, inner, Protocol::Auto).await;
         return;
     }
+    intercept_tls(server, conn, listener_tls, authority, ips, io).await;
+}
+
+/// Terminates the agent's TLS on `io` with a leaf minted for `authority`'s host (the SNI, if
+/// any, must name it), then serves HTTP/1.1 or HTTP/2 inside, each request authorized on its
+/// own and sent only to `ips` (empty: resolved per request). Used inside an intercepted CONNECT
+/// and by a transparent listener that sniffed a ClientHello.
+pub(super) async fn intercept_tls<IO>(
+    server: &Arc<Server>,
+    conn: &ConnCtx,
+    listener_tls: Option<Arc<Watched<ListenerTls>>>,
+    authority: TunnelAuthority,
+    ips: Arc<[IpAddr]>,
+    io: IO,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = server.limits.header_read_timeout;
     // With `client_auth` on the listener, the leaf asks for an SVID too (optional mode).
     let inner_verifier = listener_tls.and_then(|tls| tls.load().inner_verifier.clone());
     let asks_svid = inner_verifier.is_some();

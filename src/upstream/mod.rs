@@ -22,10 +22,14 @@ use tokio::net::TcpStream;
 use crate::config::UpstreamConfig;
 use crate::per_thread::{self, OwnerId};
 use crate::tls::TlsFileError;
-pub use resolve::{GuardedResolver, ResolveError};
+pub use resolve::{GuardedResolver, PinnedResolver, ResolveError};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
 type OriginClient = Client<Connector, Incoming>;
+type PinnedClient = Client<hyper_rustls::HttpsConnector<HttpConnector<PinnedResolver>>, Incoming>;
+
+/// How many pinned clients (one per original destination address) are kept.
+const PINNED_CLIENTS: usize = 1024;
 
 thread_local! {
     /// This worker thread's client, and the `Upstream` it was built for.
@@ -55,6 +59,11 @@ pub struct Upstream {
     pub resolver: GuardedResolver,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// The origin TLS configuration, for the pinned clients' connectors.
+    tls: rustls::ClientConfig,
+    /// Clients whose every connection goes to one address (transparent connections), by
+    /// address; each pools by scheme and authority like the main client.
+    pinned: quick_cache::sync::Cache<IpAddr, PinnedClient>,
 }
 
 impl Upstream {
@@ -67,7 +76,7 @@ impl Upstream {
         http.set_connect_timeout(Some(config.connect_timeout));
         let tls = crate::tls::upstream::client_config(config.ca.as_deref())?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -78,7 +87,50 @@ impl Upstream {
             resolver,
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            tls,
+            pinned: quick_cache::sync::Cache::new(PINNED_CLIENTS),
         })
+    }
+
+    /// The client whose connections all go to `ip` (built on first use, then kept).
+    fn pinned_client(&self, ip: IpAddr) -> PinnedClient {
+        if let Some(client) = self.pinned.get(&ip) {
+            return client;
+        }
+        let mut http = HttpConnector::new_with_resolver(PinnedResolver(ip));
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        self.pinned.insert(ip, client.clone());
+        client
+    }
+
+    /// Like [`Self::send`], but every connection goes to `ip` whatever the URI's host resolves
+    /// to (TLS is still verified for the URI's host): a transparent connection's requests,
+    /// which may go only to the address the agent dialled.
+    pub async fn send_pinned(
+        &self,
+        request: http::Request<Incoming>,
+        ip: IpAddr,
+    ) -> Result<http::Response<Incoming>, UpstreamError> {
+        let client = self.pinned_client(ip);
+        match tokio::time::timeout(self.request_timeout, client.request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(classify(&error, self.connect_timeout)),
+        }
     }
 
     /// This thread's client (a cheap handle), built on first use.

@@ -133,6 +133,26 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 }
 
+/// A resolver that answers every name with one address: the connector of a transparent
+/// connection's requests, which go only to the address the agent dialled (checked by
+/// `proxy::target::bind_original` against the guard and the name's own addresses first).
+#[derive(Clone, Copy, Debug)]
+pub struct PinnedResolver(pub IpAddr);
+
+impl tower_service::Service<Name> for PinnedResolver {
+    type Response = std::iter::Once<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, std::io::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), std::io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _name: Name) -> Self::Future {
+        std::future::ready(Ok(std::iter::once(SocketAddr::new(self.0, 0))))
+    }
+}
+
 /// True for addresses on the public internet; false for every special-purpose range an agent
 /// must not reach by default (RFC 6890 and friends).
 pub fn is_public(ip: IpAddr) -> bool {
