@@ -5,6 +5,7 @@
 //! lock, and is decided entirely by it. Anything that is not a valid decision — an evaluation
 //! error, a timeout, an undefined or mistyped result — becomes a deny (fail closed).
 
+pub mod ast_walk;
 pub mod builtins;
 pub mod decision;
 pub mod input;

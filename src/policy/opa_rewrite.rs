@@ -35,6 +35,8 @@
 use regorus::Engine;
 use regorus::unstable::{AssignOp, BoolOp, Expr, Literal, LiteralStmt, Query, Rule, RuleHead};
 
+use super::ast_walk;
+
 /// The prefix of the variables this rewrite introduces.
 const PREFIX: &str = "__tollgate_h";
 
@@ -64,31 +66,15 @@ pub fn rewrite(name: &str, source: &str) -> Result<String, RewriteError> {
     engine
         .add_policy(name.to_string(), source.to_string())
         .map_err(|e| RewriteError::Parse(e.to_string()))?;
-    let mut edits = Vec::new();
-    let mut counter = 0usize;
+    let mut rewriter = Rewriter {
+        source,
+        counter: 0,
+        edits: Vec::new(),
+    };
     for module in engine.get_modules().iter() {
-        for rule in &module.policy {
-            if let Rule::Spec { head, bodies, .. } = rule.as_ref() {
-                if let Some(edit) = hoist_head_terms(head, bodies, source, &mut counter) {
-                    edits.extend(edit);
-                }
-                let (key, assign) = match head {
-                    RuleHead::Compr { assign, .. } => (None, assign.as_ref()),
-                    RuleHead::Set { key, .. } => (key.as_ref(), None),
-                    RuleHead::Func { assign, .. } => (None, assign.as_ref()),
-                };
-                for expr in key.into_iter().chain(assign.map(|a| &a.value)) {
-                    walk_expr(expr, source, &mut counter, &mut edits);
-                }
-                for body in bodies {
-                    if let Some(assign) = &body.assign {
-                        walk_expr(&assign.value, source, &mut counter, &mut edits);
-                    }
-                    walk_query(&body.query, true, source, &mut counter, &mut edits);
-                }
-            }
-        }
+        ast_walk::module(module, &mut rewriter);
     }
+    let mut edits = rewriter.edits;
     if edits.is_empty() {
         return Ok(source.to_string());
     }
@@ -131,102 +117,38 @@ fn text_end(source: &str, start: usize, end: usize) -> usize {
     }
 }
 
-/// Walks a rule body (`rule_body`: it may be a one-line `if` body without braces) or the
-/// query of a comprehension or `every` (where literals can always be added).
-fn walk_query(
-    query: &Query,
-    rule_body: bool,
-    source: &str,
-    counter: &mut usize,
-    edits: &mut Vec<Edit>,
-) {
-    let braced = !rule_body || {
-        let (start, _) = span_range(&query.span);
-        source[start..].trim_start().starts_with('{') || source[..start].trim_end().ends_with('{')
-    };
-    for stmt in &query.stmts {
-        match &stmt.literal {
-            Literal::NotExpr { expr, .. } => {
-                if let Some(edit) = hoist(stmt, expr, source, braced, counter) {
-                    edits.push(edit);
-                }
-                walk_expr(expr, source, counter, edits);
-            }
-            Literal::Expr { expr, .. } => walk_expr(expr, source, counter, edits),
-            Literal::SomeIn {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                if let Some(key) = key {
-                    walk_expr(key, source, counter, edits);
-                }
-                walk_expr(value, source, counter, edits);
-                walk_expr(collection, source, counter, edits);
-            }
-            Literal::Every { domain, query, .. } => {
-                walk_expr(domain, source, counter, edits);
-                walk_query(query, false, source, counter, edits);
-            }
-            Literal::SomeVars { .. } => {}
-        }
-    }
+/// The rewrite's state while the module is walked: the edits found so far.
+struct Rewriter<'s> {
+    source: &'s str,
+    counter: usize,
+    edits: Vec<Edit>,
 }
 
-/// Finds the queries of comprehensions inside `expr`.
-fn walk_expr(expr: &Expr, source: &str, counter: &mut usize, edits: &mut Vec<Edit>) {
-    match expr {
-        Expr::ArrayCompr { query, .. }
-        | Expr::SetCompr { query, .. }
-        | Expr::ObjectCompr { query, .. } => walk_query(query, false, source, counter, edits),
-        Expr::Array { items, .. } | Expr::Set { items, .. } => {
-            for item in items {
-                walk_expr(item, source, counter, edits);
+impl<'a> ast_walk::Visit<'a> for Rewriter<'_> {
+    fn rule(&mut self, rule: &'a Rule) {
+        if let Rule::Spec { head, bodies, .. } = rule
+            && let Some(edits) = hoist_head_terms(head, bodies, self.source, &mut self.counter)
+        {
+            self.edits.extend(edits);
+        }
+    }
+
+    /// `rule_body`: it may be a one-line `if` body without braces; the query of a comprehension
+    /// or an `every` can always take more literals.
+    fn query(&mut self, query: &'a Query, rule_body: bool) {
+        let source = self.source;
+        let braced = !rule_body || {
+            let (start, _) = span_range(&query.span);
+            source[start..].trim_start().starts_with('{')
+                || source[..start].trim_end().ends_with('{')
+        };
+        for stmt in &query.stmts {
+            if let Literal::NotExpr { expr, .. } = &stmt.literal
+                && let Some(edit) = hoist(stmt, expr, source, braced, &mut self.counter)
+            {
+                self.edits.push(edit);
             }
         }
-        Expr::Object { fields, .. } => {
-            for (_, key, value) in fields {
-                walk_expr(key, source, counter, edits);
-                walk_expr(value, source, counter, edits);
-            }
-        }
-        Expr::Call { params, .. } => {
-            for param in params {
-                walk_expr(param, source, counter, edits);
-            }
-        }
-        Expr::UnaryExpr { expr, .. } => walk_expr(expr, source, counter, edits),
-        Expr::RefDot { refr, .. } => walk_expr(refr, source, counter, edits),
-        Expr::RefBrack { refr, index, .. } => {
-            walk_expr(refr, source, counter, edits);
-            walk_expr(index, source, counter, edits);
-        }
-        Expr::BinExpr { lhs, rhs, .. }
-        | Expr::BoolExpr { lhs, rhs, .. }
-        | Expr::ArithExpr { lhs, rhs, .. }
-        | Expr::AssignExpr { lhs, rhs, .. } => {
-            walk_expr(lhs, source, counter, edits);
-            walk_expr(rhs, source, counter, edits);
-        }
-        Expr::Membership {
-            key,
-            value,
-            collection,
-            ..
-        } => {
-            if let Some(key) = key {
-                walk_expr(key, source, counter, edits);
-            }
-            walk_expr(value, source, counter, edits);
-            walk_expr(collection, source, counter, edits);
-        }
-        Expr::String { .. }
-        | Expr::RawString { .. }
-        | Expr::Number { .. }
-        | Expr::Bool { .. }
-        | Expr::Null { .. }
-        | Expr::Var { .. } => {}
     }
 }
 

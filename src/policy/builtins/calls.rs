@@ -13,7 +13,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use regorus::Engine;
-use regorus::unstable::{BUILTINS, Expr, Literal, Module, Query, Rule, RuleHead};
+use regorus::unstable::{BUILTINS, Expr, Module, Rule, RuleHead};
+
+use crate::policy::ast_walk;
 
 /// Why a policy's calls were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,159 +104,47 @@ fn collect_module(
 ) {
     for rule in &module.policy {
         match rule.as_ref() {
-            Rule::Spec { head, bodies, .. } => {
-                match head {
-                    RuleHead::Func {
-                        refr, args, assign, ..
-                    } => {
-                        if let Some(name) = path_of(refr) {
-                            // Callable as `f`, `pkg.f` (from another package, through an
-                            // import) and `data.pkg.f`.
-                            defined.insert(format!("{package}.{name}"));
-                            if let Some(last) = name.rsplit('.').next() {
-                                defined.insert(last.to_string());
-                            }
-                            defined.insert(name);
-                        }
-                        for arg in args {
-                            collect_expr(arg, calls);
-                        }
-                        if let Some(assign) = assign {
-                            collect_expr(&assign.value, calls);
-                        }
+            Rule::Spec {
+                head: RuleHead::Func { refr, .. },
+                ..
+            } => {
+                if let Some(name) = path_of(refr) {
+                    // Callable as `f`, `pkg.f` (from another package, through an import) and
+                    // `data.pkg.f`.
+                    defined.insert(format!("{package}.{name}"));
+                    if let Some(last) = name.rsplit('.').next() {
+                        defined.insert(last.to_string());
                     }
-                    RuleHead::Compr { refr, assign, .. } => {
-                        collect_expr(refr, calls);
-                        if let Some(assign) = assign {
-                            collect_expr(&assign.value, calls);
-                        }
-                    }
-                    RuleHead::Set { refr, key, .. } => {
-                        collect_expr(refr, calls);
-                        if let Some(key) = key {
-                            collect_expr(key, calls);
-                        }
-                    }
-                }
-                for body in bodies {
-                    if let Some(assign) = &body.assign {
-                        collect_expr(&assign.value, calls);
-                    }
-                    collect_query(&body.query, calls);
+                    defined.insert(name);
                 }
             }
-            Rule::Default {
-                refr, args, value, ..
-            } => {
-                // `default f(_) := v` defines f as well.
-                if !args.is_empty()
-                    && let Some(name) = path_of(refr)
-                {
+            // `default f(_) := v` defines f as well.
+            Rule::Default { refr, args, .. } if !args.is_empty() => {
+                if let Some(name) = path_of(refr) {
                     defined.insert(format!("{package}.{name}"));
                     defined.insert(name);
                 }
-                collect_expr(value, calls);
             }
+            _ => {}
         }
     }
+    ast_walk::module(module, &mut CallCollector { calls });
 }
 
-fn collect_query(query: &Query, calls: &mut Vec<Call>) {
-    for stmt in &query.stmts {
-        match &stmt.literal {
-            Literal::SomeVars { .. } => {}
-            Literal::SomeIn {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                if let Some(key) = key {
-                    collect_expr(key, calls);
-                }
-                collect_expr(value, calls);
-                collect_expr(collection, calls);
-            }
-            Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => collect_expr(expr, calls),
-            Literal::Every { domain, query, .. } => {
-                collect_expr(domain, calls);
-                collect_query(query, calls);
-            }
-        }
-        for modifier in &stmt.with_mods {
-            // `with f as g`: g may be a function; f is replaced, not called.
-            collect_expr(&modifier.r#as, calls);
-        }
-    }
+/// Records every call of a walk (`with f as g` replaces f: only g is walked, as a value).
+struct CallCollector<'c> {
+    calls: &'c mut Vec<Call>,
 }
 
-fn collect_expr(expr: &Expr, calls: &mut Vec<Call>) {
-    match expr {
-        Expr::String { .. }
-        | Expr::RawString { .. }
-        | Expr::Number { .. }
-        | Expr::Bool { .. }
-        | Expr::Null { .. }
-        | Expr::Var { .. } => {}
-        Expr::Array { items, .. } | Expr::Set { items, .. } => {
-            for item in items {
-                collect_expr(item, calls);
-            }
-        }
-        Expr::Object { fields, .. } => {
-            for (_, key, value) in fields {
-                collect_expr(key, calls);
-                collect_expr(value, calls);
-            }
-        }
-        Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-            collect_expr(term, calls);
-            collect_query(query, calls);
-        }
-        Expr::ObjectCompr {
-            key, value, query, ..
-        } => {
-            collect_expr(key, calls);
-            collect_expr(value, calls);
-            collect_query(query, calls);
-        }
-        Expr::Call {
-            span, fcn, params, ..
-        } => {
-            if let Some(name) = path_of(fcn) {
-                calls.push(Call {
-                    name,
-                    location: format!("{}:{}:{}", span.source.get_path(), span.line, span.col),
-                });
-            }
-            for param in params {
-                collect_expr(param, calls);
-            }
-        }
-        Expr::UnaryExpr { expr, .. } => collect_expr(expr, calls),
-        Expr::RefDot { refr, .. } => collect_expr(refr, calls),
-        Expr::RefBrack { refr, index, .. } => {
-            collect_expr(refr, calls);
-            collect_expr(index, calls);
-        }
-        Expr::BinExpr { lhs, rhs, .. }
-        | Expr::BoolExpr { lhs, rhs, .. }
-        | Expr::ArithExpr { lhs, rhs, .. }
-        | Expr::AssignExpr { lhs, rhs, .. } => {
-            collect_expr(lhs, calls);
-            collect_expr(rhs, calls);
-        }
-        Expr::Membership {
-            key,
-            value,
-            collection,
-            ..
-        } => {
-            if let Some(key) = key {
-                collect_expr(key, calls);
-            }
-            collect_expr(value, calls);
-            collect_expr(collection, calls);
+impl<'a> ast_walk::Visit<'a> for CallCollector<'_> {
+    fn expr(&mut self, expr: &'a Expr) {
+        if let Expr::Call { span, fcn, .. } = expr
+            && let Some(name) = path_of(fcn)
+        {
+            self.calls.push(Call {
+                name,
+                location: format!("{}:{}:{}", span.source.get_path(), span.line, span.col),
+            });
         }
     }
 }
