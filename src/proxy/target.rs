@@ -253,15 +253,7 @@ pub fn tunneled_target(
     tunnel: &TunnelAuthority,
     scheme: &'static str,
 ) -> Result<Target, ProxyError> {
-    let claimed: Option<Authority> = match uri.authority() {
-        Some(a) => Some(a.clone()),
-        None => host_header
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<Authority>().ok()),
-    };
-    let claimed =
-        claimed.ok_or_else(|| ProxyError::BadRequest("the request has no Host".into()))?;
-    reject_userinfo(&claimed)?;
+    let claimed = claimed_authority(uri, host_header)?;
     let host = normalize_host(claimed.host())?;
     let port_matches = claimed.port_u16().is_none_or(|p| p == tunnel.port);
     if host != tunnel.host || !port_matches {
@@ -279,15 +271,13 @@ pub fn tunneled_target(
     })
 }
 
-/// The target of a request on a transparent connection (plain HTTP): the request's own
-/// authority (h2 `:authority` or h1 `Host`), at the port the agent dialled (a port the request
-/// names must be that one).
-pub fn transparent_target(
+/// The authority a request inside a tunnel or a transparent connection names: the URI's (h2
+/// `:authority`, absolute form) or else the `Host` header; userinfo refused.
+fn claimed_authority(
     uri: &Uri,
     host_header: Option<&http::HeaderValue>,
-    original: std::net::SocketAddr,
-) -> Result<Target, ProxyError> {
-    let claimed: Option<Authority> = match uri.authority() {
+) -> Result<Authority, ProxyError> {
+    let claimed = match uri.authority() {
         Some(a) => Some(a.clone()),
         None => host_header
             .and_then(|v| v.to_str().ok())
@@ -296,6 +286,18 @@ pub fn transparent_target(
     let claimed =
         claimed.ok_or_else(|| ProxyError::BadRequest("the request has no Host".into()))?;
     reject_userinfo(&claimed)?;
+    Ok(claimed)
+}
+
+/// The target of a request on a transparent connection (plain HTTP): the request's own
+/// authority (h2 `:authority` or h1 `Host`), at the port the agent dialled (a port the request
+/// names must be that one).
+pub fn transparent_target(
+    uri: &Uri,
+    host_header: Option<&http::HeaderValue>,
+    original: std::net::SocketAddr,
+) -> Result<Target, ProxyError> {
+    let claimed = claimed_authority(uri, host_header)?;
     if claimed.port_u16().is_some_and(|p| p != original.port()) {
         return Err(ProxyError::HostMismatch {
             expected: format!("port {}", original.port()),
