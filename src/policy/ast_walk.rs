@@ -6,6 +6,16 @@
 
 use regorus::unstable::{Expr, Literal, Module, Query, Rule, RuleHead};
 
+/// The dotted path of a reference made only of a variable and `.field` steps (`io.jwt.decode`,
+/// a package's `traps.rules`); `None` for anything else.
+pub fn path(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Var { span, .. } => Some(span.text().to_string()),
+        Expr::RefDot { refr, field, .. } => Some(format!("{}.{}", path(refr)?, field.0.text())),
+        _ => None,
+    }
+}
+
 /// What a walk does at each kind of node. Every hook has an empty default.
 pub trait Visit<'a> {
     /// Each rule, before its parts.

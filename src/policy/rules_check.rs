@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use regorus::Engine;
 use regorus::unstable::{Expr, Rule, RuleHead};
 
+use super::ast_walk;
+
 /// Why a module's rules were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RulesError {
@@ -37,13 +39,13 @@ struct Seen {
 pub fn check(engine: &mut Engine) -> Result<(), RulesError> {
     let mut rules: BTreeMap<String, Seen> = BTreeMap::new();
     for module in engine.get_modules().iter() {
-        let package = dotted(&module.package.refr).unwrap_or_default();
+        let package = ast_walk::path(&module.package.refr).unwrap_or_default();
         for rule in &module.policy {
             match rule.as_ref() {
                 Rule::Default {
                     span, refr, args, ..
                 } if args.is_empty() => {
-                    if let Some(name) = dotted(refr) {
+                    if let Some(name) = ast_walk::path(refr) {
                         let location =
                             format!("{}:{}:{}", span.source.get_path(), span.line, span.col);
                         rules
@@ -66,7 +68,7 @@ pub fn check(engine: &mut Engine) -> Result<(), RulesError> {
                         },
                         RuleHead::Func { .. } => continue,
                     };
-                    if let Some(name) = dotted(refr) {
+                    if let Some(name) = ast_walk::path(refr) {
                         rules
                             .entry(format!("data.{package}.{name}"))
                             .or_default()
@@ -93,15 +95,6 @@ pub fn check(engine: &mut Engine) -> Result<(), RulesError> {
         }
     }
     Ok(())
-}
-
-/// `a.b.c` for a reference made of names.
-fn dotted(expr: &Expr) -> Option<String> {
-    match expr {
-        Expr::Var { span, .. } => Some(span.text().to_string()),
-        Expr::RefDot { refr, field, .. } => Some(format!("{}.{}", dotted(refr)?, field.0.text())),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -17,8 +17,11 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use regorus::Value;
 use regorus::utils::limits::ExecutionTimerConfig;
-use regorus::{Engine, Value};
+
+use super::ast_walk;
+use super::rego::build_engine;
 use serde_json::Value as Json;
 
 use super::wasm::WasmPolicy;
@@ -90,25 +93,26 @@ pub fn check_rego(
         rule: rule.clone(),
         detail,
     };
-    let mut engine = Engine::new();
-    let mut declared = false;
-    for (name, source) in modules {
-        let text = super::opa_rewrite::rewrite(name, source)
-            .map_err(|e| broken(format!("{name}: {e}")))?;
-        let module_package = engine
-            .add_policy(name.clone(), text)
-            .map_err(|e| broken(format!("{name}: {e}")))?;
-        declared |= module_package == package
-            && engine
-                .has_declared_rule_rooted_at(name, DATA_ERRORS_RULE)
-                .unwrap_or(false);
-    }
+    // The same engine the decisions run on: tollgate's builtins, OPA's rewrites, checked calls.
+    let mut engine =
+        build_engine(modules, Some(data.clone())).map_err(|e| broken(e.to_string()))?;
+    let in_package: Vec<String> = engine
+        .get_modules()
+        .iter()
+        .filter(|m| ast_walk::path(&m.package.refr).is_some_and(|p| format!("data.{p}") == package))
+        .map(|m| m.package.refr.span().source.get_path().to_string())
+        .collect();
+    let declared = in_package.iter().any(|name| {
+        engine
+            .has_declared_rule_rooted_at(name, DATA_ERRORS_RULE)
+            .unwrap_or(false)
+    });
     if !declared {
         return Ok(Checked::NoRule);
     }
-    engine
-        .add_data(data.clone())
-        .map_err(|e| broken(e.to_string()))?;
+    // Unlike a decision, a check whose builtin fails must not read as "no problems": strict
+    // builtin errors make it an error, which refuses the data (fail closed).
+    engine.set_strict_builtin_errors(true);
     engine.set_execution_timer_config(ExecutionTimerConfig {
         limit: CHECK_TIME_LIMIT,
         check_interval: NonZeroU32::new(1024).unwrap_or(NonZeroU32::MIN),

@@ -44,11 +44,11 @@ pub fn check(engine: &mut Engine, extensions: &[&str]) -> Result<(), CallError> 
     let mut defined = BTreeSet::new();
     let mut aliases = BTreeSet::new();
     for module in &modules {
-        let package = path_of(&module.package.refr).unwrap_or_default();
+        let package = ast_walk::path(&module.package.refr).unwrap_or_default();
         for import in &module.imports {
             if let Some(alias) = &import.r#as {
                 aliases.insert(alias.text().to_string());
-            } else if let Some(path) = path_of(&import.refr)
+            } else if let Some(path) = ast_walk::path(&import.refr)
                 && let Some(last) = path.rsplit('.').next()
             {
                 aliases.insert(last.to_string());
@@ -83,19 +83,6 @@ pub fn check(engine: &mut Engine, extensions: &[&str]) -> Result<(), CallError> 
     Ok(())
 }
 
-/// The dotted path of a reference made only of a variable and `.field` steps (`io.jwt.decode`);
-/// `None` for anything else (a call through `data["x"]` is left to the interpreter).
-fn path_of(expr: &Expr) -> Option<String> {
-    match expr {
-        Expr::Var { span, .. } => Some(span.text().to_string()),
-        Expr::RefDot { refr, field, .. } => {
-            let base = path_of(refr)?;
-            Some(format!("{base}.{}", field.0.text()))
-        }
-        _ => None,
-    }
-}
-
 fn collect_module(
     module: &Module,
     package: &str,
@@ -108,7 +95,7 @@ fn collect_module(
                 head: RuleHead::Func { refr, .. },
                 ..
             } => {
-                if let Some(name) = path_of(refr) {
+                if let Some(name) = ast_walk::path(refr) {
                     // Callable as `f`, `pkg.f` (from another package, through an import) and
                     // `data.pkg.f`.
                     defined.insert(format!("{package}.{name}"));
@@ -120,7 +107,7 @@ fn collect_module(
             }
             // `default f(_) := v` defines f as well.
             Rule::Default { refr, args, .. } if !args.is_empty() => {
-                if let Some(name) = path_of(refr) {
+                if let Some(name) = ast_walk::path(refr) {
                     defined.insert(format!("{package}.{name}"));
                     defined.insert(name);
                 }
@@ -139,7 +126,7 @@ struct CallCollector<'c> {
 impl<'a> ast_walk::Visit<'a> for CallCollector<'_> {
     fn expr(&mut self, expr: &'a Expr) {
         if let Expr::Call { span, fcn, .. } = expr
-            && let Some(name) = path_of(fcn)
+            && let Some(name) = ast_walk::path(fcn)
         {
             self.calls.push(Call {
                 name,
