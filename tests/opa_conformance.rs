@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use regorus::{Engine, Value};
+use regorus::Value;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
@@ -58,12 +58,18 @@ fn value(json: &Json) -> Result<Value, String> {
 
 /// The query's result set in OPA's shape: bindings per result, or the last expression's value.
 fn evaluate(case: &OpaCase) -> Result<Value, String> {
-    let mut engine = Engine::new();
-    tollgate::policy::builtins::register(&mut engine).map_err(|e| e.to_string())?;
-    engine.set_rego_v0(false);
-    if let Some(data) = &case.data {
-        engine.add_data(value(data)?).map_err(|e| e.to_string())?;
-    }
+    // The engine every tollgate decision runs on: tollgate's builtins, OPA's rewrites, the
+    // load-time rule and call checks (a policy tollgate refuses fails here as it would at load).
+    let modules: Vec<(String, String)> = case
+        .modules
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, m)| (format!("case_{i}.rego"), m.clone()))
+        .collect();
+    let data = case.data.as_ref().map(value).transpose()?;
+    let mut engine =
+        tollgate::policy::rego::build_engine(&modules, data).map_err(|e| e.to_string())?;
     if let Some(input) = &case.input {
         engine.set_input(value(input)?);
     }
@@ -79,11 +85,6 @@ fn evaluate(case: &OpaCase) -> Result<Value, String> {
             .ok_or("input_term has no value")?;
         engine.set_input(input);
     }
-    for (i, module) in case.modules.iter().flatten().enumerate() {
-        engine
-            .add_policy(format!("case_{i}.rego"), module.clone())
-            .map_err(|e| e.to_string())?;
-    }
     engine.set_strict_builtin_errors(case.strict_error.unwrap_or(false));
     let results = engine
         .eval_query(case.query.clone(), false)
@@ -91,26 +92,70 @@ fn evaluate(case: &OpaCase) -> Result<Value, String> {
     let mut rows = Vec::new();
     for r in results.result {
         let has_bindings = r.bindings.as_object().is_ok_and(|b| !b.is_empty());
-        let mut row = if has_bindings {
+        rows.push(if has_bindings {
             r.bindings.clone()
         } else if let Some(e) = r.expressions.last() {
             e.value.clone()
         } else {
             Value::Undefined
-        };
-        if case.sort_bindings == Some(true)
-            && let Ok(map) = row.as_object_mut()
-        {
-            for (_, v) in map.iter_mut() {
-                if let Ok(items) = v.as_array_mut() {
-                    items.sort();
+        });
+    }
+    // Through JSON, as OPA's runner compares: sets become arrays, and `sort_bindings` sorts
+    // each binding's array in JSON order afterwards.
+    let mut json: Json =
+        serde_json::from_str(&Value::from(rows).to_string()).map_err(|e| e.to_string())?;
+    if case.sort_bindings == Some(true) {
+        for row in json.as_array_mut().into_iter().flatten() {
+            for binding in row.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+                if let Some(items) = binding.as_array_mut() {
+                    items.sort_by(json_order);
                 }
             }
         }
-        rows.push(row);
     }
-    // Through JSON, as OPA compares: sets become arrays.
-    Value::from_json_str(&Value::from(rows).to_string()).map_err(|e| e.to_string())
+    value(&json)
+}
+
+/// JSON values in the order OPA's `util.Compare` gives them: null < boolean < number < string
+/// < array < object; arrays element by element, objects by sorted keys then values.
+fn json_order(a: &Json, b: &Json) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn rank(v: &Json) -> u8 {
+        match v {
+            Json::Null => 0,
+            Json::Bool(_) => 1,
+            Json::Number(_) => 2,
+            Json::String(_) => 3,
+            Json::Array(_) => 4,
+            Json::Object(_) => 5,
+        }
+    }
+    match (a, b) {
+        (Json::Bool(x), Json::Bool(y)) => x.cmp(y),
+        (Json::Number(x), Json::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            x.partial_cmp(&y).unwrap_or(Ordering::Equal)
+        }
+        (Json::String(x), Json::String(y)) => x.cmp(y),
+        (Json::Array(x), Json::Array(y)) => x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| json_order(p, q))
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| x.len().cmp(&y.len())),
+        (Json::Object(x), Json::Object(y)) => {
+            let mut xs: Vec<_> = x.iter().collect();
+            let mut ys: Vec<_> = y.iter().collect();
+            xs.sort_by(|p, q| p.0.cmp(q.0));
+            ys.sort_by(|p, q| p.0.cmp(q.0));
+            xs.iter()
+                .zip(&ys)
+                .map(|(p, q)| p.0.cmp(q.0).then_with(|| json_order(p.1, q.1)))
+                .find(|o| o.is_ne())
+                .unwrap_or_else(|| xs.len().cmp(&ys.len()))
+        }
+        _ => rank(a).cmp(&rank(b)),
+    }
 }
 
 /// Whether the case passes (with the error it got, when it wanted one), and what was got when

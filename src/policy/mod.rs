@@ -12,6 +12,7 @@ pub mod input;
 pub mod opa_rewrite;
 pub mod rego;
 pub mod rules_check;
+pub mod source_limits;
 pub mod testing;
 pub mod validate;
 pub mod wasm;

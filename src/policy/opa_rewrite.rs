@@ -63,6 +63,7 @@ struct Edit {
 /// there are none).
 pub fn rewrite(name: &str, source: &str) -> Result<String, RewriteError> {
     let mut engine = Engine::new();
+    super::source_limits::apply(&mut engine);
     engine
         .add_policy(name.to_string(), source.to_string())
         .map_err(|e| RewriteError::Parse(e.to_string()))?;
@@ -70,8 +71,15 @@ pub fn rewrite(name: &str, source: &str) -> Result<String, RewriteError> {
         source,
         counter: 0,
         edits: Vec::new(),
+        hoist_negations: true,
     };
     for module in engine.get_modules().iter() {
+        rewriter.hoist_negations = !module.imports.iter().any(|import| {
+            matches!(
+                ast_walk::path(&import.refr).as_deref(),
+                Some("future.keywords" | "future.keywords.not")
+            )
+        });
         ast_walk::module(module, &mut rewriter);
     }
     let mut edits = rewriter.edits;
@@ -122,6 +130,11 @@ struct Rewriter<'s> {
     source: &'s str,
     counter: usize,
     edits: Vec<Edit>,
+    /// Whether the module being walked negates with OPA's default meaning (operands hoisted
+    /// out of `not`). `import future.keywords.not` (or all of `future.keywords`) makes `not`
+    /// apply to the whole expression, operands included (OPA v1.20.2: `not
+    /// startswith(input.missing, "x")` is then true); such a module is left as written.
+    hoist_negations: bool,
 }
 
 impl<'a> ast_walk::Visit<'a> for Rewriter<'_> {
@@ -143,7 +156,8 @@ impl<'a> ast_walk::Visit<'a> for Rewriter<'_> {
                 || source[..start].trim_end().ends_with('{')
         };
         for stmt in &query.stmts {
-            if let Literal::NotExpr { expr, .. } = &stmt.literal
+            if self.hoist_negations
+                && let Literal::NotExpr { expr, .. } = &stmt.literal
                 && let Some(edit) = hoist(stmt, expr, source, braced, &mut self.counter)
             {
                 self.edits.push(edit);

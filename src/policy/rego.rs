@@ -31,7 +31,7 @@ use std::time::Duration;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, LimitError, Value};
 
-use super::{PolicyLoadError, builtins, opa_rewrite, rules_check};
+use super::{PolicyLoadError, builtins, opa_rewrite, rules_check, source_limits};
 
 /// Wall-clock bound on one decision: a runaway policy becomes a deny, not a stuck worker.
 pub const DECISION_TIME_LIMIT: Duration = Duration::from_millis(100);
@@ -87,6 +87,7 @@ pub fn build_engine(
     data: Option<Value>,
 ) -> Result<Engine, PolicyLoadError> {
     let mut engine = Engine::new();
+    source_limits::apply(&mut engine);
     engine.set_strict_builtin_errors(false);
     engine.set_execution_timer_config(ExecutionTimerConfig {
         limit: EVAL_TIME_LIMIT,

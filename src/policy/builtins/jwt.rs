@@ -15,7 +15,7 @@
 //!
 //! What cannot be answered (a malformed token, an unparsable key, a non-string operand) is an
 //! error, which makes the call undefined (OPA's non-strict mode). Signatures are verified with
-//! ring; it has no P-521, so `ES512` never verifies here (documented in docs/POLICY.md).
+//! ring, except ES512 (P-521, which ring lacks): RustCrypto's `p521`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -350,6 +350,7 @@ fn verify_with(key: &KeyMaterial, alg: &str, message: &[u8], signature: &[u8]) -
             let algorithm: &'static dyn VerificationAlgorithm = match (curve, alg) {
                 (Curve::P256, "ES256") => &signature::ECDSA_P256_SHA256_FIXED,
                 (Curve::P384, "ES384") => &signature::ECDSA_P384_SHA384_FIXED,
+                (Curve::P521, "ES512") => return verify_es512(point, message, signature),
                 _ => return false,
             };
             UnparsedPublicKey::new(algorithm, point)
@@ -363,6 +364,19 @@ fn verify_with(key: &KeyMaterial, alg: &str, message: &[u8], signature: &[u8]) -
                     .is_ok()
         }
     }
+}
+
+/// ES512 (ECDSA on P-521 with SHA-512; ring has no P-521): RustCrypto's `p521`, the
+/// signature as JWS writes it (`r || s`, 66 bytes each).
+fn verify_es512(point: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    use p521::ecdsa::signature::Verifier;
+    let Ok(key) = p521::ecdsa::VerifyingKey::from_sec1_bytes(point) else {
+        return false;
+    };
+    let Ok(signature) = p521::ecdsa::Signature::from_slice(signature) else {
+        return false;
+    };
+    key.verify(message, &signature).is_ok()
 }
 
 /// OPA's key selection: a key whose `kid` matches the header's is the only one tried; else
@@ -780,6 +794,33 @@ mod tests {
     }
 
     use super::hs256 as hs256_builtin;
+
+    #[test]
+    fn verify_es512_with_a_p521_jwk() {
+        use p521::ecdsa::signature::Signer;
+        use p521::elliptic_curve::sec1::ToEncodedPoint;
+        // A fixed P-521 scalar (below the group order): the test needs no randomness.
+        let mut scalar = [0x42u8; 66];
+        scalar[0] = 0;
+        let signing = p521::ecdsa::SigningKey::from_slice(&scalar).unwrap();
+        let point = p521::ecdsa::VerifyingKey::from(&signing)
+            .as_affine()
+            .to_encoded_point(false);
+        let jwk = format!(
+            r#"{{"kty":"EC","crv":"P-521","x":"{}","y":"{}"}}"#,
+            b64(point.x().unwrap()),
+            b64(point.y().unwrap())
+        );
+        let input = format!("{}.{}", b64(br#"{"alg":"ES512"}"#), b64(br#"{"a":1}"#));
+        let signature: p521::ecdsa::Signature = signing.sign(input.as_bytes());
+        let token = format!("{input}.{}", b64(&signature.to_bytes()));
+        assert_eq!(es512(&[s(&token), s(&jwk)]).unwrap(), Value::Bool(true));
+        let tampered = format!("{}.{}", b64(br#"{"alg":"ES512"}"#), b64(br#"{"a":2}"#));
+        let forged = format!("{tampered}.{}", b64(&signature.to_bytes()));
+        assert_eq!(es512(&[s(&forged), s(&jwk)]).unwrap(), Value::Bool(false));
+        // The same key does not verify as ES256.
+        assert_eq!(es256(&[s(&token), s(&jwk)]).unwrap(), Value::Bool(false));
+    }
 
     #[test]
     fn verify_es256_with_a_jwk_a_jwk_set_and_a_certificate() {

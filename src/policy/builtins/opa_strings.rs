@@ -5,6 +5,11 @@
 //!   for an empty substring the number of code points plus one. regorus counts overlapping
 //!   windows (`strings.count("11111", "11")` is 4, OPA says 2) and panics on an empty
 //!   substring (a policy could turn an input value into a panic on the request path).
+//! - `strings.replace_n(patterns, value)`: Go's `strings.NewReplacer` with the pairs in key
+//!   order, as OPA builds it: one left-to-right pass, at each position the first key (in
+//!   order) that matches is replaced, and the output is never scanned again. regorus replaced
+//!   the keys one after the other over the whole string (`strings.replace_n({"a": "b", "b":
+//!   "a"}, "ab")` was `"aa"`; OPA says `"ba"`).
 //! - `json.is_valid(x)` / `yaml.is_valid(x)`: false for anything that is not a string (regorus
 //!   raises a type error); `yaml.is_valid` checks every document of a multi-document string
 //!   (`"a: 1\n---\nb: 2\n"` is valid in OPA, regorus says no).
@@ -29,6 +34,7 @@ pub fn register(engine: &mut Engine) -> Result<(), PolicyLoadError> {
             .map_err(|e| PolicyLoadError::Compile(format!("builtin {name}: {e}")))
     };
     add(engine, "strings.count", 2, Box::new(strings_count))?;
+    add(engine, "strings.replace_n", 2, Box::new(strings_replace_n))?;
     add(engine, "json.is_valid", 1, Box::new(json_is_valid))?;
     add(engine, "yaml.is_valid", 1, Box::new(yaml_is_valid))?;
     Ok(())
@@ -72,6 +78,58 @@ fn strings_count(args: Vec<Value>) -> anyhow::Result<Value> {
     let search = string_arg(&args, 0, "strings.count")?;
     let substring = string_arg(&args, 1, "strings.count")?;
     Ok(Value::from(count(search, substring)))
+}
+
+/// Go's `strings.NewReplacer(old1, new1, old2, new2, …).Replace(text)`: a single pass; at each
+/// position the first pair whose old string starts there wins; an empty old string inserts its
+/// new string before every position (once, then the other pairs may still match there) and at
+/// the end. (Go steps over bytes; here the empty old string is inserted between code points,
+/// where Go would also split a multi-byte code point.)
+fn go_replace(text: &str, pairs: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut previous_match_empty = false;
+    while i <= text.len() {
+        let rest = &text[i..];
+        let hit = pairs
+            .iter()
+            .find(|(old, _)| !(old.is_empty() && previous_match_empty) && rest.starts_with(old));
+        if let Some((old, new)) = hit {
+            out.push_str(new);
+            i += old.len();
+            previous_match_empty = old.is_empty();
+            continue;
+        }
+        previous_match_empty = false;
+        match rest.chars().next() {
+            Some(c) => {
+                out.push(c);
+                i += c.len_utf8();
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+fn strings_replace_n(args: Vec<Value>) -> anyhow::Result<Value> {
+    const NAME: &str = "strings.replace_n";
+    let Some(Value::Object(patterns)) = args.first() else {
+        anyhow::bail!(
+            "{NAME}: operand 1 must be object but got {}",
+            args.first().map_or("nothing", type_name)
+        );
+    };
+    let text = string_arg(&args, 1, NAME)?;
+    let mut pairs = Vec::with_capacity(patterns.len());
+    // The object's keys in their order (a string key's order is its bytes').
+    for (old, new) in patterns.iter() {
+        match (old, new) {
+            (Value::String(old), Value::String(new)) => pairs.push((old.as_ref(), new.as_ref())),
+            _ => anyhow::bail!("{NAME}: operand 1 must be object[string: string]"),
+        }
+    }
+    Ok(Value::from(go_replace(text, &pairs)))
 }
 
 /// Go's `strings.Split`: an empty separator splits after each code point.
@@ -147,6 +205,41 @@ mod tests {
         register(&mut engine).unwrap();
         let results = engine.eval_query(query.to_string(), false).unwrap();
         results.result[0].expressions[0].value.clone()
+    }
+
+    #[test]
+    fn strings_replace_n_is_one_pass_of_go_strings_replacer() {
+        let r = |query: &str| eval(query);
+        // OPA's conformance cases replacen/semantics/*.
+        assert_eq!(
+            r(r#"strings.replace_n({"info": "X", "anotherinfo": "Y"}, "anotherinfo")"#),
+            Value::from("Y")
+        );
+        assert_eq!(
+            r(r#"strings.replace_n({"a": "YY", "bba": "bX"}, "bbab")"#),
+            Value::from("bXb")
+        );
+        assert_eq!(
+            r(r#"strings.replace_n({"ab": "b", "b": "Y"}, "baaabbbba")"#),
+            Value::from("YaabYYYa")
+        );
+        assert_eq!(
+            r(r#"strings.replace_n({"a": "b", "b": "a"}, "abba")"#),
+            Value::from("baab")
+        );
+        assert_eq!(
+            r(r#"strings.replace_n({"a": "Xa", "ab": "X", "ba": "bYa", "aaa": "X"}, "aaaaab")"#),
+            Value::from("XaXaXaXaXab")
+        );
+        assert_eq!(
+            r(r#"strings.replace_n({"aab": "Y", "a": "", "b": ""}, "bbaab")"#),
+            Value::from("")
+        );
+        assert_eq!(r(r#"strings.replace_n({"": "X"}, "")"#), Value::from("X"));
+        assert_eq!(go_replace("aaa", &[("", "-")]), "-a-a-a-");
+        assert_eq!(go_replace("ab", &[("", "-"), ("a", "X")]), "-X-b-");
+        assert_eq!(go_replace("μx", &[("μ", "m")]), "mx");
+        assert_eq!(go_replace("abc", &[]), "abc");
     }
 
     #[test]
