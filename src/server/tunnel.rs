@@ -65,7 +65,7 @@ where
 {
     let proxy = &server.proxy;
     let mut origin = match proxy
-        .upstream
+        .upstream()
         .connect_tcp(&plan.ips, plan.authority.port)
         .await
     {

@@ -62,6 +62,11 @@ pub struct RequestRecord<'a> {
     pub host: Option<&'a str>,
     pub port: Option<u16>,
     pub path: Option<&'a str>,
+    /// The secret headers the agent sent that tollgate removed (`agent_secrets.on_present:
+    /// remove`): names only, never values, so an operator sees which agent still holds a
+    /// secret. Omitted when none were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub stripped_headers: &'a [String],
 }
 
 /// `decision` of a decision-log line.
