@@ -307,3 +307,197 @@ fn the_duplicate_key_parser_refuses_what_serde_json_accepts() {
     assert!(parse_unique(r#"{"a":{"b":1,"c":[{"d":2}]}}"#).is_ok());
     assert!(parse_unique("[1]").is_err());
 }
+
+/// `tollgate check -c` on `yaml` (written into `dir` with the files it names): exit code and
+/// standard error.
+fn check(dir: &Path, yaml: &str) -> (Option<i32>, String) {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Tollgate::run_cli(&["check", "-c", path.to_str().unwrap()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_catches_what_it_can_know_before_the_first_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    let rego = policy.join("p.rego");
+    let secret = dir.path().join("secrets/gh");
+    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    std::fs::write(&secret, "gh-token\n").unwrap();
+    let yaml = |decision_log: &str, secret: &Path| {
+        format!(
+            "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+             policy: {{path: '{}'}}\n\
+             telemetry: {{decision_log: '{decision_log}'}}\n\
+             credentials:\n  gh: {{kind: static, source: {{file: '{}'}}}}\n",
+            policy.display(),
+            secret.display()
+        )
+    };
+    let good_log = dir.path().join("logs/decisions.jsonl");
+    let good_log = good_log.to_str().unwrap();
+
+    // A good configuration passes, and check creates nothing.
+    std::fs::write(&rego, POLICY).unwrap();
+    let (code, stderr) = check(dir.path(), &yaml(good_log, &secret));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!dir.path().join("logs").exists(), "check wrote nothing");
+
+    // The entrypoint's rule missing: named, with the packages found.
+    std::fs::write(&rego, "package authz\ndecision := {\"allow\": true}\n").unwrap();
+    let (code, stderr) = check(dir.path(), &yaml(good_log, &secret));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no rule at the entrypoint tollgate/decision")
+            && stderr.contains("data.tollgate.decision")
+            && stderr.contains("packages found: authz"),
+        "{stderr}"
+    );
+
+    // A decision of the wrong type on the probe inputs (every request would be policy_error).
+    std::fs::write(&rego, "package tollgate\ndecision := true\n").unwrap();
+    let (code, stderr) = check(dir.path(), &yaml(good_log, &secret));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the policy's decision has the wrong type")
+            && stderr.contains("tollgate/decision on the probe inputs"),
+        "{stderr}"
+    );
+
+    // A decision log that is a directory, and a secret file that is not there: by path.
+    std::fs::write(&rego, POLICY).unwrap();
+    let missing = dir.path().join("secrets/absent");
+    let (code, stderr) = check(dir.path(), &yaml(dir.path().to_str().unwrap(), &missing));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "telemetry.decision_log: {} is a directory, not a file",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "credentials.gh: cannot read the secret file {}: No such file or directory",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("entity not found"), "{stderr}");
+}
+
+#[test]
+fn a_misspelt_listener_key_gives_no_spurious_second_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = check(
+        dir.path(),
+        "listeners: [{name: agents, adress: '127.0.0.1:0'}]\n",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("listeners[0].adress: unknown key"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("at least one listener is required"),
+        "{stderr}"
+    );
+    // With no listener at all, that is still the error.
+    let (code, stderr) = check(dir.path(), "listeners: []\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("at least one listener is required"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn policy_eval_prints_the_policys_own_value_and_explains_the_applied_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let rego = dir.path().join("p.rego");
+    std::fs::write(
+        &rego,
+        "package tollgate\n\
+         decision := {\"allow\": true, \"reason\": \"mine\", \"credential\": {\"name\": \"gh\"}, \"note\": 7}\n",
+    )
+    .unwrap();
+    let input = repo_root().join("policy-wasm/examples/request.json");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "eval",
+            "-p",
+            rego.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Tollgate::run_cli(&args)
+    };
+    let out = eval(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let own: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Exactly what the policy returned: no "mode", no "ttl": null added.
+    assert_eq!(
+        own,
+        serde_json::json!({"allow": true, "reason": "mine", "credential": {"name": "gh"}, "note": 7})
+    );
+
+    let out = eval(&["--explain"]);
+    assert!(out.status.success());
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["value"], own);
+    assert_eq!(shown["applied"]["allow"], true);
+    assert_eq!(shown["applied"]["credential"]["name"], "gh");
+    assert!(
+        shown["applied"]["credential"]
+            .as_object()
+            .unwrap()
+            .contains_key("ttl"),
+        "the applied decision is tollgate's normalized one: {shown}"
+    );
+}
+
+#[test]
+fn every_sample_input_is_decided_by_the_bundled_policy() {
+    let root = repo_root();
+    for (sample, connection_level, reason) in [
+        ("request.json", false, "allowed by rule github-read"),
+        ("connection.json", true, "allowed by rule github-read"),
+        ("transparent.json", true, "allowed by rule openai-api"),
+    ] {
+        let input = root.join("policy-wasm/examples").join(sample);
+        let out = Tollgate::run_cli(&[
+            "policy",
+            "eval",
+            "-p",
+            root.join("policy-wasm").to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+            "--explain",
+        ]);
+        assert!(
+            out.status.success(),
+            "{sample}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(shown["value"]["allow"], true, "{sample}: {shown}");
+        assert_eq!(shown["value"]["reason"], reason, "{sample}: {shown}");
+        // A connection-level allow names how the connection is carried; a request's does not.
+        assert_eq!(
+            shown["value"].get("mode").is_some(),
+            connection_level,
+            "{sample}: {shown}"
+        );
+    }
+}
