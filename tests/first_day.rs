@@ -501,3 +501,84 @@ fn every_sample_input_is_decided_by_the_bundled_policy() {
         );
     }
 }
+
+#[test]
+fn start_up_names_the_interception_ca_and_an_unknown_ca_handshake_is_a_counted_warning() {
+    let tg = start("127.0.0.1:0", "127.0.0.0/8");
+    // With -c and no intercept_ca: the development CA, created under the state folder, named.
+    let line = tg.wait_log(
+        |l| l["message"] == "TLS interception on: agents must trust this CA",
+        WAIT,
+    );
+    let ca = line["ca"].as_str().unwrap().to_string();
+    assert!(Path::new(&ca).is_file(), "{line}");
+    assert!(
+        ca.starts_with(tg.dir().join("state").to_str().unwrap()),
+        "{line}"
+    );
+    let env = line["agent_env"].as_str().unwrap();
+    for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"] {
+        assert!(env.contains(&format!("{var}={ca}")), "{line}");
+    }
+    assert!(
+        env.contains(&format!("HTTPS_PROXY={}", tg.proxy_url())),
+        "{line}"
+    );
+
+    // An agent that does not trust it (OpenSSL answers with the unknown_ca alert).
+    let pki = Pki::new();
+    let origin = PyOrigin::start(None);
+    let url = origin.url("/echo").replace("http://", "https://");
+    let out = curl(&[
+        "-s",
+        "--max-time",
+        "10",
+        "--proxy",
+        &tg.proxy_url(),
+        "--cacert",
+        pki.ca_cert().to_str().unwrap(),
+        &url,
+    ]);
+    assert_eq!(out.status.code(), Some(60), "curl: certificate not trusted");
+    let warned = tg.wait_log(
+        |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the agent does not trust the interception CA"))
+        },
+        WAIT,
+    );
+    assert_eq!(warned["level"], "WARN");
+    assert_eq!(warned["ca"], ca.as_str());
+    let text = metrics(&tg);
+    assert!(
+        text.contains("tollgate_tls_agent_unknown_ca_total 1"),
+        "{text}"
+    );
+
+    // Trusting it, the same call goes through the tunnel's TLS (the origin is plain HTTP, so
+    // the call itself fails upstream, after the agent's handshake succeeded).
+    let out = curl(&[
+        "-s",
+        "--max-time",
+        "10",
+        "--proxy",
+        &tg.proxy_url(),
+        "--cacert",
+        &ca,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert_ne!(
+        out.status.code(),
+        Some(60),
+        "the CA named is the one to trust"
+    );
+    assert!(
+        metrics(&tg).contains("tollgate_tls_agent_unknown_ca_total 1"),
+        "counted once"
+    );
+}

@@ -175,6 +175,7 @@ pub(super) async fn intercept_tls<IO>(
         timeout,
         &server.proxy.metrics,
         Some(&authority.host),
+        Some(&server.intercept.ca_cert_path),
         choose,
     )
     .await;
