@@ -239,6 +239,54 @@ mod tests {
         );
     }
 
+    /// `extra` loaded with files written into a folder, relative paths resolving there.
+    fn with_files(extra: &str, files: &[(&str, &str)]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, contents) in files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
+        let load = |text: &str| crate::config::load_str(text, dir.path(), "test.yaml").unwrap();
+        pending_restart(&load(BASE), &load(&format!("{BASE}{extra}")))
+    }
+
+    #[test]
+    fn intercept_ca_section() {
+        assert_eq!(
+            with_files(
+                "intercept_ca: {cert: ca.pem, key: ca-key.pem}\n",
+                &[("ca.pem", "x"), ("ca-key.pem", "x")]
+            ),
+            ["intercept_ca"]
+        );
+    }
+
+    #[test]
+    fn intent_tokens_section() {
+        assert_eq!(
+            with_files(
+                "intent_tokens: {issuers: [{issuer: planner, jwks: jwks.json}]}\n",
+                // RFC 8037's example Ed25519 public key.
+                &[(
+                    "jwks.json",
+                    r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "use": "sig",
+                                  "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#
+                )]
+            ),
+            ["intent_tokens.issuers"]
+        );
+    }
+
+    #[test]
+    fn credentials_section_is_applied_live() {
+        assert!(
+            with_files(
+                "credentials:\n  gh: {kind: static, source: {file: gh}}\n",
+                &[("gh", "token")]
+            )
+            .is_empty()
+        );
+    }
+
     #[test]
     fn telemetry_section() {
         assert_eq!(
