@@ -555,6 +555,28 @@ fn start_up_names_the_interception_ca_and_an_unknown_ca_handshake_is_a_counted_w
         text.contains("tollgate_tls_agent_unknown_ca_total 1"),
         "{text}"
     );
+    // The first-day agent: Python httpx, trusting another CA.
+    let failed = try_python_agent(
+        &AgentRequest::get(&url)
+            .proxy(tg.proxy_url())
+            .cacert(pki.ca_cert()),
+    )
+    .expect_err("httpx must refuse the interception leaf");
+    assert!(
+        failed.error.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{failed:?}"
+    );
+    let counted = |n: u32| {
+        let want = format!("tollgate_tls_agent_unknown_ca_total {n}");
+        (0..100).any(|_| {
+            if metrics(&tg).contains(&want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        })
+    };
+    assert!(counted(2), "the httpx refusal is counted too");
 
     // Trusting it, the same call goes through the tunnel's TLS (the origin is plain HTTP, so
     // the call itself fails upstream, after the agent's handshake succeeded).
@@ -578,7 +600,7 @@ fn start_up_names_the_interception_ca_and_an_unknown_ca_handshake_is_a_counted_w
         "the CA named is the one to trust"
     );
     assert!(
-        metrics(&tg).contains("tollgate_tls_agent_unknown_ca_total 1"),
-        "counted once"
+        metrics(&tg).contains("tollgate_tls_agent_unknown_ca_total 2"),
+        "a trusted handshake is not counted"
     );
 }
