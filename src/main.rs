@@ -101,7 +101,7 @@ enum RedirectCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Evaluate the decision for one input and print it as JSON.
+    /// Evaluate the entrypoint for one input and print the policy's own value as JSON.
     Eval {
         /// A folder of .rego files, one .rego file, a .wasm module or an OPA bundle .tar.gz.
         #[arg(short, long)]
@@ -112,6 +112,10 @@ enum PolicyCommand {
         data: Option<PathBuf>,
         #[arg(short, long, default_value = "tollgate/decision")]
         entrypoint: String,
+        /// Print {"value": the policy's own value, "applied": the decision tollgate would
+        /// apply to it} instead of the value alone.
+        #[arg(long)]
+        explain: bool,
     },
     /// Run the test_* rules under PATH, like `opa test`.
     Test { path: PathBuf },
@@ -185,8 +189,9 @@ fn dispatch(command: Command) -> Result<(), Failure> {
                     input,
                     data,
                     entrypoint,
+                    explain,
                 },
-        } => policy_eval(&path, &input, data.as_deref(), &entrypoint),
+        } => policy_eval(&path, &input, data.as_deref(), &entrypoint, explain),
         Command::Policy {
             command: PolicyCommand::Test { path },
         } => policy_test(&path),
@@ -331,8 +336,23 @@ fn check(path: &Path) -> Result<(), Failure> {
     tollgate::tls::install_crypto_provider();
     let config = config::load_file(path).map_err(|errors| Failure::usage(errors.to_string()))?;
     let mut problems = Vec::new();
-    if let Err(e) = app::load_policy(&config) {
-        problems.push(e.to_string());
+    // The policy compiles, and on the probe inputs (a request and a connection-level check)
+    // its decision has the decision's type, as a reload requires.
+    match app::load_policy(&config) {
+        Ok(policy) => {
+            if let Err(e) = policy.check_decision_type() {
+                problems.push(format!(
+                    "{}: policy: {e} (evaluating {} on the probe inputs)",
+                    config.origin, config.policy.entrypoint
+                ));
+            }
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
+    if let Err(e) =
+        tollgate::telemetry::decision_log::check_writable(&config.telemetry.decision_log)
+    {
+        problems.push(format!("{}: telemetry.decision_log: {e}", config.origin));
     }
     if let Some(ca) = &config.intercept_ca
         && let Err(e) = tollgate::tls::intercept::InterceptAuthority::load(&ca.cert, &ca.key)
@@ -391,11 +411,15 @@ fn read_file(path: &Path, what: &str) -> Result<String, Failure> {
         .map_err(|e| Failure::usage(format!("{}: cannot read {what}: {e}", path.display())))
 }
 
+/// `policy eval`: prints the policy's own value; with `explain`, one JSON object holding it
+/// (`value`, absent when undefined) and the decision tollgate would apply (`applied`, plus
+/// `error` when that is a `policy_error`). Exit 1 when the value is not a valid decision.
 fn policy_eval(
     path: &Path,
     input: &Path,
     data: Option<&Path>,
     entrypoint: &str,
+    explain: bool,
 ) -> Result<(), Failure> {
     let at =
         |e: tollgate::policy::PolicyLoadError| Failure::usage(format!("{}: {e}", path.display()));
@@ -432,22 +456,42 @@ fn policy_eval(
     let input_text = read_file(input, "input")?;
     let input_value = regorus::Value::from_json_str(&input_text)
         .map_err(|e| Failure::usage(format!("{}: not valid JSON: {e}", input.display())))?;
-    let evaluation = revision.evaluate_value(input_value);
+    let (own, evaluation) = revision.evaluate_explained(input_value);
+    // The policy's own value, verbatim (nothing added): what a policy author wrote.
+    let own = match own {
+        Some(value) => Some(
+            value
+                .to_json_str()
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .ok_or_else(|| {
+                    Failure::runtime("the policy's value is not representable as JSON")
+                })?,
+        ),
+        None => None,
+    };
+    let applied = match &evaluation.outcome {
+        Ok(decision) => decision.to_json(),
+        Err(failure) => serde_json::json!({"allow": false, "reason": failure.reason()}),
+    };
+    if explain {
+        let mut shown = serde_json::json!({ "applied": applied });
+        if let Some(own) = &own {
+            shown["value"] = own.clone();
+        }
+        if let Err(failure) = &evaluation.outcome {
+            shown["error"] = failure.detail().into();
+        }
+        println!("{shown}");
+    } else if let Some(own) = &own {
+        println!("{own}");
+    }
     match evaluation.outcome {
-        Ok(decision) => {
-            println!("{}", decision.to_json());
-            Ok(())
-        }
-        Err(failure) => {
-            println!(
-                "{}",
-                serde_json::json!({"allow": false, "reason": failure.reason()})
-            );
-            Err(Failure::runtime(format!(
-                "policy_error: {}",
-                failure.detail()
-            )))
-        }
+        Ok(_) => Ok(()),
+        Err(failure) => Err(Failure::runtime(format!(
+            "policy_error: {} (tollgate would apply {applied})",
+            failure.detail()
+        ))),
     }
 }
 

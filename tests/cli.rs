@@ -379,10 +379,14 @@ fn evaluates_one_input_with_policy_eval() {
         input.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        decision,
-        serde_json::json!({"allow": false, "reason": "policy_error"})
+    // stdout is the policy's own value; stderr says what tollgate would apply.
+    let own: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(own, serde_json::json!({"allow": "yes"}));
+    assert!(
+        text(&out.stderr)
+            .contains(r#"tollgate would apply {"allow":false,"reason":"policy_error"}"#),
+        "{}",
+        text(&out.stderr)
     );
 }
 

@@ -481,15 +481,16 @@ fn run_cli_eval(case: &Case, answers: &Mutex<Answers>) {
             .arg(policy.join("input.json"))
             .arg("-d")
             .arg(policy.join("data.json"))
-            .args(["-e", &entrypoint]),
+            .args(["-e", &entrypoint, "--explain"]),
         Duration::from_secs(60),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let verdict = match out.status.code() {
         None => Verdict::Crash(format!("{}: {}", out.status, one_line(&stderr, 200))),
+        // `--explain`: `applied` is the decision tollgate would act on.
         Some(0) => match serde_json::from_str::<Json>(stdout.trim()) {
-            Ok(d) => Verdict::Decided(d),
+            Ok(d) => Verdict::Decided(d["applied"].clone()),
             Err(e) => Verdict::PolicyError(format!("unreadable stdout {stdout:?}: {e}")),
         },
         _ => Verdict::PolicyError(format!("exit {:?}: {}", out.status.code(), stderr.trim())),

@@ -382,7 +382,7 @@ fn policy_eval_runs_a_module_and_a_bundle() {
     let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decision["reason"], "agent_listed");
 
-    // A runaway module: a deny JSON on stdout and a non-zero exit, in bounded time.
+    // A runaway module: `--explain` shows the deny applied, a non-zero exit, in bounded time.
     let runaway = dir.path().join("runaway.wasm");
     std::fs::write(&runaway, wasm("never_returns", &[])).unwrap();
     let started = Instant::now();
@@ -393,11 +393,14 @@ fn policy_eval_runs_a_module_and_a_bundle() {
         runaway.to_str().unwrap(),
         "-i",
         input.to_str().unwrap(),
+        "--explain",
     ]);
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(!out.status.success());
-    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(decision["reason"], "policy_timeout");
+    // No value of the policy's own; the decision tollgate applies is the timeout's deny.
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(shown.get("value").is_none(), "{shown}");
+    assert_eq!(shown["applied"]["reason"], "policy_timeout");
 }
 
 /// A field of an operational-log line (tracing's JSON puts event fields at the top level or
@@ -518,16 +521,21 @@ fn policy_eval_prints_go_formatted_reasons_and_opa_abort_on_stderr() {
         aborts.to_str().unwrap(),
         "-i",
         input.to_str().unwrap(),
+        "--explain",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let decision: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        decision,
-        serde_json::json!({"allow": false, "reason": "policy_error"})
+        shown,
+        serde_json::json!({
+            "applied": {"allow": false, "reason": "policy_error"},
+            "error": "opa_abort: tollgate.rego:12:5: var assignment conflict",
+        })
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.trim_end(),
-        "policy_error: opa_abort: tollgate.rego:12:5: var assignment conflict"
+        "policy_error: opa_abort: tollgate.rego:12:5: var assignment conflict \
+         (tollgate would apply {\"allow\":false,\"reason\":\"policy_error\"})"
     );
 }

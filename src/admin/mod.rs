@@ -33,7 +33,7 @@ use crate::telemetry::decision_log::Recent;
 use crate::telemetry::metrics::Metrics;
 use crate::watch::Watched;
 pub use health::Health;
-pub use reload::Reload;
+pub use reload::{Reload, Reloaded};
 
 /// Largest admin request body read (kill requests are tiny).
 const MAX_BODY: usize = 64 * 1024;
@@ -165,7 +165,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
                 // lifting it later means fresh tokens.
                 let store = (state.credentials)();
                 let (dropped, revoked) = store.drop_matching(&kill.target).await;
-                tracing::info!(target = %kill.target, dropped, revoked, "kill: cached credentials dropped");
+                tracing::info!(kill_target = %kill.target, dropped, revoked, "kill: cached credentials dropped");
             }
             Reply::from(engaged)
         }

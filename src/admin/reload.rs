@@ -1,5 +1,7 @@
 //! `POST /v1/reload`: re-read the configuration and the policy, as SIGHUP does. 200
-//! `{"result": "success", "revision"}`, or 422 `reload_failed` with why the running
+//! `{"result": "success", "revision", "pending_restart": []}` when everything changed is in
+//! force; 200 `{"result": "partial", …}` when the reload was applied but `pending_restart`
+//! names changed keys only a restart applies; or 422 `reload_failed` with why the running
 //! configuration stays in force.
 
 use std::sync::Arc;
@@ -9,19 +11,39 @@ use serde_json::json;
 
 use super::Reply;
 
+/// What a reload put in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The policy revision in force.
+    pub revision: String,
+    /// Changed configuration keys that only a restart applies (the rest was applied).
+    pub pending_restart: Vec<String>,
+}
+
 /// Reloads configuration and policy (`POST /v1/reload`, SIGHUP).
 pub trait Reload: Send + Sync {
-    /// Reloads; `Ok(revision in force)` or `Err(why the running state was kept)`.
-    fn reload(&self) -> Result<String, String>;
+    /// Reloads; `Ok(what is in force)` or `Err(why the running state was kept)`.
+    fn reload(&self) -> Result<Reloaded, String>;
 }
 
 /// Runs the reload off the async workers (it reads files and compiles the policy).
 pub async fn reload(reloader: Arc<dyn Reload>) -> Reply {
     match tokio::task::spawn_blocking(move || reloader.reload()).await {
-        Ok(Ok(revision)) => Reply::json(
-            StatusCode::OK,
-            json!({"result": "success", "revision": revision}),
-        ),
+        Ok(Ok(reloaded)) => {
+            let result = if reloaded.pending_restart.is_empty() {
+                "success"
+            } else {
+                "partial"
+            };
+            Reply::json(
+                StatusCode::OK,
+                json!({
+                    "result": result,
+                    "revision": reloaded.revision,
+                    "pending_restart": reloaded.pending_restart,
+                }),
+            )
+        }
         Ok(Err(why)) => Reply::error(StatusCode::UNPROCESSABLE_ENTITY, "reload_failed", &why),
         Err(_) => Reply::error(
             StatusCode::INTERNAL_SERVER_ERROR,

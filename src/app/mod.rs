@@ -15,6 +15,31 @@ pub use start::{
 
 use crate::config::Config;
 
+/// With any listener that intercepts TLS, says (whatever the configuration) which CA file agents
+/// must trust and the variables that make common clients trust it: without them an agent
+/// fails with `CERTIFICATE_VERIFY_FAILED` and nothing else would name the file.
+fn intercepting(listeners: &[crate::server::BoundListener], ca: &std::path::Path) {
+    if !listeners.iter().any(|l| l.config.intercept) {
+        return;
+    }
+    let ca = ca.display();
+    let proxy = listeners
+        .iter()
+        .find(|l| l.config.intercept && l.config.mode == crate::config::ListenerMode::Forward)
+        .map(|l| {
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            format!("HTTPS_PROXY={scheme}://{} ", l.local_addr)
+        })
+        .unwrap_or_default();
+    tracing::info!(
+        ca = %ca,
+        agent_env = %format!(
+            "{proxy}SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} NODE_EXTRA_CA_CERTS={ca} CURL_CA_BUNDLE={ca}"
+        ),
+        "TLS interception on: agents must trust this CA"
+    );
+}
+
 /// Runs the proxy until SIGINT or SIGTERM.
 pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     crate::tls::install_crypto_provider();
@@ -42,6 +67,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     if started.dry_run {
         tracing::warn!("dry run: decisions are logged but not enforced");
     }
+    intercepting(&started.listeners, &started.ca_path);
     for listener in started.listeners {
         tracing::info!(
             listener = %listener.config.name,

@@ -3,10 +3,12 @@
 //! `tollgate_policy_reloads_total{result}`, SPEC §8) and logged.
 //!
 //! What reloads, and from what:
-//! - the policy and the credentials (one [`Live`] value): `POST /v1/reload`, SIGHUP, and with
-//!   `policy.watch` a change under the policy path or its data file. The configuration file is
-//!   read again; a configuration or policy that does not load keeps the running one. Listeners,
-//!   limits and upstream settings need a restart.
+//! - the policy, the credentials and the upstream settings (one [`Live`] value): `POST
+//!   /v1/reload`, SIGHUP, and with `policy.watch` a change under the policy path or its data
+//!   file. The configuration file is read again; a configuration or policy that does not load
+//!   keeps the running one. Keys only a restart applies (listeners, admin, identity, limits,
+//!   telemetry…: [`crate::config::restart`]) are named in the reply, the log and
+//!   `tollgate_config_pending_restart` when they changed; the rest is applied.
 //! - trust bundles: their files, and Workload API pushes;
 //! - every TLS listener's configuration (and the admin listener's): its certificate and key
 //!   files (or tollgate's own SVID from the Workload API), and the trust bundles;
@@ -23,20 +25,26 @@ use crate::intent_token::IntentIssuers;
 use crate::proxy::Live;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::ListenerTls;
+use crate::upstream::Upstream;
 use crate::watch::{Inputs, POLL_INTERVAL, Rebuilt, Reloaded, Source, Watched};
 
 use super::start::{StartError, build_credentials, load_policy, trust_bundles};
 
-/// The policy and credentials from `config`, first built at start-up.
+/// The policy, credentials and upstream client from `config`, first built at start-up
+/// (`upstream` is built before any socket is bound: [`build_upstream`]).
 pub fn live(
     config: &Config,
     config_path: Option<PathBuf>,
     metrics: &Arc<Metrics>,
+    upstream: Upstream,
 ) -> Result<Arc<Watched<Live>>, StartError> {
     let initial = Live {
         policy: Arc::new(load_policy(config)?),
         credentials: Arc::new(build_credentials(config, metrics, None)?),
+        upstream: Arc::new(upstream),
+        pending_restart: Vec::new(),
     };
+    let started = config.clone();
     let mut inputs = Inputs::none();
     if config.policy.watch {
         if let Some(path) = config.policy.source.path() {
@@ -47,8 +55,12 @@ pub fn live(
         }
     }
     let metrics = metrics.clone();
-    let rebuild = move |running: &Arc<Live>| match reread(config_path.as_deref(), &metrics, running)
-    {
+    let rebuild = move |running: &Arc<Live>| match reread(
+        config_path.as_deref(),
+        &started,
+        &metrics,
+        running,
+    ) {
         Ok(live) => Rebuilt::Ok(live),
         Err(why) => Rebuilt::Failed(why),
     };
@@ -61,10 +73,18 @@ pub fn live(
     )))
 }
 
-/// Reads the configuration again and builds its policy and credentials (keeping the running
-/// credentials that did not change, with their cached tokens).
+/// The upstream client of `config`.
+pub fn build_upstream(config: &Config) -> Result<Upstream, StartError> {
+    Upstream::new(&config.upstream)
+        .map_err(|e| StartError::Config(format!("{}: upstream.ca: {e}", config.origin)))
+}
+
+/// Reads the configuration again and builds its policy, credentials (keeping the running
+/// credentials that did not change, with their cached tokens) and upstream client; names the
+/// keys that differ from `started` and need a restart.
 fn reread(
     config_path: Option<&std::path::Path>,
+    started: &Config,
     metrics: &Metrics,
     running: &Live,
 ) -> Result<Live, String> {
@@ -79,9 +99,12 @@ fn reread(
     policy.check_decision_type().map_err(|e| e.to_string())?;
     let credentials = build_credentials(&config, metrics, Some(&running.credentials))
         .map_err(|e| e.to_string())?;
+    let upstream = build_upstream(&config).map_err(|e| e.to_string())?;
     Ok(Live {
         policy: Arc::new(policy),
         credentials: Arc::new(credentials),
+        upstream: Arc::new(upstream),
+        pending_restart: crate::config::restart::pending_restart(started, &config),
     })
 }
 
@@ -298,7 +321,14 @@ fn report_policy(metrics: &Metrics, reloaded: &Reloaded<Live>) {
         Ok(live) => {
             let revision = &live.policy.revision;
             metrics.set_policy_info(revision, live.policy.engine.as_str());
+            metrics.set_pending_restart(&live.pending_restart);
             tracing::info!(revision = %revision, "reloaded: policy revision in force");
+            if !live.pending_restart.is_empty() {
+                tracing::warn!(
+                    pending_restart = %live.pending_restart.join(", "),
+                    "reloaded, but these changed keys need a restart to take effect"
+                );
+            }
         }
         Err(why) => {
             tracing::warn!(error = %why, "reload failed; the running configuration and policy stay in force");
@@ -313,12 +343,13 @@ pub struct ConfigReloader {
 }
 
 impl crate::admin::Reload for ConfigReloader {
-    fn reload(&self) -> Result<String, String> {
+    fn reload(&self) -> Result<crate::admin::Reloaded, String> {
         let reloaded = self.live.reload();
         report_policy(&self.metrics, &reloaded);
-        reloaded
-            .outcome
-            .map(|live| live.policy.revision.to_string())
+        reloaded.outcome.map(|live| crate::admin::Reloaded {
+            revision: live.policy.revision.to_string(),
+            pending_restart: live.pending_restart.clone(),
+        })
     }
 }
 

@@ -24,7 +24,6 @@ use crate::telemetry::decision_log::DecisionLog;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::ListenerTls;
 use crate::tls::intercept::InterceptAuthority;
-use crate::upstream::Upstream;
 use crate::watch::Watched;
 
 use super::reload::{self, ConfigReloader, TlsSpec, Watchers};
@@ -150,8 +149,7 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
         None => InterceptAuthority::development(&state_dir())
             .map_err(|e| StartError::Runtime(format!("development CA: {e}")))?,
     };
-    let upstream = Upstream::new(&config.upstream)
-        .map_err(|e| StartError::Config(format!("{}: upstream.ca: {e}", config.origin)))?;
+    let upstream = reload::build_upstream(config)?;
     let decision_log = DecisionLog::start(&config.telemetry.decision_log)
         .map_err(|e| StartError::Runtime(format!("telemetry.decision_log: {e}")))?;
     let workload_api = workload_api(config).await?;
@@ -169,7 +167,7 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
         IntentIssuers::load(&config.intent_issuers)
             .map_err(|errors| StartError::Config(lines(config, &errors)))?,
     );
-    let live = reload::live(config, options.config_path.clone(), &metrics)?;
+    let live = reload::live(config, options.config_path.clone(), &metrics, upstream)?;
     crate::policy::prepare_on_idle(live.clone());
     {
         let running = live.load();
@@ -181,7 +179,6 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
     let dry_run = options.dry_run || config.policy.dry_run;
     let proxy = Arc::new(Proxy {
         live: live.clone(),
-        upstream,
         decision_log: decision_log.clone(),
         metrics: metrics.clone(),
         intent_issuers: intent_issuers.clone(),

@@ -24,6 +24,9 @@ impl Problems {
 #[derive(Default)]
 pub(super) struct Sections {
     pub(super) listeners: Option<Vec<raw::RawListener>>,
+    /// How many `listeners` entries the file holds, readable or not: an entry that could not
+    /// be read is reported on its own key, not again as "at least one listener is required".
+    pub(super) listeners_written: usize,
     pub(super) admin: Option<raw::RawAdmin>,
     pub(super) identity: Option<raw::RawIdentity>,
     pub(super) intercept_ca: Option<raw::RawKeyPair>,
@@ -47,6 +50,7 @@ impl Sections {
                     problems.add("listeners", "must be a list of listeners");
                     return;
                 };
+                self.listeners_written = items.len();
                 let listeners: Vec<_> = items
                     .into_iter()
                     .enumerate()

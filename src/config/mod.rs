@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod duration;
 mod load;
 pub mod raw;
+pub mod restart;
 mod types;
 mod validate;
 

@@ -22,7 +22,13 @@ pub(super) fn validate(
     origin: &str,
     problems: &mut Problems,
 ) -> Config {
-    let listeners = validate_listeners(sections.listeners.unwrap_or_default(), base, problems);
+    let written = sections.listeners_written;
+    let listeners = validate_listeners(
+        sections.listeners.unwrap_or_default(),
+        written,
+        base,
+        problems,
+    );
     let (admin, identity) = validate_admin_and_identity(
         sections.admin.unwrap_or_default(),
         sections.identity.unwrap_or_default(),
@@ -367,10 +373,11 @@ fn validate_telemetry(
 
 fn validate_listeners(
     raw: Vec<raw::RawListener>,
+    written: usize,
     base: &Path,
     problems: &mut Problems,
 ) -> Vec<ListenerConfig> {
-    if raw.is_empty() {
+    if raw.is_empty() && written == 0 {
         problems.add("listeners", "at least one listener is required");
     }
     let mut names = BTreeSet::new();

@@ -37,7 +37,9 @@ pub fn read(source: &SecretRef) -> Result<Secret, SourceError> {
         SecretRef::File(path) => {
             let bytes = std::fs::read(path).map_err(|e| SourceError::File {
                 path: path.clone(),
-                reason: e.kind().to_string(),
+                // The OS's words ("No such file or directory", "Permission denied"): an
+                // io::Error from a read never holds the file's contents.
+                reason: e.to_string(),
             })?;
             let text = String::from_utf8(bytes).map_err(|_| SourceError::File {
                 path: path.clone(),

@@ -185,7 +185,7 @@ impl KillSwitch {
         self.publish(kills)?;
         tracing::warn!(
             kill_id = %kill.id,
-            target = %kill.target,
+            kill_target = %kill.target,
             reason = kill.reason.as_deref().unwrap_or(""),
             "kill switch engaged"
         );
@@ -222,7 +222,7 @@ impl KillSwitch {
         for kill in &lifted {
             tracing::warn!(
                 kill_id = %kill.id,
-                target = %kill.target,
+                kill_target = %kill.target,
                 reason = reason.as_deref().unwrap_or(""),
                 "kill lifted"
             );

@@ -391,6 +391,60 @@ mod tests {
         }
     }
 
+    /// Object keys at every level, with the free-form maps (`headers`, `claims`) as leaves.
+    fn keys(value: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+        if let serde_json::Value::Object(map) = value {
+            for (key, inner) in map {
+                let path = format!("{at}.{key}");
+                out.push(path.clone());
+                if key != "headers" && key != "claims" {
+                    keys(inner, &path, out);
+                }
+            }
+        }
+    }
+
+    /// The sample inputs of `policy-wasm/examples/` (documented in docs/POLICY.md) have exactly
+    /// the keys of the document tollgate builds, so the documentation cannot drift from it.
+    #[test]
+    fn the_sample_inputs_have_the_documents_keys() {
+        let mut with_request = sample();
+        with_request.request = Some(RequestFacts {
+            method: "GET".into(),
+            scheme: "https",
+            host: "api.github.com".into(),
+            port: 443,
+            path: "/".into(),
+            query: None,
+            headers: Vec::new(),
+            protocol: "HTTP/1.1",
+        });
+        for (name, text, built) in [
+            (
+                "request.json",
+                include_str!("../../policy-wasm/examples/request.json"),
+                &with_request,
+            ),
+            (
+                "connection.json",
+                include_str!("../../policy-wasm/examples/connection.json"),
+                &sample(),
+            ),
+            (
+                "transparent.json",
+                include_str!("../../policy-wasm/examples/transparent.json"),
+                &sample(),
+            ),
+        ] {
+            let example: serde_json::Value = serde_json::from_str(text).unwrap();
+            let built = serde_json::to_value(built).unwrap();
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            keys(&built, "input", &mut want);
+            keys(&example, "input", &mut got);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
     #[test]
     fn builds_the_spec_shape() {
         let json = serde_json::to_value(sample().to_value()).unwrap();

@@ -50,6 +50,15 @@ pub enum PolicyLoadError {
     Compile(String),
     #[error("policy data is not usable: {0}")]
     Data(String),
+    /// No rule is at the entrypoint: the operator sees what was looked for and what exists.
+    #[error(
+        "no rule at the entrypoint {entrypoint} (policy.entrypoint; looked for rule {rule}); packages found: {packages}"
+    )]
+    EntrypointMissing {
+        entrypoint: String,
+        rule: String,
+        packages: String,
+    },
     #[error("{path}: not a usable OPA bundle: {message}")]
     Bundle { path: PathBuf, message: String },
     #[error("the policy's decision has the wrong type: {0}")]
@@ -252,14 +261,26 @@ impl PolicyRevision {
         }
     }
 
-    /// Decides one input given as an engine value (used by `policy eval`).
+    /// Decides one input given as an engine value.
     pub fn evaluate_value(&self, input: Value) -> Evaluation {
+        self.evaluate_explained(input).1
+    }
+
+    /// Decides one input and keeps what the policy itself returned (`policy eval`): the
+    /// entrypoint's own value (`None` when undefined or the evaluation failed), and the
+    /// decision tollgate applies to it — so a policy author sees both, not one mixed into
+    /// the other.
+    pub fn evaluate_explained(&self, input: Value) -> (Option<Value>, Evaluation) {
         let start = Instant::now();
         let result = match &self.evaluator {
             Evaluator::Rego(rego) => rego.evaluate(input),
             Evaluator::Wasm(wasm) => wasm.evaluate(&input),
         };
-        Self::conclude(result, start)
+        let own = match &result {
+            Ok(Value::Undefined) | Err(_) => None,
+            Ok(value) => Some(value.clone()),
+        };
+        (own, Self::conclude(result, start))
     }
 
     /// Prepares this thread for evaluating the revision (see `rego`'s module doc): called by

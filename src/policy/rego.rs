@@ -113,6 +113,23 @@ pub fn build_engine(
     Ok(engine)
 }
 
+/// The packages the modules declare (`authz, tollgate.lib`), or `none`.
+fn packages_found(engine: &Engine) -> String {
+    let mut packages: Vec<String> = engine
+        .get_packages()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.strip_prefix("data.").unwrap_or(&p).to_string())
+        .collect();
+    packages.sort();
+    packages.dedup();
+    if packages.is_empty() {
+        "none".into()
+    } else {
+        packages.join(", ")
+    }
+}
+
 impl RegoPolicy {
     /// Parses and checks `modules` (name, source) for the rule path `entrypoint`
     /// (`tollgate/decision`), with `data` as the base document.
@@ -130,7 +147,18 @@ impl RegoPolicy {
         // scheduling), so that every clone starts prepared.
         template
             .compile_with_entrypoint(&rule.as_str().into())
-            .map_err(|e| PolicyLoadError::Compile(format!("entrypoint {rule}: {e}")))?;
+            .map_err(|e| {
+                let message = e.to_string();
+                if message.contains("not a valid rule path") {
+                    PolicyLoadError::EntrypointMissing {
+                        entrypoint: entrypoint.to_string(),
+                        rule: rule.clone(),
+                        packages: packages_found(&template),
+                    }
+                } else {
+                    PolicyLoadError::Compile(format!("entrypoint {rule}: {message}"))
+                }
+            })?;
         template.set_input(Value::new_object());
         // The result does not matter (an empty input may well be an error); the preparation does.
         let _ = template.eval_rule(rule.clone());
@@ -316,8 +344,34 @@ mod tests {
                 "t/decision",
             );
             assert!(
-                matches!(result, Err(PolicyLoadError::Compile(_))),
+                matches!(
+                    result,
+                    Err(PolicyLoadError::Compile(_) | PolicyLoadError::EntrypointMissing { .. })
+                ),
                 "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_entrypoint_names_it_and_the_packages_found() {
+        for (source, packages) in [
+            ("package authz\ndecision := {\"allow\": true}\n", "authz"),
+            ("package t\nallow := true\n", "t"),
+        ] {
+            let error = RegoPolicy::compile(
+                &[("p.rego".into(), source.into())],
+                Value::new_object(),
+                "t/decision",
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            assert!(error.contains("entrypoint t/decision"), "{error}");
+            assert!(error.contains("data.t.decision"), "{error}");
+            assert!(
+                error.contains(&format!("packages found: {packages}")),
+                "{error}"
             );
         }
     }

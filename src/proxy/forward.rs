@@ -28,8 +28,8 @@ pub async fn send(
 ) -> Result<Response<Incoming>, ProxyError> {
     let sent = std::time::Instant::now();
     let result = match pin {
-        None => proxy.upstream.send(request).await,
-        Some(ip) => proxy.upstream.send_pinned(request, ip).await,
+        None => proxy.upstream().send(request).await,
+        Some(ip) => proxy.upstream().send_pinned(request, ip).await,
     };
     proxy.metrics.observe_upstream(sent.elapsed().as_secs_f64());
     if let Err(UpstreamError::Tls(_)) = &result {
@@ -47,7 +47,7 @@ pub fn respond(
 ) -> Response<ResponseBody> {
     let deadline = tokio::time::Instant::now()
         + proxy
-            .upstream
+            .upstream()
             .request_timeout()
             .saturating_sub(record.elapsed());
     record.responded(response.status());

@@ -56,11 +56,17 @@ use body::ResponseBody;
 use ctx::ConnCtx;
 use record::Recorder;
 
-/// What a configuration reload replaces, together: the policy revision and the credentials
-/// built from the same reading of the configuration. A request reads it once.
+/// What a configuration reload replaces, together: the policy revision, the credentials and
+/// the upstream client built from the same reading of the configuration. A request reads it
+/// once.
 pub struct Live {
     pub policy: Arc<PolicyRevision>,
     pub credentials: Arc<CredentialStore>,
+    /// `upstream`: resolver (with `allow_private`), timeouts and origin TLS.
+    pub upstream: Arc<Upstream>,
+    /// Keys of the configuration read that differ from the running one and need a restart
+    /// ([`crate::config::restart::pending_restart`]); empty at start-up.
+    pub pending_restart: Vec<String>,
 }
 
 impl crate::policy::RevisionInForce for Watched<Live> {
@@ -73,7 +79,6 @@ impl crate::policy::RevisionInForce for Watched<Live> {
 pub struct Proxy {
     /// The policy and credentials in force; replaced whole on reload.
     pub live: Arc<Watched<Live>>,
-    pub upstream: Upstream,
     pub decision_log: DecisionLog,
     pub metrics: Arc<Metrics>,
     /// Issuers of signed intent tokens; their key sets reload when the JWKS files change.
@@ -81,6 +86,13 @@ pub struct Proxy {
     /// Kills in force: checked before the policy on every request.
     pub kills: Arc<crate::kill::KillSwitch>,
     pub dry_run: bool,
+}
+
+impl Proxy {
+    /// The upstream client in force (replaced on reload with the rest of [`Live`]).
+    pub fn upstream(&self) -> Arc<Upstream> {
+        self.live.current().upstream.clone()
+    }
 }
 
 /// Runs one HTTP request through the stages; every failure becomes a response here.

@@ -165,6 +165,8 @@ pub struct Recorder {
     evaluated: Option<Evaluated>,
     verdict: Verdict,
     upstream_status: Option<u16>,
+    /// Secret headers the agent sent that were removed before forwarding (names only).
+    stripped_headers: Vec<String>,
 }
 
 impl Recorder {
@@ -192,6 +194,7 @@ impl Recorder {
             evaluated: None,
             verdict: Verdict::Undecided,
             upstream_status: None,
+            stripped_headers: Vec::new(),
         }
     }
 
@@ -304,6 +307,12 @@ impl Recorder {
         }
     }
 
+    /// The agent's own secret headers that the inject stage removes (names only), for the
+    /// request's decision-log line.
+    pub fn stripped_headers(&mut self, names: Vec<String>) {
+        self.stripped_headers = names;
+    }
+
     /// The origin's status, as forwarded.
     pub fn responded(&mut self, status: http::StatusCode) {
         self.upstream_status = Some(status.as_u16());
@@ -353,6 +362,7 @@ impl Drop for Recorder {
                 host: destination.map(|d| d.host.as_str()),
                 port: destination.map(|d| d.port),
                 path: destination.and_then(|d| d.path.as_deref()),
+                stripped_headers: &self.stripped_headers,
             },
             decision,
             error,

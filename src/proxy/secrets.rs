@@ -15,7 +15,7 @@ use super::record::Recorder;
 pub fn check(
     credentials: &CredentialStore,
     headers: &HeaderMap,
-    record: &Recorder,
+    record: &mut Recorder,
 ) -> Result<(), ProxyError> {
     let rules = credentials.agent_secrets();
     let present = rules.present(headers);
@@ -27,6 +27,7 @@ pub fn check(
         OnPresent::Deny => Err(ProxyError::AgentSecretPresent(names)),
         OnPresent::Remove => {
             tracing::info!(decision_id = %record.decision_id(), headers = %names, "the agent sent secret headers; removed");
+            record.stripped_headers(present.iter().map(|name| name.to_string()).collect());
             Ok(())
         }
     }

@@ -66,7 +66,7 @@ impl Resolution {
 /// Resolves `host`. Non-public addresses are refused here, before the policy runs; a DNS
 /// failure is not (see the module documentation).
 pub async fn resolve(proxy: &Proxy, host: &str) -> Result<Resolution, ProxyError> {
-    match proxy.upstream.resolver.resolve(host).await {
+    match proxy.upstream().resolver.resolve(host).await {
         Ok(ips) => Ok(Resolution::Resolved(ips)),
         Err(private @ ResolveError::Private { .. }) => Err(ProxyError::PrivateDestination(private)),
         Err(dns) => Ok(Resolution::Unresolved(dns)),
@@ -117,7 +117,8 @@ pub async fn bind_original(
     host: &str,
     dialled: IpAddr,
 ) -> Result<Resolution, ProxyError> {
-    let resolver = &proxy.upstream.resolver;
+    let upstream = proxy.upstream();
+    let resolver = &upstream.resolver;
     if !resolver.permits(dialled) {
         return Err(ProxyError::PrivateDestination(ResolveError::Private {
             host: host.to_string(),

@@ -192,6 +192,7 @@ async fn agent_connection(
         server.limits.header_read_timeout,
         &proxy.metrics,
         None,
+        None,
         move |_| Ok(config),
     )
     .await;

@@ -65,7 +65,7 @@ where
 {
     let proxy = &server.proxy;
     let mut origin = match proxy
-        .upstream
+        .upstream()
         .connect_tcp(&plan.ips, plan.authority.port)
         .await
     {
@@ -175,6 +175,7 @@ pub(super) async fn intercept_tls<IO>(
         timeout,
         &server.proxy.metrics,
         Some(&authority.host),
+        Some(&server.intercept.ca_cert_path),
         choose,
     )
     .await;

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,11 @@ pub struct RequestRecord<'a> {
     pub host: Option<&'a str>,
     pub port: Option<u16>,
     pub path: Option<&'a str>,
+    /// The secret headers the agent sent that tollgate removed (`agent_secrets.on_present:
+    /// remove`): names only, never values, so an operator sees which agent still holds a
+    /// secret. Omitted when none were.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub stripped_headers: &'a [String],
 }
 
 /// `decision` of a decision-log line.
@@ -174,6 +179,65 @@ impl DecisionLog {
             Err(e) => tracing::error!(error = %e, "cannot serialize a decision record"),
         }
     }
+}
+
+/// Why the decision log's file cannot be written (found by `tollgate check`, before `run`).
+#[derive(Debug, thiserror::Error)]
+pub enum UnwritableLog {
+    #[error("{0} is a directory, not a file")]
+    Directory(PathBuf),
+    #[error("{path} cannot be opened for appending: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: its folder {dir} is not a folder tollgate can create files in: {source}")]
+    Folder {
+        path: PathBuf,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Checks that `run` can open `target` as it would ([`open_append`]: missing folders are
+/// created): an existing file must open for appending; otherwise the nearest existing folder
+/// must take a new file, which is tried with a probe file removed at once. Nothing else is
+/// created or changed.
+pub fn check_writable(target: &DecisionLogTarget) -> Result<(), UnwritableLog> {
+    let DecisionLogTarget::File(path) = target else {
+        return Ok(());
+    };
+    if path.is_dir() {
+        return Err(UnwritableLog::Directory(path.clone()));
+    }
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|source| UnwritableLog::Open {
+                path: path.clone(),
+                source,
+            });
+    }
+    let dir = path
+        .ancestors()
+        .skip(1)
+        .find(|dir| dir.exists())
+        .unwrap_or(Path::new("/"));
+    let probe = dir.join(format!(".tollgate-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map(|_| {
+            let _ = std::fs::remove_file(&probe);
+        })
+        .map_err(|source| UnwritableLog::Folder {
+            path: path.clone(),
+            dir: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {

@@ -84,6 +84,12 @@ pub struct Metrics {
     tls_errors_origin: IntCounter,
     /// `tollgate_kills_active`.
     pub kills_active: IntGauge,
+    /// `tollgate_config_pending_restart{key}`: 1 for each configuration key changed on disk
+    /// and reloaded that only a restart puts in force.
+    pending_restart: IntGaugeVec,
+    /// `tollgate_tls_agent_unknown_ca_total`: agent handshakes that failed because the agent
+    /// does not trust the interception CA.
+    tls_agent_unknown_ca: IntCounter,
 }
 
 /// Makes metric families and registers each as it is made.
@@ -213,6 +219,16 @@ impl Metrics {
         )?;
         let kills_active = IntGauge::new("tollgate_kills_active", "Kills in force.")?;
         registry.register(Box::new(kills_active.clone()))?;
+        let pending_restart = family.gauges(
+            "tollgate_config_pending_restart",
+            "Configuration keys changed and reloaded that only a restart applies (value 1).",
+            &["key"],
+        )?;
+        let tls_agent_unknown_ca = IntCounter::new(
+            "tollgate_tls_agent_unknown_ca_total",
+            "Agent TLS handshakes refused by the agent because it does not trust the interception CA.",
+        )?;
+        registry.register(Box::new(tls_agent_unknown_ca.clone()))?;
 
         let mut listeners = HashMap::new();
         for name in listener_names {
@@ -264,6 +280,8 @@ impl Metrics {
             tls_errors_agent: tls_errors.with_label_values(&["agent"]),
             tls_errors_origin: tls_errors.with_label_values(&["origin"]),
             kills_active,
+            pending_restart,
+            tls_agent_unknown_ca,
         })
     }
 
@@ -382,6 +400,21 @@ impl Metrics {
     /// A TLS handshake with an agent failed.
     pub fn agent_tls_error(&self) {
         self.tls_errors_agent.inc();
+    }
+
+    /// An agent refused the interception CA (its handshake ended with `UnknownCA`).
+    pub fn agent_unknown_ca(&self) {
+        self.tls_agent_unknown_ca.inc();
+    }
+
+    /// Publishes the keys pending a restart after the latest reload (and only them).
+    pub fn set_pending_restart(&self, keys: &[String]) {
+        self.pending_restart.reset();
+        for key in keys {
+            self.pending_restart
+                .with_label_values(&[key.as_str()])
+                .set(1);
+        }
     }
 
     /// A TLS handshake with an origin failed.

@@ -97,14 +97,30 @@ where
     Ok(Accepted { stream, sni, peer })
 }
 
+/// Whether the agent ended the handshake with an `unknown_ca` alert: it does not trust the
+/// certificate's issuer.
+fn refused_as_unknown_ca(error: &std::io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA
+        ))
+    )
+}
+
 /// [`accept`] for an agent: every failure but a declined ClientHello is counted and logged
 /// here, with the connection's span (listener, peer) and `host` when the handshake is inside a
-/// tunnel.
+/// tunnel. `intercept_ca` is the interception CA's certificate file when tollgate presents a
+/// leaf it minted: an agent that refuses it (`UnknownCA`) is told, at WARN, which file to
+/// trust, and counted in `tollgate_tls_agent_unknown_ca_total`.
 pub async fn accept_agent<IO>(
     io: IO,
     timeout: Duration,
     metrics: &Metrics,
     host: Option<&str>,
+    intercept_ca: Option<&std::path::Path>,
     config: impl FnOnce(&ClientHello<'_>) -> Result<Arc<rustls::ServerConfig>, ()>,
 ) -> Result<Accepted<IO>, HandshakeFailure>
 where
@@ -122,6 +138,19 @@ where
             tracing::warn!(host, reason = rejected.reason().as_str(), "{rejected}");
             tracing::info!(host, error = %failure, "TLS handshake with agent failed");
         }
+        HandshakeFailure::Failed(e) if refused_as_unknown_ca(e) => match intercept_ca {
+            Some(ca) => {
+                metrics.agent_unknown_ca();
+                tracing::warn!(
+                    host,
+                    ca = %ca.display(),
+                    "the agent does not trust the interception CA (UnknownCA): give it this CA file (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE)"
+                );
+            }
+            None => {
+                tracing::warn!(host, error = %e, "the agent does not trust the listener's TLS certificate (UnknownCA)");
+            }
+        },
         HandshakeFailure::Failed(e) => {
             tracing::info!(host, error = %e, "TLS handshake with agent failed");
         }
