@@ -423,18 +423,16 @@ fn write_configmap(docs: &[Value], name: &str, dir: &std::path::Path) {
     }
 }
 
-/// What `tollgate check` still refuses in the chart's configurations because the features
-/// arrive with later work (the admin socket and metrics address of issue 17), plus the CA
-/// files that exist only inside a pod. Anything else it reports is a mistake in the chart. Remove a line here when its feature lands.
+/// What `tollgate check` refuses in the chart's configurations only because the files exist
+/// only inside a pod (the CA Secret's mount). Anything else it reports is a mistake in the
+/// chart.
 const NOT_YET: &[&str] = &[
-    "admin.metrics_address: unknown key",
-    "admin.address: `unix:///run/tollgate/admin.sock` is not an IP:port address",
     "intercept_ca.cert: file not found: /etc/tollgate/intercept-ca/tls.crt",
     "intercept_ca.key: file not found: /etc/tollgate/intercept-ca/tls.key",
 ];
 
 #[test]
-fn the_charts_sidecar_and_gateway_configs_pass_tollgate_check_but_for_features_still_coming() {
+fn the_charts_sidecar_and_gateway_configs_pass_tollgate_check_but_for_files_only_in_a_pod() {
     for (args, name) in [
         (
             &["--set", "agentNamespaces={agents}"][..],

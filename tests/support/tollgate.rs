@@ -164,6 +164,8 @@ impl TollgateBuilder {
             stderr,
             listeners: Vec::new(),
             admin: None,
+            admin_socket: None,
+            metrics: None,
         };
 
         // Wait for the ready lines, watching for an early exit.
@@ -171,7 +173,9 @@ impl TollgateBuilder {
         let mut next = 0;
         let mut found: Vec<ListenerInfo> = Vec::new();
         loop {
-            if found.len() >= expect_listeners && (!expect_admin || tg.admin.is_some()) {
+            if found.len() >= expect_listeners
+                && (!expect_admin || tg.admin.is_some() || tg.admin_socket.is_some())
+            {
                 break;
             }
             let slice = deadline
@@ -184,7 +188,15 @@ impl TollgateBuilder {
                     Some("listener ready") => {
                         found.push(parse_listener(&v).map_err(|e| format!("{e}: {line}"))?)
                     }
-                    _ => tg.admin = Some(parse_addr(&v).map_err(|e| format!("{e}: {line}"))?),
+                    Some("metrics ready") => {
+                        tg.metrics = Some(parse_addr(&v).map_err(|e| format!("{e}: {line}"))?)
+                    }
+                    _ => match unix_socket(&v) {
+                        Some(path) => tg.admin_socket = Some(path),
+                        None => {
+                            tg.admin = Some(parse_addr(&v).map_err(|e| format!("{e}: {line}"))?)
+                        }
+                    },
                 }
                 continue;
             }
@@ -236,6 +248,8 @@ pub struct Tollgate {
     stderr: Lines,
     listeners: Vec<ListenerInfo>,
     admin: Option<SocketAddr>,
+    admin_socket: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
 }
 
 impl Tollgate {
@@ -302,6 +316,14 @@ impl Tollgate {
     /// The admin listener's address, if an `admin ready` line appeared.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+    /// The admin API's Unix socket (`admin.address: unix://…`), once ready.
+    pub fn admin_socket(&self) -> Option<&Path> {
+        self.admin_socket.as_deref()
+    }
+    /// `admin.metrics_address` as bound, once ready.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
     /// `http://ADMIN{path}`; panics without an admin listener.
     /// `curl` against the admin API: (status, body text). A JSON `body` is sent with its
@@ -459,13 +481,21 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 fn is_ready_line(l: &str) -> bool {
-    (l.contains("listener ready") || l.contains("admin ready"))
+    (l.contains("listener ready") || l.contains("admin ready") || l.contains("metrics ready"))
         && serde_json::from_str::<Value>(l).is_ok_and(|v| {
             matches!(
                 field(&v, "message").and_then(Value::as_str),
-                Some("listener ready" | "admin ready")
+                Some("listener ready" | "admin ready" | "metrics ready")
             )
         })
+}
+
+/// The socket path of a `unix://` admin address.
+fn unix_socket(v: &Value) -> Option<PathBuf> {
+    field(v, "address")
+        .and_then(Value::as_str)
+        .and_then(|a| a.strip_prefix("unix://"))
+        .map(PathBuf::from)
 }
 
 fn parse_addr(v: &Value) -> Result<SocketAddr, String> {
