@@ -191,6 +191,11 @@ fn admin_transport_keys_that_do_not_fit_the_address_are_refused() {
             "not an IP:port",
         ),
         (
+            "{address: 'unix:///run/a.sock', allowed_uids: []}",
+            "admin.allowed_uids",
+            "an empty list lets no one use the admin API",
+        ),
+        (
             "{address: 'unix:///run/a.sock', allowed_uids: [-1]}",
             "admin.allowed_uids[0]",
             "expected u32",

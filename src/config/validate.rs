@@ -126,12 +126,21 @@ fn check_admin_transport(
     problems: &mut Problems,
 ) {
     match address {
-        Some(AdminAddress::Unix(_)) if raw_admin.tls.is_some() => {
-            problems.add(
-                "admin.tls",
-                "does not apply to a unix:// admin.address (its callers are checked by UID: \
-                 admin.allowed_uids)",
-            );
+        Some(AdminAddress::Unix(_)) => {
+            if raw_admin.tls.is_some() {
+                problems.add(
+                    "admin.tls",
+                    "does not apply to a unix:// admin.address (its callers are checked by \
+                     UID: admin.allowed_uids)",
+                );
+            }
+            if raw_admin.allowed_uids.as_ref().is_some_and(Vec::is_empty) {
+                problems.add(
+                    "admin.allowed_uids",
+                    "an empty list lets no one use the admin API; omit it to allow tollgate's \
+                     own UID",
+                );
+            }
         }
         Some(AdminAddress::Tcp(_)) => {
             if raw_admin.allowed_uids.is_some() {
@@ -159,7 +168,7 @@ fn check_admin_transport(
                 );
             }
         }
-        Some(AdminAddress::Unix(_)) | None => {}
+        None => {}
     }
 }
 
