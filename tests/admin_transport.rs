@@ -13,52 +13,16 @@ use std::time::Duration;
 
 use support::*;
 
-/// Every route that reads or steers the proxy (SPEC §7), as (method, path, body).
-const STEERING: &[(&str, &str, Option<&str>)] = &[
-    ("POST", "/v1/reload", None),
-    ("GET", "/v1/kill", None),
-    ("POST", "/v1/kill", Some(r#"{"all": true}"#)),
-    ("DELETE", "/v1/kill", Some(r#"{"all": true}"#)),
-    ("DELETE", "/v1/kill/all", None),
-    ("DELETE", "/v1/tasks/t-1", None),
-    ("GET", "/v1/decisions", None),
-    ("GET", "/.well-known/jwks.json", None),
-];
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `curl` to `url`, through the Unix socket when given: (status, body).
 fn call(socket: Option<&Path>, method: &str, url: &str, body: Option<&str>) -> (u16, String) {
-    let mut args: Vec<String> = [
-        "-sS",
-        "--max-time",
-        "10",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-    ]
-    .map(String::from)
-    .to_vec();
-    if let Some(socket) = socket {
-        args.extend(["--unix-socket".into(), socket.display().to_string()]);
-    }
-    if let Some(body) = body {
-        args.extend(["-H".into(), "content-type: application/json".into()]);
-        args.extend(["-d".into(), body.into()]);
-    }
-    args.push(url.into());
-    let out = curl(&args);
-    let output = text(&out.stdout);
-    let (body, status) = output.rsplit_once('\n').expect("curl's status line");
-    (
-        status
-            .parse()
-            .unwrap_or_else(|_| panic!("{url}: {}", text(&out.stderr))),
-        body.to_string(),
-    )
+    let out = curl(&admin_curl_args(socket, method, url, body));
+    let (body, status) = split_status(&out.stdout);
+    assert_ne!(status, 0, "{url}: {}", text(&out.stderr));
+    (status, body)
 }
 
 fn sidecar_config(admin: &str) -> String {
@@ -204,7 +168,7 @@ fn a_peer_uid_outside_admin_allowed_uids_gets_403_on_every_route_and_is_counted(
             .unwrap_or_else(|| panic!("no peer_uid refusal series in:\n{body}"))
     };
     assert_eq!(refusals(), 0);
-    for (i, (method, path, body)) in STEERING.iter().enumerate() {
+    for (i, (method, path, body)) in ADMIN_STEERING.iter().enumerate() {
         let (status, answer) = call(Some(&socket), method, &format!("http://admin{path}"), *body);
         assert_eq!(status, 403, "{method} {path}: {answer}");
         let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
@@ -242,7 +206,7 @@ fn the_metrics_address_serves_only_metrics_and_health() {
     }
     let (_, metrics) = call(None, "GET", &format!("{base}/metrics"), None);
     assert!(metrics.contains("tollgate_kills_active 0"), "{metrics}");
-    for (method, path, body) in STEERING {
+    for (method, path, body) in ADMIN_STEERING {
         let (status, answer) = call(None, method, &format!("{base}{path}"), *body);
         assert_eq!(status, 404, "{method} {path}: {answer}");
         assert!(

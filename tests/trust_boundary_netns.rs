@@ -39,17 +39,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POD_ID: &str = "spiffe://cluster.test/ns/agents/sa/triage";
 
-/// Every route that reads or steers the proxy (SPEC §7), as (method, path, body).
-const STEERING: &[(&str, &str, Option<&str>)] = &[
-    ("POST", "/v1/reload", None),
-    ("GET", "/v1/kill", None),
-    ("POST", "/v1/kill", Some(r#"{"all": true}"#)),
-    ("DELETE", "/v1/kill", Some(r#"{"all": true}"#)),
-    ("DELETE", "/v1/kill/all", None),
-    ("DELETE", "/v1/tasks/t-1", None),
-    ("GET", "/v1/decisions", None),
-    ("GET", "/.well-known/jwks.json", None),
-];
 /// What Prometheus and the kubelet need.
 const SCRAPE: &[&str] = &["/metrics", "/healthz", "/readyz"];
 
@@ -87,30 +76,13 @@ fn curl_as(
     url: &str,
     body: Option<&str>,
 ) -> Answer {
-    cmd.args([
-        "-sS",
-        "-g",
-        "--max-time",
-        "10",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-    ]);
-    if let Some(socket) = socket {
-        cmd.arg("--unix-socket").arg(socket);
-    }
-    if let Some(body) = body {
-        cmd.args(["-H", "content-type: application/json", "-d", body]);
-    }
-    cmd.arg(url);
+    cmd.args(admin_curl_args(socket, method, url, body));
     let out = run_with_timeout(&mut cmd, COMMAND_TIMEOUT);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let (body, status) = split_status(&out.stdout);
     Answer {
         exit: out.status.code(),
-        status: status.trim().parse().unwrap_or(0),
-        body: body.to_string(),
+        status,
+        body,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
@@ -190,53 +162,13 @@ impl Scene {
         )
         .unwrap();
 
-        let mut origin = net.origin.root(system_python());
-        origin
-            .arg("-I")
-            .arg(dir.join("transparent_origin.py"))
-            .args(["--name", "origin", "--cert"])
-            .arg(dir.join("origin.pem"))
-            .arg("--key")
-            .arg(dir.join("origin-key.pem"));
-        let origin = NetnsProcess::start(origin, "origin", |l| l == "ready", READY_TIMEOUT);
-
-        run_checked(
-            net.pod.net_admin(tollgate()).args([
-                "redirect",
-                "install",
-                "--proxy-uid",
-                &PROXY_UID.to_string(),
-                "--proxy-port",
-                &PROXY_PORT.to_string(),
-            ]),
-            COMMAND_TIMEOUT,
-        );
-
-        let mut cmd = net.pod.user(PROXY_UID, dir.join("tollgate"));
-        cmd.arg("run")
-            .arg("-c")
-            .arg(dir.join("config.yaml"))
-            .env("RUST_LOG", "info");
-        let desc = format!("{cmd:?}");
-        let mut child = cmd
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-        let stdout = Lines::capture(child.stdout.take().expect("piped"), "tollgate");
-        let stderr = Lines::capture(child.stderr.take().expect("piped"), "tollgate");
-        let tollgate = NetnsProcess {
-            child: ChildGuard::new(child),
-            stdout,
-            stderr,
-        };
-        assert!(
-            tollgate
-                .stderr
-                .wait_for(0, |l| l.contains("admin ready"), READY_TIMEOUT)
-                .is_some(),
-            "tollgate not ready; stderr:\n{}",
-            tollgate.stderr.text()
+        let origin = start_transparent_origin(&net.origin, dir, READY_TIMEOUT);
+        install_redirect(&net.pod, &tollgate(), PROXY_PORT, COMMAND_TIMEOUT);
+        let tollgate = start_sidecar(
+            &net.pod,
+            &dir.join("tollgate"),
+            &dir.join("config.yaml"),
+            READY_TIMEOUT,
         );
         Scene {
             tollgate,
@@ -320,7 +252,7 @@ fn the_agent_cannot_steer_tollgate_read_its_secrets_or_leave_the_pod_past_it() {
     assert_eq!(engaged.status, 201, "{engaged:?}");
 
     // 1. The socket: the agent cannot even connect (mode 0600, another owner).
-    let every: Vec<(&str, &str, Option<&str>)> = STEERING
+    let every: Vec<(&str, &str, Option<&str>)> = ADMIN_STEERING
         .iter()
         .copied()
         .chain(SCRAPE.iter().map(|p| ("GET", *p, None)))
@@ -356,7 +288,7 @@ fn the_agent_cannot_steer_tollgate_read_its_secrets_or_leave_the_pod_past_it() {
     // still refuses the agent — and root, which is not in admin.allowed_uids either.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let before = scene.peer_uid_refusals();
-    for (i, (method, path, body)) in STEERING.iter().enumerate() {
+    for (i, (method, path, body)) in ADMIN_STEERING.iter().enumerate() {
         let answer = scene.agent_curl(Some(&socket), method, &format!("http://admin{path}"), *body);
         assert_eq!(answer.status, 403, "{method} {path}: {answer:?}");
         assert!(
@@ -384,7 +316,7 @@ fn the_agent_cannot_steer_tollgate_read_its_secrets_or_leave_the_pod_past_it() {
 
     // 2. The metrics address, on loopback and on the pod's address: read-only routes only.
     for host in ["127.0.0.1", "192.0.2.1"] {
-        for (method, path, body) in STEERING {
+        for (method, path, body) in ADMIN_STEERING {
             let answer = scene.agent_curl(
                 None,
                 method,
@@ -426,7 +358,7 @@ fn the_agent_cannot_steer_tollgate_read_its_secrets_or_leave_the_pod_past_it() {
     // 3. The transparent listeners: an admin request sent to them is a connection to
     //    tollgate's own port, which it closes (the loop guard).
     for host in ["127.0.0.1", "[::1]"] {
-        for (method, path, body) in STEERING {
+        for (method, path, body) in ADMIN_STEERING {
             let answer = scene.agent_curl(
                 None,
                 method,

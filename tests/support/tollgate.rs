@@ -239,6 +239,57 @@ impl Default for TollgateBuilder {
     }
 }
 
+/// Every admin route that reads or steers the proxy (SPEC §7), as (method, path, body): what
+/// an agent must never reach.
+pub const ADMIN_STEERING: &[(&str, &str, Option<&str>)] = &[
+    ("POST", "/v1/reload", None),
+    ("GET", "/v1/kill", None),
+    ("POST", "/v1/kill", Some(r#"{"all": true}"#)),
+    ("DELETE", "/v1/kill", Some(r#"{"all": true}"#)),
+    ("DELETE", "/v1/kill/all", None),
+    ("DELETE", "/v1/tasks/t-1", None),
+    ("GET", "/v1/decisions", None),
+    ("GET", "/.well-known/jwks.json", None),
+];
+
+/// curl's arguments for one admin call, `-g` and a 10 s limit, through the Unix `socket` when
+/// given, with a JSON `body`; the HTTP status is printed on stdout's last line (0: none), see
+/// [`split_status`].
+pub fn admin_curl_args(
+    socket: Option<&Path>,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "-sS",
+        "-g",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]
+    .map(Into::into)
+    .to_vec();
+    if let Some(socket) = socket {
+        args.extend(["--unix-socket".into(), socket.as_os_str().to_owned()]);
+    }
+    if let Some(body) = body {
+        args.extend(["-H", "content-type: application/json", "-d", body].map(Into::into));
+    }
+    args.push(url.into());
+    args
+}
+
+/// The body and the status of an [`admin_curl_args`] call's stdout.
+pub fn split_status(stdout: &[u8]) -> (String, u16) {
+    let text = String::from_utf8_lossy(stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (body.to_string(), status.trim().parse().unwrap_or(0))
+}
+
 /// A running tollgate, killed on drop.
 pub struct Tollgate {
     child: Mutex<ChildGuard>,
