@@ -292,6 +292,11 @@ mod tests {
                 "net-capabilities",
                 "adds NET_RAW",
             ),
+            (
+                serde_json::json!({"runAsNonRoot": true, "capabilities": {"add": ["CHOWN", "ALL"]}}),
+                "net-capabilities",
+                "adds ALL",
+            ),
         ] {
             let s = security(json.clone());
             let Boundary::Refused(message) = check(&one(Some(&s), vec![]), None, None, 1337) else {
