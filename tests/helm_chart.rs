@@ -328,6 +328,48 @@ fn gateway_mode_renders_the_gateway_its_service_and_an_egress_policy_per_agent_n
 }
 
 #[test]
+fn the_gateways_ca_key_and_admin_socket_are_mounted_by_its_tollgate_container_alone() {
+    let (_, docs) = render(&["--set", "mode=gateway"]);
+    let gateway = named(&docs, "Deployment", "tollgate-gateway");
+    let spec = &gateway["spec"]["template"]["spec"];
+    let containers: Vec<&Value> = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["initContainers"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(containers.len(), 1, "only tollgate runs in the gateway pod");
+    let mounts: Vec<(&str, &str)> = containers[0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        mounts.contains(&("intercept-ca", "/etc/tollgate/intercept-ca")),
+        "{mounts:?}"
+    );
+    assert!(mounts.contains(&("run", "/run/tollgate")), "{mounts:?}");
+    // The admin API is the socket in that folder; the probes use the metrics address.
+    let config = named(&docs, "ConfigMap", "tollgate-gateway")["data"]["config.yaml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        config.contains("address: unix:///run/tollgate/admin.sock"),
+        "{config}"
+    );
+    assert!(
+        config.contains("metrics_address: 0.0.0.0:15020"),
+        "{config}"
+    );
+}
+
+#[test]
 fn every_container_the_chart_runs_is_non_root_read_only_and_drops_all_capabilities() {
     for args in [&[][..], &["--set", "mode=gateway"]] {
         let (_, docs) = render(args);
@@ -400,6 +442,18 @@ fn injector_settings_rendered_by_the_chart_are_what_tollgate_inject_accepts() {
     assert_eq!(settings.image, "tollgate:1.2.3");
     assert_eq!(settings.exclude_outbound_ports, "22");
     assert!(settings.legacy_iptables);
+    assert_eq!(
+        settings.credentials_secret, "",
+        "no credentials Secret unless one is named"
+    );
+    let (_, docs) = render(&["--set", "sidecar.credentialsSecret=agent-credentials"]);
+    let config = named(&docs, "ConfigMap", "tollgate-injector");
+    let settings =
+        tollgate::inject::Settings::parse(config["data"]["settings.yaml"].as_str().unwrap())
+            .expect("the rendered settings parse");
+    assert_eq!(settings.credentials_secret, "agent-credentials");
+    let out = helm_template(&["--set", "sidecar.credentialsSecret=Not_A_Name"]);
+    assert!(out.is_err(), "a bad Secret name is refused by the schema");
     let defaults = named(&render(&[]).1, "ConfigMap", "tollgate-injector")["data"]["settings.yaml"]
         .as_str()
         .unwrap()
@@ -423,18 +477,16 @@ fn write_configmap(docs: &[Value], name: &str, dir: &std::path::Path) {
     }
 }
 
-/// What `tollgate check` still refuses in the chart's configurations because the features
-/// arrive with later work (the admin socket and metrics address of issue 17), plus the CA
-/// files that exist only inside a pod. Anything else it reports is a mistake in the chart. Remove a line here when its feature lands.
+/// What `tollgate check` refuses in the chart's configurations only because the files exist
+/// only inside a pod (the CA Secret's mount). Anything else it reports is a mistake in the
+/// chart.
 const NOT_YET: &[&str] = &[
-    "admin.metrics_address: unknown key",
-    "admin.address: `unix:///run/tollgate/admin.sock` is not an IP:port address",
     "intercept_ca.cert: file not found: /etc/tollgate/intercept-ca/tls.crt",
     "intercept_ca.key: file not found: /etc/tollgate/intercept-ca/tls.key",
 ];
 
 #[test]
-fn the_charts_sidecar_and_gateway_configs_pass_tollgate_check_but_for_features_still_coming() {
+fn the_charts_sidecar_and_gateway_configs_pass_tollgate_check_but_for_files_only_in_a_pod() {
     for (args, name) in [
         (
             &["--set", "agentNamespaces={agents}"][..],

@@ -258,6 +258,24 @@ fn the_admin_api_beyond_loopback_requires_an_allowed_svid() {
     };
     assert_eq!(admin(Some("agent")), "200", "allowed SVID");
     assert_eq!(admin(Some("other")), "403", "trusted but not allowed");
+    // The refusal is counted (once per connection).
+    let metrics = curl(&[
+        "-s".to_string(),
+        "--max-time".into(),
+        "10".into(),
+        "--cacert".into(),
+        ca.display().to_string(),
+        "--cert".into(),
+        pkis.path("agent.pem").display().to_string(),
+        "--key".into(),
+        pkis.path("agent-key.pem").display().to_string(),
+        format!("https://127.0.0.1:{port}/metrics"),
+    ]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("tollgate_admin_refusals_total{reason=\"spiffe_id\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(admin(None), "000", "no certificate: the handshake fails");
     // Without mTLS configuration, a non-loopback admin address is a configuration error.
     let dir = tempfile::tempdir().unwrap();

@@ -180,7 +180,9 @@ fn simple_pod() -> Value {
         "kind": "Pod",
         "metadata": {"generateName": "triage-", "namespace": "agents", "labels": {"app": "triage"}},
         "spec": {"containers": [{"name": "agent", "image": "python:3.12-slim",
-                                 "command": ["python", "-m", "agent"]}]}
+                                 "command": ["python", "-m", "agent"],
+                                 "securityContext": {"runAsUser": 1000, "runAsNonRoot": true,
+                                                     "allowPrivilegeEscalation": false}}]}
     })
 }
 
@@ -443,6 +445,181 @@ fn refuses_bad_annotations_and_host_network_pods_with_a_reason() {
     let answer = injector.review(&host, "host");
     assert_eq!(answer["response"]["allowed"], false);
     assert_eq!(answer["response"]["status"]["code"], 403);
+}
+
+/// The webhook's `tollgate_injector_exceptions_total` series, by exception.
+fn exception_counts(injector: &Injector) -> Vec<(String, u64)> {
+    let (status, text) = injector.curl(&[&injector.url("/metrics")]);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("tollgate_injector_exceptions_total{exception=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .map(|(name, n)| (name.to_string(), n.parse().expect("a count")))
+        .collect()
+}
+
+#[test]
+fn refuses_agent_containers_that_could_step_around_tollgate_unless_an_annotation_waives_it() {
+    let injector = Injector::start(&[]);
+    let with = |security: Value| {
+        let mut pod = simple_pod();
+        pod["spec"]["containers"][0]["securityContext"] = security;
+        pod
+    };
+    let cases = [
+        (
+            "proxyuid",
+            with(json!({"runAsUser": 1337})),
+            "proxy-uid",
+            "runs as UID 1337, the proxy's UID",
+        ),
+        (
+            "root",
+            with(json!({"runAsUser": 0})),
+            "root",
+            "runs as UID 0 (root)",
+        ),
+        ("maybe-root", with(json!({})), "root", "may run as root"),
+        (
+            "privileged",
+            with(json!({"runAsNonRoot": true, "privileged": true})),
+            "privileged",
+            "is privileged",
+        ),
+        (
+            "netadmin",
+            with(json!({"runAsNonRoot": true, "capabilities": {"add": ["NET_ADMIN"]}})),
+            "net-capabilities",
+            "adds NET_ADMIN",
+        ),
+        (
+            "netraw",
+            with(json!({"runAsNonRoot": true, "capabilities": {"add": ["NET_RAW"]}})),
+            "net-capabilities",
+            "adds NET_RAW",
+        ),
+    ];
+    for (name, pod, exception, says) in &cases {
+        let answer = injector.review(pod, name);
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], false, "{name}: {answer}");
+        assert_eq!(response["status"]["code"], 403, "{name}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(
+            message.contains(&format!("(exception `{exception}`)"))
+                && message.contains("tollgate.io/agent-exceptions"),
+            "{name}: {message}"
+        );
+    }
+    // The pod's own init containers run after the sidecar: the same rules hold for them.
+    let mut init = simple_pod();
+    init["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox:1.36",
+        "securityContext": {"runAsUser": 0, "capabilities": {"add": ["NET_ADMIN"]}}}]);
+    let answer = injector.review(&init, "init");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("container `setup` runs as UID 0")
+            && message.contains("container `setup` adds NET_ADMIN"),
+        "{message}"
+    );
+    // A container of the pod's cannot mount the volume with the CA key or the admin socket.
+    for volume in ["tollgate-ca", "tollgate-run", "tollgate-credentials"] {
+        let mut steal = simple_pod();
+        steal["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": volume, "mountPath": "/loot"}]);
+        let answer = injector.review(&steal, &format!("steal-{volume}"));
+        assert_eq!(answer["response"]["allowed"], false, "{volume}");
+        assert!(
+            answer["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("a volume for tollgate alone"),
+            "{answer}"
+        );
+    }
+    assert!(exception_counts(&injector).iter().all(|(_, n)| *n == 0));
+
+    // Each waived by the annotation: admitted (the patched pod validates), logged, counted.
+    for (name, pod, exception, _) in &cases {
+        let mut pod = pod.clone();
+        pod["metadata"]["annotations"] = json!({"tollgate.io/agent-exceptions": exception});
+        injector.inject(&pod, &format!("{name}-waived"));
+    }
+    assert_eq!(
+        exception_counts(&injector),
+        vec![
+            ("proxy-uid".to_string(), 1),
+            ("root".to_string(), 2),
+            ("privileged".to_string(), 1),
+            ("net-capabilities".to_string(), 2),
+        ]
+    );
+    let (_, line) = injector
+        .stderr
+        .wait_for(
+            0,
+            |l| l.contains("trust-boundary exceptions") && l.contains("\"exceptions\":\"root\""),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("no exception log line:\n{}", injector.stderr.text()));
+    assert!(line.contains("agents/triage-*"), "{line}");
+    // A misspelt exception refuses the pod (400), rather than admitting it unwaived or waived.
+    let mut typo = with(json!({"runAsUser": 0}));
+    typo["metadata"]["annotations"] = json!({"tollgate.io/agent-exceptions": "rooot"});
+    let answer = injector.review(&typo, "typo");
+    assert_eq!(answer["response"]["status"]["code"], 400, "{answer}");
+}
+
+#[test]
+fn only_the_tollgate_container_mounts_the_ca_key_credentials_and_admin_socket() {
+    let injector = Injector::start(&["--set", "sidecar.credentialsSecret=agent-credentials"]);
+    let pod = injector.inject(&simple_pod(), "credentials");
+    let spec = &pod["spec"];
+    let volumes = spec["volumes"].as_array().unwrap();
+    let credentials = volumes
+        .iter()
+        .find(|v| v["name"] == "tollgate-credentials")
+        .unwrap();
+    assert_eq!(credentials["secret"]["secretName"], "agent-credentials");
+    let secret_volumes: Vec<&str> = [
+        "tollgate-ca",
+        "tollgate-credentials",
+        "tollgate-run",
+        "tollgate-config",
+        "tollgate-spiffe",
+    ]
+    .to_vec();
+    let containers = spec["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["initContainers"].as_array().unwrap());
+    for c in containers {
+        let mounts = names(&c["volumeMounts"]);
+        let name = c["name"].as_str().unwrap();
+        let private: Vec<&&str> = mounts
+            .iter()
+            .filter(|m| secret_volumes.contains(m))
+            .collect();
+        if name == "tollgate" {
+            assert_eq!(private.len(), 5, "{name}: {mounts:?}");
+            let mount = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == "tollgate-credentials")
+                .unwrap();
+            assert_eq!(
+                (mount["mountPath"].as_str(), mount["readOnly"].as_bool()),
+                (Some("/etc/tollgate/credentials"), Some(true))
+            );
+        } else {
+            assert!(private.is_empty(), "{name} mounts {private:?}");
+        }
+    }
+    let agent = container(&spec["containers"], "agent");
+    assert_eq!(names(&agent["volumeMounts"]), vec!["tollgate-ca-bundle"]);
 }
 
 #[test]

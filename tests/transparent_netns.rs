@@ -177,28 +177,9 @@ impl Scene {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
 
-        let mut origin = net.origin.root(system_python());
-        origin
-            .arg("-I")
-            .arg(dir.join("transparent_origin.py"))
-            .args(["--name", "origin", "--cert"])
-            .arg(dir.join("origin.pem"))
-            .arg("--key")
-            .arg(dir.join("origin-key.pem"));
-        let origin = NetnsProcess::start(origin, "origin", |l| l == "ready", READY_TIMEOUT);
+        let origin = start_transparent_origin(&net.origin, dir, READY_TIMEOUT);
 
-        let installed = run_checked(
-            net.pod.net_admin(tollgate()).args([
-                "redirect",
-                "install",
-                "--proxy-uid",
-                &PROXY_UID.to_string(),
-                "--proxy-port",
-                &PROXY_PORT.to_string(),
-            ]),
-            COMMAND_TIMEOUT,
-        );
-        let installed = String::from_utf8_lossy(&installed.stdout).into_owned();
+        let installed = install_redirect(&net.pod, &tollgate(), PROXY_PORT, COMMAND_TIMEOUT);
         assert!(
             installed.contains("ipv4: installed") && installed.contains("ipv6: installed"),
             "{installed}"
@@ -221,45 +202,20 @@ impl Scene {
     /// and the admin API.
     fn start_tollgate(&mut self) {
         let dir = self.staged.path();
-        let mut cmd = self.net.pod.user(PROXY_UID, dir.join("tollgate"));
-        cmd.arg("run")
-            .arg("-c")
-            .arg(dir.join("config.yaml"))
-            .env("RUST_LOG", "info");
-        let desc = format!("{cmd:?}");
-        let mut child = cmd
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-        let stdout = Lines::capture(child.stdout.take().expect("piped"), "tollgate");
-        let stderr = Lines::capture(child.stderr.take().expect("piped"), "tollgate");
-        let process = NetnsProcess {
-            child: ChildGuard::new(child),
-            stdout,
-            stderr,
-        };
-        let mut from = 0;
-        for _ in 0..2 {
-            match process
-                .stderr
-                .wait_for(from, |l| l.contains("listener ready"), READY_TIMEOUT)
-            {
-                Some((i, _)) => from = i + 1,
-                None => panic!(
-                    "tollgate's listeners not ready within {READY_TIMEOUT:?}; stderr:\n{}",
-                    process.stderr.text()
-                ),
-            }
-        }
-        assert!(
-            process
-                .stderr
-                .wait_for(0, |l| l.contains("admin ready"), READY_TIMEOUT)
-                .is_some(),
-            "admin not ready; stderr:\n{}",
-            process.stderr.text()
+        let process = start_sidecar(
+            &self.net.pod,
+            &dir.join("tollgate"),
+            &dir.join("config.yaml"),
+            READY_TIMEOUT,
         );
+        // Both listeners were ready before the admin API.
+        let listeners = process
+            .stderr
+            .snapshot()
+            .iter()
+            .filter(|l| l.contains("listener ready"))
+            .count();
+        assert_eq!(listeners, 2, "stderr:\n{}", process.stderr.text());
         self.tollgate = Some(process);
     }
 

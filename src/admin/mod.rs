@@ -5,15 +5,18 @@
 //!
 //! Bound to loopback by default; a non-loopback address needs `admin.tls` (mTLS with an
 //! X.509-SVID, verified against the trust bundles) and `admin.allowed_spiffe_ids`, checked at
-//! configuration time. Every route answers JSON (`/metrics` excepted); errors carry `error` and
-//! `message`. Each resource returns typed results; this file routes and turns them into
-//! responses.
+//! configuration time. A sidecar's admin API is a Unix socket instead ([`unix`]: mode 0600,
+//! each peer's UID checked), with `/metrics`, `/healthz` and `/readyz` alone on a TCP
+//! `admin.metrics_address` ([`Access::Scrape`]). Every route answers JSON (`/metrics`
+//! excepted); errors carry `error` and `message`. Each resource returns typed results; this
+//! file routes and turns them into responses.
 
 pub mod decisions;
 pub mod health;
 pub mod kill;
 pub mod reload;
 pub mod tasks;
+pub mod unix;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use tokio::net::TcpListener;
 use crate::credentials::CredentialStore;
 use crate::kill::KillSwitch;
 use crate::telemetry::decision_log::Recent;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{AdminRefusal, Metrics};
 use crate::watch::Watched;
 pub use health::Health;
 pub use reload::{Reload, Reloaded};
@@ -39,6 +42,8 @@ pub use reload::{Reload, Reloaded};
 const MAX_BODY: usize = 64 * 1024;
 /// How long an admin client may take for its TLS handshake and for a request head.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// mTLS on the admin listener: who may call it.
 pub struct AdminTls {
@@ -138,14 +143,52 @@ async fn kill_call<T: Send + 'static>(
     })
 }
 
+/// What one admin connection may do, decided once by its transport before any request.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Every route (a caller the transport proved allowed).
+    Full,
+    /// Only `GET /metrics`, `/healthz`, `/readyz` (`admin.metrics_address`); any other path
+    /// is 404, as if the steering routes did not exist.
+    Scrape,
+    /// Nothing: every request gets 403 with this message.
+    Refused(Arc<str>),
+}
+
+/// The read-only routes a scrape or probe needs, shared by both surfaces.
+fn scrape_route(state: &AdminState, method: &Method, path: &str) -> Option<Reply> {
+    match (method, path) {
+        (&Method::GET, "/healthz") => Some(health::live()),
+        (&Method::GET, "/readyz") => Some(health::ready(&state.health)),
+        (&Method::GET, "/metrics") => Some(Reply::Metrics(state.metrics.encode())),
+        (_, "/healthz" | "/readyz" | "/metrics") => Some(Reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )),
+        _ => None,
+    }
+}
+
+/// Routes one request of a metrics-only connection.
+fn route_scrape(state: &AdminState, request: &Request<Incoming>) -> Reply {
+    scrape_route(state, request.method(), request.uri().path()).unwrap_or_else(|| {
+        Reply::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin.metrics_address serves only /metrics, /healthz and /readyz",
+        )
+    })
+}
+
 /// Routes one request to its resource.
 async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    if let Some(reply) = scrape_route(state, &method, &path) {
+        return reply;
+    }
     match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => health::live(),
-        (&Method::GET, "/readyz") => health::ready(&state.health),
-        (&Method::GET, "/metrics") => Reply::Metrics(state.metrics.encode()),
         (&Method::POST, "/v1/reload") => reload::reload(state.reloader.clone()).await,
         (&Method::GET, "/v1/kill") => match kill_call(state, kill::list).await {
             Ok(listed) => Reply::from(Ok(listed)),
@@ -188,26 +231,20 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
         (&Method::GET, "/.well-known/jwks.json") => {
             Reply::json(StatusCode::OK, (state.credentials)().jwks().clone())
         }
-        (
-            _,
-            "/healthz"
-            | "/readyz"
-            | "/metrics"
-            | "/v1/reload"
-            | "/v1/kill"
-            | "/v1/decisions"
-            | "/.well-known/jwks.json",
-        ) => Reply::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this route does not take that method",
-        ),
+        (_, "/v1/reload" | "/v1/kill" | "/v1/decisions" | "/.well-known/jwks.json") => {
+            Reply::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        }
         _ => Reply::error(StatusCode::NOT_FOUND, "not_found", "no such admin route"),
     }
 }
 
-/// Serves one admin connection; a caller that is not allowed gets a 403 on every request.
-async fn serve_http<IO>(io: IO, state: Arc<AdminState>, allowed: bool)
+/// Serves one admin connection with what its transport allowed; a refused caller gets a 403
+/// on every request.
+async fn serve_http<IO>(io: IO, state: Arc<AdminState>, access: Access)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -217,15 +254,14 @@ where
         .header_read_timeout(ADMIN_TIMEOUT);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let state = state.clone();
+        let access = access.clone();
         async move {
-            let reply = if allowed {
-                route(&state, request).await
-            } else {
-                Reply::error(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "this SPIFFE ID is not in admin.allowed_spiffe_ids",
-                )
+            let reply = match access {
+                Access::Full => route(&state, request).await,
+                Access::Scrape => route_scrape(&state, &request),
+                Access::Refused(message) => {
+                    Reply::error(StatusCode::FORBIDDEN, "forbidden", &message)
+                }
             };
             Ok::<_, Infallible>(reply.into_response())
         }
@@ -238,14 +274,18 @@ where
 /// it.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, tls: Option<Arc<AdminTls>>) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(&e).await;
+                continue;
+            }
         };
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let Some(tls) = tls else {
-                serve_http(stream, state, true).await;
+                serve_http(stream, state, Access::Full).await;
                 return;
             };
             let config = tls.config.current().server.clone();
@@ -268,12 +308,38 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, tls: Option<Ar
                 Some(id) => tls.allowed.is_empty() || tls.allowed.contains(id),
                 None => false,
             };
-            if !allowed {
+            let access = if allowed {
+                Access::Full
+            } else {
                 tracing::warn!(%peer, caller = ?accepted.peer.as_ref().map(|id| id.as_str()), "admin caller not in admin.allowed_spiffe_ids");
-            }
-            serve_http(accepted.stream, state, allowed).await;
+                state.metrics.admin_refused(AdminRefusal::SpiffeId);
+                Access::Refused("this SPIFFE ID is not in admin.allowed_spiffe_ids".into())
+            };
+            serve_http(accepted.stream, state, access).await;
         });
     }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` alone (`admin.metrics_address`), to anyone who
+/// can connect: nothing there steers the proxy or names a caller.
+pub async fn serve_scrape(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                accept_failed(&e).await;
+                continue;
+            }
+        };
+        tokio::spawn(serve_http(stream, state.clone(), Access::Scrape));
+    }
+}
+
+/// After a failed accept (out of file descriptors, most often): log and pause briefly so the
+/// loop does not spin while nothing can be accepted.
+async fn accept_failed(error: &std::io::Error) {
+    tracing::warn!(error = %error, "admin accept failed");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
 #[cfg(test)]

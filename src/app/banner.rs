@@ -1,7 +1,6 @@
 //! The local-development banner (`tollgate run` without `-c`): where the proxy and the admin
 //! API listen, who the caller is, and the lines an agent's shell needs.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::Config;
@@ -12,7 +11,7 @@ use crate::server::BoundListener;
 pub struct Banner<'a> {
     pub config: &'a Config,
     pub listeners: &'a [BoundListener],
-    pub admin: SocketAddr,
+    pub admin: &'a str,
     pub ca_path: &'a Path,
     pub caller: &'a Caller,
     pub revision: &'a str,

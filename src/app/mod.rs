@@ -49,7 +49,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         banner::Banner {
             config: &config,
             listeners: &started.listeners,
-            admin: started.admin_addr,
+            admin: &started.admin_addr,
             ca_path: &started.ca_path,
             caller: &started.server.default_caller,
             revision: &revision,
@@ -84,11 +84,27 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
         started.workload_api,
         started.admin_state.metrics.clone(),
     ));
-    tokio::spawn(crate::admin::serve(
-        started.admin,
-        started.admin_state,
-        started.admin_tls,
-    ));
+    if let Some(listener) = started.metrics {
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tokio::spawn(crate::admin::serve_scrape(
+            listener,
+            started.admin_state.clone(),
+        ));
+        tracing::info!(%address, routes = "/metrics /healthz /readyz", "metrics ready");
+    }
+    match started.admin {
+        start::BoundAdmin::Tcp(listener) => tokio::spawn(crate::admin::serve(
+            listener,
+            started.admin_state,
+            started.admin_tls,
+        )),
+        start::BoundAdmin::Unix(admin) => {
+            tokio::spawn(crate::admin::unix::serve(admin, started.admin_state))
+        }
+    };
     tracing::info!(address = %started.admin_addr, "admin ready");
     started.health.set_ready(true);
 

@@ -2,14 +2,13 @@
 //! (policy and certificates before any socket is bound) and reports readiness only when every
 //! listener accepts. Also the pieces `tollgate check` runs on its own.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::admin::{AdminState, AdminTls, Health, Reload};
-use crate::config::{ClientAuth, Config, ListenerMode};
+use crate::config::{AdminAddress, ClientAuth, Config, ListenerMode};
 use crate::credentials::CredentialStore;
 use crate::identity::svid::TrustBundles;
 use crate::identity::workload_api::WorkloadApiSource;
@@ -125,8 +124,11 @@ fn lines<E: std::fmt::Display>(config: &Config, errors: &[E]) -> String {
 /// Everything running, once started.
 pub struct Started {
     pub listeners: Vec<BoundListener>,
-    pub admin: TcpListener,
-    pub admin_addr: SocketAddr,
+    pub admin: BoundAdmin,
+    /// `admin.address` as bound (a TCP port 0 resolved), for logs and the banner.
+    pub admin_addr: String,
+    /// `admin.metrics_address`, bound.
+    pub metrics: Option<TcpListener>,
     pub server: Arc<Server>,
     pub admin_state: Arc<AdminState>,
     pub admin_tls: Option<Arc<AdminTls>>,
@@ -156,6 +158,7 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
     let bundles = reload::trust_bundles_watched(config, workload_api.clone())?;
     let (listeners, mut tls) = bind_listeners(config, &bundles, &workload_api).await?;
     let (admin, admin_addr) = bind_admin(config).await?;
+    let (metrics_listener, metrics_port) = bind_metrics(config).await?;
 
     let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
     let metrics = Arc::new(
@@ -200,10 +203,11 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
         listeners
             .iter()
             .map(|l| l.local_addr.port())
-            .chain([admin_addr.port()])
+            .chain(admin.tcp_port())
+            .chain(metrics_port)
             .collect(),
     ));
-    let admin_tls = admin_tls(config, &bundles, &workload_api, admin_addr)?;
+    let admin_tls = admin_tls(config, &bundles, &workload_api, &admin_addr)?;
     if let Some(admin) = &admin_tls {
         tls.push(admin.config.clone());
     }
@@ -235,6 +239,7 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
         listeners,
         admin,
         admin_addr,
+        metrics: metrics_listener,
         server,
         admin_state,
         admin_tls,
@@ -315,15 +320,62 @@ async fn bind_listeners(
     Ok((bound, watched))
 }
 
+/// The admin listener, on TCP or on a Unix socket.
+pub enum BoundAdmin {
+    /// `IP:port`, with or without mTLS.
+    Tcp(TcpListener),
+    /// `unix:///path`, peers checked by UID.
+    Unix(crate::admin::unix::UnixAdmin),
+}
+
+impl BoundAdmin {
+    /// The TCP port, when it is TCP (the loop guard refuses connections to tollgate's ports).
+    fn tcp_port(&self) -> Option<u16> {
+        match self {
+            BoundAdmin::Tcp(listener) => listener.local_addr().ok().map(|a| a.port()),
+            BoundAdmin::Unix(_) => None,
+        }
+    }
+}
+
 /// Binds the admin listener.
-async fn bind_admin(config: &Config) -> Result<(TcpListener, SocketAddr), StartError> {
-    let admin = TcpListener::bind(config.admin.address).await.map_err(|e| {
-        StartError::Runtime(format!("admin cannot bind {}: {e}", config.admin.address))
-    })?;
+async fn bind_admin(config: &Config) -> Result<(BoundAdmin, String), StartError> {
+    let address = match &config.admin.address {
+        AdminAddress::Tcp(address) => *address,
+        AdminAddress::Unix(path) => {
+            let admin = crate::admin::unix::bind(path, config.admin.allowed_uids.as_deref())
+                .map_err(|e| StartError::Runtime(format!("admin cannot bind {e}")))?;
+            tracing::info!(
+                socket = %path.display(),
+                owner_uid = admin.owner_uid,
+                allowed_uids = ?admin.allowed_uids,
+                "admin API on a Unix socket (mode 0600, peer UID checked)"
+            );
+            return Ok((BoundAdmin::Unix(admin), config.admin.address.to_string()));
+        }
+    };
+    let admin = TcpListener::bind(address)
+        .await
+        .map_err(|e| StartError::Runtime(format!("admin cannot bind {address}: {e}")))?;
     let addr = admin
         .local_addr()
         .map_err(|e| StartError::Runtime(format!("admin: {e}")))?;
-    Ok((admin, addr))
+    Ok((BoundAdmin::Tcp(admin), addr.to_string()))
+}
+
+/// Binds `admin.metrics_address`, when set; returns it and its port.
+async fn bind_metrics(config: &Config) -> Result<(Option<TcpListener>, Option<u16>), StartError> {
+    let Some(address) = config.admin.metrics_address else {
+        return Ok((None, None));
+    };
+    let listener = TcpListener::bind(address).await.map_err(|e| {
+        StartError::Runtime(format!("admin.metrics_address cannot bind {address}: {e}"))
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| StartError::Runtime(format!("admin.metrics_address: {e}")))?
+        .port();
+    Ok((Some(listener), Some(port)))
 }
 
 /// The admin listener's mTLS, when configured.
@@ -331,7 +383,7 @@ fn admin_tls(
     config: &Config,
     bundles: &Arc<Watched<TrustBundles>>,
     workload_api: &Option<Arc<WorkloadApiSource>>,
-    admin_addr: SocketAddr,
+    admin_addr: &str,
 ) -> Result<Option<Arc<AdminTls>>, StartError> {
     let Some(paths) = &config.admin.tls else {
         return Ok(None);

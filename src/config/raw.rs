@@ -48,6 +48,12 @@ pub struct RawAdmin {
     pub kill_file: Option<PathBuf>,
     #[serde(default)]
     pub allowed_spiffe_ids: Vec<String>,
+    /// SPEC §2: a TCP address serving only `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
+    /// Extension to SPEC §2: the peer UIDs a `unix://` admin socket serves.
+    #[serde(default)]
+    pub allowed_uids: Option<Vec<u32>>,
     /// Extension to SPEC §2: the admin listener's own certificate when it is not on loopback.
     #[serde(default)]
     pub tls: Option<RawKeyPair>,

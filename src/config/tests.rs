@@ -30,7 +30,10 @@ fn accepts_builtin_config() {
         config.listeners[0].address,
         "127.0.0.1:15001".parse().unwrap()
     );
-    assert_eq!(config.admin.address, "127.0.0.1:15000".parse().unwrap());
+    assert_eq!(
+        config.admin.address,
+        AdminAddress::Tcp("127.0.0.1:15000".parse().unwrap())
+    );
     assert_eq!(
         config
             .identity
@@ -113,13 +116,98 @@ fn accepts_transparent_listeners_with_a_default_sniff_timeout() {
 fn a_transparent_listener_requires_an_admin_api_with_mtls_and_an_allow_list() {
     let dir = tempfile::tempdir().unwrap();
     let errors = transparent_config(dir.path(), "{address: '127.0.0.1:15000'}").unwrap_err();
-    let keys = keys(&errors);
-    assert!(keys.contains(&"admin.tls"), "{errors}");
-    assert!(keys.contains(&"admin.allowed_spiffe_ids"), "{errors}");
+    // One line, naming what is missing.
+    assert_eq!(keys(&errors), vec!["admin.address"], "{errors}");
+    let text = errors.to_string();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("the agent shares loopback"), "{text}");
     assert!(
-        errors.to_string().contains("the agent shares loopback"),
+        text.contains("missing: admin.tls, admin.allowed_spiffe_ids"),
+        "{text}"
+    );
+    // mTLS without an allow list is still refused; so is a non-loopback plain address.
+    let errors = transparent_config(
+        dir.path(),
+        "{address: '127.0.0.1:15000', tls: {cert: admin.pem, key: admin-key.pem}}",
+    )
+    .unwrap_err();
+    assert!(
+        errors
+            .to_string()
+            .contains("(missing: admin.allowed_spiffe_ids)"),
         "{errors}"
     );
+}
+
+#[test]
+fn a_transparent_listener_accepts_a_unix_admin_socket_with_a_metrics_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = transparent_config(
+        dir.path(),
+        "{address: 'unix:///run/tollgate/admin.sock', metrics_address: '0.0.0.0:15020', \
+          allowed_uids: [1337, 0]}",
+    )
+    .unwrap();
+    assert_eq!(
+        config.admin.address,
+        AdminAddress::Unix("/run/tollgate/admin.sock".into())
+    );
+    assert_eq!(
+        config.admin.address.to_string(),
+        "unix:///run/tollgate/admin.sock"
+    );
+    assert_eq!(
+        config.admin.metrics_address,
+        Some("0.0.0.0:15020".parse().unwrap())
+    );
+    assert_eq!(config.admin.allowed_uids, Some(vec![1337, 0]));
+    // Without allowed_uids: tollgate's own UID only, decided at start-up.
+    let config = transparent_config(dir.path(), "{address: 'unix:///run/a.sock'}").unwrap();
+    assert_eq!(config.admin.allowed_uids, None);
+}
+
+#[test]
+fn admin_transport_keys_that_do_not_fit_the_address_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (admin, key, says) in [
+        (
+            "{address: 'unix://run/a.sock'}",
+            "admin.address",
+            "unix:///absolute/path",
+        ),
+        (
+            "{address: 'unix:///'}",
+            "admin.address",
+            "unix:///absolute/path",
+        ),
+        (
+            "{address: 'unix:///run/a.sock', tls: {cert: admin.pem, key: admin-key.pem}}",
+            "admin.tls",
+            "does not apply",
+        ),
+        (
+            "{address: 'unix:///run/a.sock', metrics_address: 'localhost'}",
+            "admin.metrics_address",
+            "not an IP:port",
+        ),
+        (
+            "{address: 'unix:///run/a.sock', allowed_uids: []}",
+            "admin.allowed_uids",
+            "an empty list lets no one use the admin API",
+        ),
+        (
+            "{address: 'unix:///run/a.sock', allowed_uids: [-1]}",
+            "admin.allowed_uids[0]",
+            "expected u32",
+        ),
+    ] {
+        let errors = transparent_config(dir.path(), admin).unwrap_err();
+        assert!(keys(&errors).contains(&key), "{admin}: {errors}");
+        assert!(errors.to_string().contains(says), "{admin}: {errors}");
+    }
+    let text = "admin: {address: '127.0.0.1:15000', allowed_uids: [1]}\n";
+    let errors = load_str(text, dir.path(), "test.yaml").unwrap_err();
+    assert!(keys(&errors).contains(&"admin.allowed_uids"), "{errors}");
 }
 
 #[test]

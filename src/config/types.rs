@@ -95,10 +95,45 @@ pub struct KeyPairPaths {
     pub key: PathBuf,
 }
 
+/// Where the admin API listens: a TCP address, or a Unix socket (`unix:///path`) whose
+/// callers are checked by UID, which a sidecar's agent cannot fake from its own container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddress {
+    /// `IP:port`.
+    Tcp(SocketAddr),
+    /// `unix:///absolute/path`: created mode 0600, each peer's UID checked (`SO_PEERCRED`).
+    Unix(PathBuf),
+}
+
+impl AdminAddress {
+    /// The TCP address, when it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            AdminAddress::Tcp(address) => Some(*address),
+            AdminAddress::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for AdminAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminAddress::Tcp(address) => write!(f, "{address}"),
+            AdminAddress::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
 /// `admin`.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    pub address: SocketAddr,
+    pub address: AdminAddress,
+    /// `admin.metrics_address`: a TCP address serving only `/metrics`, `/healthz` and
+    /// `/readyz` (for Prometheus and the kubelet), never a route that steers the proxy.
+    pub metrics_address: Option<SocketAddr>,
+    /// `admin.allowed_uids`: the peer UIDs a Unix admin socket serves; `None` means tollgate's
+    /// own UID only (resolved at start-up).
+    pub allowed_uids: Option<Vec<u32>>,
     /// TLS (with SVID client authentication) for a non-loopback admin address.
     pub tls: Option<KeyPairPaths>,
     /// Callers allowed on a non-loopback admin address.

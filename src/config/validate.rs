@@ -101,6 +101,83 @@ fn parse_address(text: &str, key: &str, problems: &mut Problems) -> Option<Socke
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
 
+/// `admin.address`: `IP:port`, or `unix:///absolute/path`.
+fn parse_admin_address(text: &str, problems: &mut Problems) -> Option<AdminAddress> {
+    let Some(path) = text.strip_prefix("unix://") else {
+        return parse_address(text, "admin.address", problems).map(AdminAddress::Tcp);
+    };
+    let path = PathBuf::from(path);
+    if path.is_absolute() && path.file_name().is_some() {
+        Some(AdminAddress::Unix(path))
+    } else {
+        problems.add(
+            "admin.address",
+            format!("`{text}` is not a unix:///absolute/path socket address"),
+        );
+        None
+    }
+}
+
+/// What the admin listener's transport requires. A Unix socket checks its callers by UID, so
+/// `admin.tls` does not apply to it; `admin.allowed_uids` applies to nothing else. With a
+/// transparent listener the agent shares loopback with tollgate (the redirect exempts it), so
+/// a plain TCP admin API would let the agent lift its own kill: it must be a Unix socket, or
+/// TCP with mTLS and an allow list. One line says so, naming what is missing.
+fn check_admin_transport(
+    raw_admin: &raw::RawAdmin,
+    address: Option<&AdminAddress>,
+    has_tls: bool,
+    has_allowed_ids: bool,
+    transparent: bool,
+    problems: &mut Problems,
+) {
+    match address {
+        Some(AdminAddress::Unix(_)) => {
+            if raw_admin.tls.is_some() {
+                problems.add(
+                    "admin.tls",
+                    "does not apply to a unix:// admin.address (its callers are checked by \
+                     UID: admin.allowed_uids)",
+                );
+            }
+            if raw_admin.allowed_uids.as_ref().is_some_and(Vec::is_empty) {
+                problems.add(
+                    "admin.allowed_uids",
+                    "an empty list lets no one use the admin API; omit it to allow tollgate's \
+                     own UID",
+                );
+            }
+        }
+        Some(AdminAddress::Tcp(_)) => {
+            if raw_admin.allowed_uids.is_some() {
+                problems.add(
+                    "admin.allowed_uids",
+                    "applies only to a unix:// admin.address",
+                );
+            }
+            if transparent && !(has_tls && has_allowed_ids) {
+                let missing: Vec<&str> = [
+                    (!has_tls).then_some("admin.tls"),
+                    (!has_allowed_ids).then_some("admin.allowed_spiffe_ids"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                problems.add(
+                    "admin.address",
+                    format!(
+                        "a transparent listener exists, so the agent shares loopback with the \
+                         admin API: use a unix:// admin.address, or TCP with mTLS and an allow \
+                         list (missing: {})",
+                        missing.join(", ")
+                    ),
+                );
+            }
+        }
+        None => {}
+    }
+}
+
 /// `admin` and `identity`, and what each requires of the other and of the listeners.
 fn validate_admin_and_identity(
     raw_admin: raw::RawAdmin,
@@ -109,9 +186,15 @@ fn validate_admin_and_identity(
     base: &Path,
     problems: &mut Problems,
 ) -> (AdminConfig, IdentityConfig) {
-    let admin_address = raw_admin.address.as_deref().unwrap_or(DEFAULT_ADMIN);
-    let admin_parsed = parse_address(admin_address, "admin.address", problems);
-    let admin_address = admin_parsed.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 15000)));
+    let admin_text = raw_admin.address.as_deref().unwrap_or(DEFAULT_ADMIN);
+    let admin_parsed = parse_admin_address(admin_text, problems);
+    let admin_address = admin_parsed
+        .clone()
+        .unwrap_or_else(|| AdminAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], 15000))));
+    let metrics_address = raw_admin
+        .metrics_address
+        .as_deref()
+        .and_then(|text| parse_address(text, "admin.metrics_address", problems));
     let allowed_spiffe_ids: Vec<SpiffeId> = raw_admin
         .allowed_spiffe_ids
         .iter()
@@ -149,7 +232,18 @@ fn validate_admin_and_identity(
             "admin mTLS verifies callers against identity.trust_domains, which is empty",
         );
     }
-    if !admin_address.ip().is_loopback() {
+    let transparent = listeners
+        .iter()
+        .any(|l| l.mode == ListenerMode::Transparent);
+    check_admin_transport(
+        &raw_admin,
+        admin_parsed.as_ref(),
+        admin_tls.is_some(),
+        !allowed_spiffe_ids.is_empty(),
+        transparent,
+        problems,
+    );
+    if admin_address.tcp().is_some_and(|a| !a.ip().is_loopback()) {
         // Beyond loopback the admin API steers the proxy for anyone who can reach it: it
         // needs mTLS and a list of who may use it.
         if admin_tls.is_none() {
@@ -169,22 +263,6 @@ fn validate_admin_and_identity(
                 "identity.trust_domains",
                 "a non-loopback admin.address needs trust bundles (or identity.workload_api) to verify callers",
             );
-        }
-    }
-    if admin_parsed.is_some_and(|a| a.ip().is_loopback())
-        && listeners
-            .iter()
-            .any(|l| l.mode == ListenerMode::Transparent)
-    {
-        // In a sidecar the agent shares loopback with tollgate (the redirect exempts
-        // loopback): without mTLS and an allow list it could lift its own kill or reload.
-        let why = "is required when a transparent listener exists: the agent shares loopback \
-                   with the admin API";
-        if admin_tls.is_none() {
-            problems.add("admin.tls", format!("(mTLS) {why}"));
-        }
-        if allowed_spiffe_ids.is_empty() {
-            problems.add("admin.allowed_spiffe_ids", format!("(at least one) {why}"));
         }
     }
     let workload_api = raw_identity.workload_api.clone();
@@ -222,6 +300,8 @@ fn validate_admin_and_identity(
 
     let admin = AdminConfig {
         address: admin_address,
+        metrics_address,
+        allowed_uids: raw_admin.allowed_uids.clone(),
         tls: admin_tls,
         allowed_spiffe_ids,
         kill_file: raw_admin.kill_file.as_deref().map(|p| resolve(base, p)),

@@ -3,11 +3,12 @@
 //! refusal with its reason. No I/O, so every rule is a unit test, and later admission checks
 //! (issue 17's refusals) slot in as more `Verdict::Deny` cases.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::boundary::{self, AgentContainer, Boundary, Exception, SecurityView};
 use super::names::*;
 use super::pod_parts;
 use super::settings::Settings;
@@ -15,8 +16,9 @@ use super::settings::Settings;
 /// What to do with a pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Admit it with these RFC 6902 operations applied.
-    Patch(Vec<Value>),
+    /// Admit it with these RFC 6902 operations applied, and the trust-boundary exceptions its
+    /// annotation took (logged and counted by the webhook).
+    Patch(Vec<Value>, BTreeSet<Exception>),
     /// Admit it unchanged; the reason is logged.
     Skip(&'static str),
     /// Refuse it: the HTTP-style code and the message the user sees (`kubectl` prints it).
@@ -50,6 +52,7 @@ struct SpecView {
     volumes: Option<Vec<NamedView>>,
     #[serde(default)]
     host_network: bool,
+    security_context: Option<SecurityView>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +61,7 @@ struct ContainerView {
     name: String,
     env: Option<Vec<NamedView>>,
     volume_mounts: Option<Vec<MountView>>,
+    security_context: Option<SecurityView>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +142,10 @@ pub fn mutate(pod: &Value, settings: &Settings) -> Verdict {
     if let Some(conflict) = name_conflict(&view.spec) {
         return deny(400, format!("tollgate injector: {conflict}"));
     }
+    let exceptions = match agent_boundary(&view.spec, &annotations, settings) {
+        Ok(taken) => taken,
+        Err(refusal) => return refusal,
+    };
 
     let mut ops = Vec::new();
     // The agent's own containers first, by their original indices (the init containers are
@@ -180,7 +188,48 @@ pub fn mutate(pod: &Value, settings: &Settings) -> Verdict {
     } else {
         ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {INJECTED: stamp}}));
     }
-    Verdict::Patch(ops)
+    Verdict::Patch(ops, exceptions)
+}
+
+/// The trust boundary over the pod's own containers ([`boundary`]): the exceptions taken, or
+/// the refusal.
+fn agent_boundary(
+    spec: &SpecView,
+    annotations: &BTreeMap<String, String>,
+    settings: &Settings,
+) -> Result<BTreeSet<Exception>, Verdict> {
+    let containers: Vec<AgentContainer<'_>> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| AgentContainer {
+            name: &c.name,
+            security: c.security_context.as_ref(),
+            mounts: c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.name.as_str())
+                .collect(),
+        })
+        .collect();
+    match boundary::check(
+        &containers,
+        spec.security_context.as_ref(),
+        annotations.get(AGENT_EXCEPTIONS).map(String::as_str),
+        settings.proxy_uid,
+    ) {
+        Boundary::Admitted(taken) => Ok(taken),
+        Boundary::Refused(why) => Err(deny(
+            403,
+            format!(
+                "tollgate injector: {why}. The agent must not be able to step around tollgate; \
+                 fix the pod, or waive a rule with the annotation {AGENT_EXCEPTIONS} (the pod is \
+                 then not protected by it)"
+            ),
+        )),
+        Boundary::BadAnnotation(why) => Err(deny(400, format!("tollgate injector: {why}"))),
+    }
 }
 
 /// The CA bundle mount and trust variables for one of the agent's containers; a variable the
@@ -284,10 +333,16 @@ pub fn is_dns_subdomain(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn pod(extra_meta: Value, spec: Value) -> Value {
+    /// A pod; one that says nothing of its UID runs as a non-root agent UID, as a pod inside
+    /// the trust boundary does.
+    fn pod(extra_meta: Value, mut spec: Value) -> Value {
         let mut metadata = json!({"name": "agent", "namespace": "agents"});
         if let (Some(m), Some(extra)) = (metadata.as_object_mut(), extra_meta.as_object()) {
             m.extend(extra.clone());
+        }
+        if let Some(spec) = spec.as_object_mut() {
+            spec.entry("securityContext")
+                .or_insert(json!({"runAsUser": 1000, "runAsNonRoot": true}));
         }
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
     }
@@ -301,7 +356,7 @@ mod tests {
 
     fn ops(verdict: Verdict) -> Vec<Value> {
         match verdict {
-            Verdict::Patch(ops) => ops,
+            Verdict::Patch(ops, _) => ops,
             other => panic!("expected a patch, got {other:?}"),
         }
     }
@@ -444,6 +499,52 @@ mod tests {
                 other => panic!("{pod}: expected a refusal, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn refuses_agents_that_could_step_around_tollgate_unless_the_pod_waives_the_rule() {
+        let agent = |security: Value| {
+            json!({"containers": [{"name": "agent", "securityContext": security}],
+                   "securityContext": {}})
+        };
+        let verdict = mutate(
+            &pod(json!({}), agent(json!({"runAsUser": 1337}))),
+            &Settings::default(),
+        );
+        let Verdict::Deny { code, message } = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert_eq!(code, 403);
+        assert!(
+            message.contains("runs as UID 1337, the proxy's UID"),
+            "{message}"
+        );
+        assert!(message.contains(AGENT_EXCEPTIONS), "{message}");
+        let waived = pod(
+            json!({"annotations": {AGENT_EXCEPTIONS: "root"}}),
+            agent(json!({"runAsUser": 0})),
+        );
+        match mutate(&waived, &Settings::default()) {
+            Verdict::Patch(_, taken) => assert_eq!(taken, BTreeSet::from([Exception::Root])),
+            other => panic!("{other:?}"),
+        }
+        let typo = pod(
+            json!({"annotations": {AGENT_EXCEPTIONS: "rooot"}}),
+            agent(json!({})),
+        );
+        assert!(matches!(
+            mutate(&typo, &Settings::default()),
+            Verdict::Deny { code: 400, .. }
+        ));
+        // A container of the pod's cannot mount the CA key's volume the injector adds.
+        let steal = pod(
+            json!({}),
+            json!({"containers": [{"name": "agent",
+                                   "volumeMounts": [{"name": VOLUME_CA, "mountPath": "/k"}]}]}),
+        );
+        assert!(
+            matches!(mutate(&steal, &Settings::default()), Verdict::Deny { code: 403, message } if message.contains("a volume for tollgate alone"))
+        );
     }
 
     #[test]

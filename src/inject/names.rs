@@ -13,6 +13,9 @@ pub const CONFIG: &str = "tollgate.io/config";
 pub const EXCLUDE_PORTS: &str = "tollgate.io/exclude-outbound-ports";
 /// Annotation adding destination CIDRs the pod's redirect excludes (`10.0.0.0/8`).
 pub const EXCLUDE_CIDRS: &str = "tollgate.io/exclude-outbound-cidrs";
+/// Annotation listing the trust-boundary rules a pod's author waives
+/// (`proxy-uid,root,privileged,net-capabilities`); each waiver taken is logged and counted.
+pub const AGENT_EXCEPTIONS: &str = "tollgate.io/agent-exceptions";
 
 /// The init step (`tollgate redirect install`).
 pub const INIT_CONTAINER: &str = "tollgate-init";
@@ -29,13 +32,16 @@ pub const VOLUME_CA_BUNDLE: &str = "tollgate-ca-bundle";
 pub const VOLUME_SPIFFE: &str = "tollgate-spiffe";
 /// Volume: tollgate's writable runtime folder (admin socket, kill file).
 pub const VOLUME_RUN: &str = "tollgate-run";
-/// Every volume the injector adds.
-pub const VOLUMES: [&str; 5] = [
+/// Volume: the credentials' source files, the Secret `credentialsSecret` (tollgate only).
+pub const VOLUME_CREDENTIALS: &str = "tollgate-credentials";
+/// Every volume the injector adds (or may add).
+pub const VOLUMES: [&str; 6] = [
     VOLUME_CONFIG,
     VOLUME_CA,
     VOLUME_CA_BUNDLE,
     VOLUME_SPIFFE,
     VOLUME_RUN,
+    VOLUME_CREDENTIALS,
 ];
 
 /// Where the sidecar reads its configuration (`config.yaml` and what it references).
@@ -48,5 +54,7 @@ pub const AGENT_CA_DIR: &str = "/etc/tollgate/ca";
 pub const AGENT_CA_FILE: &str = "/etc/tollgate/ca/ca.crt";
 /// Where the SPIFFE CSI volume is mounted in the sidecar.
 pub const SPIFFE_DIR: &str = "/spiffe-workload-api";
+/// Where the sidecar reads the credentials' source files.
+pub const CREDENTIALS_DIR: &str = "/etc/tollgate/credentials";
 /// tollgate's writable runtime folder.
 pub const RUN_DIR: &str = "/run/tollgate";

@@ -85,12 +85,7 @@ pub fn sidecar_container(settings: &Settings) -> Value {
         "readinessProbe": probe("/readyz", 5, 3),
         "livenessProbe": probe("/healthz", 10, 3),
         "resources": resources(&settings.sidecar_resources),
-        "volumeMounts": [
-            {"name": VOLUME_CONFIG, "mountPath": CONFIG_DIR, "readOnly": true},
-            {"name": VOLUME_CA, "mountPath": INTERCEPT_CA_DIR, "readOnly": true},
-            {"name": VOLUME_SPIFFE, "mountPath": SPIFFE_DIR, "readOnly": true},
-            {"name": VOLUME_RUN, "mountPath": RUN_DIR}
-        ],
+        "volumeMounts": sidecar_mounts(settings),
         "securityContext": {
             "runAsUser": settings.proxy_uid,
             "runAsGroup": settings.proxy_uid,
@@ -104,9 +99,26 @@ pub fn sidecar_container(settings: &Settings) -> Value {
     })
 }
 
+/// The sidecar's mounts: the only container that sees the CA key, the credentials and the
+/// admin socket's folder.
+fn sidecar_mounts(settings: &Settings) -> Vec<Value> {
+    let mut mounts = vec![
+        json!({"name": VOLUME_CONFIG, "mountPath": CONFIG_DIR, "readOnly": true}),
+        json!({"name": VOLUME_CA, "mountPath": INTERCEPT_CA_DIR, "readOnly": true}),
+        json!({"name": VOLUME_SPIFFE, "mountPath": SPIFFE_DIR, "readOnly": true}),
+        json!({"name": VOLUME_RUN, "mountPath": RUN_DIR}),
+    ];
+    if !settings.credentials_secret.is_empty() {
+        mounts.push(
+            json!({"name": VOLUME_CREDENTIALS, "mountPath": CREDENTIALS_DIR, "readOnly": true}),
+        );
+    }
+    mounts
+}
+
 /// The pod volumes the injected containers use.
 pub fn volumes(settings: &Settings, config_map: &str) -> Vec<Value> {
-    vec![
+    let mut volumes = vec![
         json!({"name": VOLUME_CONFIG, "configMap": {"name": config_map}}),
         json!({"name": VOLUME_CA, "secret": {"secretName": settings.ca_secret, "defaultMode": READ_ONLY_MODE}}),
         // Only the certificate: the key is never in a volume the agent's containers mount.
@@ -117,7 +129,14 @@ pub fn volumes(settings: &Settings, config_map: &str) -> Vec<Value> {
         }}),
         json!({"name": VOLUME_SPIFFE, "csi": {"driver": settings.spiffe_csi_driver, "readOnly": true}}),
         json!({"name": VOLUME_RUN, "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
-    ]
+    ];
+    if !settings.credentials_secret.is_empty() {
+        volumes.push(json!({"name": VOLUME_CREDENTIALS, "secret": {
+            "secretName": settings.credentials_secret,
+            "defaultMode": READ_ONLY_MODE
+        }}));
+    }
+    volumes
 }
 
 /// The trust variables of the agent's containers, all pointing at the CA certificate.

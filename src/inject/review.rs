@@ -22,6 +22,8 @@ pub struct Reply {
     pub outcome: String,
     /// `namespace/name` (or `generateName*`) of the pod, when known.
     pub pod: String,
+    /// The trust-boundary exceptions an admitted pod took (the webhook counts them).
+    pub exceptions: Vec<super::boundary::Exception>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,13 +77,23 @@ pub fn handle(body: &[u8], settings: &Settings) -> Reply {
         },
         (Some(object), true) => mutate(object, settings),
     };
+    let mut exceptions = Vec::new();
     let (response, outcome) = match verdict {
-        Verdict::Patch(ops) => {
+        Verdict::Patch(ops, taken) => {
             let patch = serde_json::to_vec(&ops).unwrap_or_default();
+            let mut outcome = format!("injected ({} operations)", ops.len());
+            if !taken.is_empty() {
+                let names: Vec<&str> = taken.iter().map(|e| e.as_str()).collect();
+                outcome.push_str(&format!(
+                    " with trust-boundary exceptions: {}",
+                    names.join(", ")
+                ));
+            }
+            exceptions = taken.into_iter().collect();
             (
                 json!({"uid": request.uid, "allowed": true, "patchType": "JSONPatch",
                        "patch": STANDARD.encode(patch)}),
-                format!("injected ({} operations)", ops.len()),
+                outcome,
             )
         }
         Verdict::Skip(why) => (
@@ -107,6 +119,7 @@ pub fn handle(body: &[u8], settings: &Settings) -> Reply {
         body: serde_json::to_vec(&review).unwrap_or_default(),
         outcome,
         pod,
+        exceptions,
     }
 }
 
@@ -132,6 +145,7 @@ fn bad_request(message: String) -> Reply {
         body: serde_json::to_vec(&body).unwrap_or_default(),
         outcome: format!("bad request: {message}"),
         pod: String::new(),
+        exceptions: Vec::new(),
     }
 }
 
@@ -154,7 +168,9 @@ mod tests {
 
     #[test]
     fn answers_a_pod_creation_with_a_base64_json_patch() {
-        let pod = json!({"metadata": {"generateName": "agent-"}, "spec": {"containers": [{"name": "a"}]}});
+        let pod = json!({"metadata": {"generateName": "agent-"},
+                         "spec": {"containers": [{"name": "a"}],
+                                  "securityContext": {"runAsNonRoot": true}}});
         let reply = handle(&review(pod, "CREATE"), &Settings::default());
         assert_eq!(reply.status, 200);
         assert_eq!(reply.pod, "agents/agent-*");

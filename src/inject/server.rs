@@ -1,5 +1,6 @@
 //! The webhook's HTTPS server: `POST /mutate` (AdmissionReview), `GET /healthz` and
-//! `GET /readyz` (its own probes). The serving certificate is re-read when its files change
+//! `GET /readyz` (its own probes), `GET /metrics` (the trust-boundary exceptions taken,
+//! `tollgate_injector_exceptions_total{exception}`). The serving certificate is re-read when its files change
 //! (cert-manager or the chart rotate it), checked every [`RELOAD_EVERY`]; a broken pair keeps
 //! the last good one.
 
@@ -7,6 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::boundary::Exception;
 use super::review;
 use super::settings::Settings;
 
@@ -27,6 +30,37 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 4 << 20;
 /// A TLS handshake or a request head slower than this is cut off.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pods admitted with a trust-boundary rule waived, per [`Exception`] (in `Exception::ALL`
+/// order): what `/metrics` reports, so a waiver is never silent.
+#[derive(Debug, Default)]
+pub struct ExceptionCounts([AtomicU64; Exception::ALL.len()]);
+
+impl ExceptionCounts {
+    /// One more admission took `exception`.
+    pub fn add(&self, exception: Exception) {
+        if let Some(i) = Exception::ALL.iter().position(|e| *e == exception) {
+            self.0[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus text exposition, every series present from start-up.
+    pub fn exposition(&self) -> String {
+        let mut text = String::from(
+            "# HELP tollgate_injector_exceptions_total Pods admitted with a trust-boundary rule \
+             waived by the tollgate.io/agent-exceptions annotation.\n\
+             # TYPE tollgate_injector_exceptions_total counter\n",
+        );
+        for (exception, count) in Exception::ALL.iter().zip(&self.0) {
+            text.push_str(&format!(
+                "tollgate_injector_exceptions_total{{exception=\"{}\"}} {}\n",
+                exception.as_str(),
+                count.load(Ordering::Relaxed)
+            ));
+        }
+        text
+    }
+}
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]
@@ -93,12 +127,14 @@ pub async fn serve(
     settings: Arc<Settings>,
 ) {
     tokio::spawn(reload_loop(cert, tls.clone()));
+    let counts = Arc::new(ExceptionCounts::default());
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let acceptor = TlsAcceptor::from(tls.load_full());
         let settings = settings.clone();
+        let counts = counts.clone();
         tokio::spawn(async move {
             let stream =
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -109,8 +145,9 @@ pub async fn serve(
                     }
                     Err(_) => return,
                 };
-            let service =
-                hyper::service::service_fn(move |request| route(settings.clone(), request));
+            let service = hyper::service::service_fn(move |request| {
+                route(settings.clone(), counts.clone(), request)
+            });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT)
@@ -155,11 +192,20 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 async fn route(
     settings: Arc<Settings>,
+    counts: Arc<ExceptionCounts>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz" | "/readyz") => {
             reply(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])
+        }
+        (&Method::GET, "/metrics") => {
+            let mut response = reply(StatusCode::OK, counts.exposition());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
         }
         (&Method::POST, "/mutate") => {
             let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
@@ -173,10 +219,22 @@ async fn route(
             };
             let answer = review::handle(&body, &settings);
             tracing::info!(pod = %answer.pod, outcome = %answer.outcome, "admission review");
+            if !answer.exceptions.is_empty() {
+                let names: Vec<&str> = answer.exceptions.iter().map(|e| e.as_str()).collect();
+                tracing::warn!(
+                    pod = %answer.pod,
+                    exceptions = %names.join(","),
+                    "pod admitted with trust-boundary exceptions (tollgate.io/agent-exceptions): \
+                     its agent can step around tollgate"
+                );
+                for exception in &answer.exceptions {
+                    counts.add(*exception);
+                }
+            }
             let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_REQUEST);
             reply(status, answer.body)
         }
-        (_, "/mutate" | "/healthz" | "/readyz") => reply(
+        (_, "/mutate" | "/healthz" | "/readyz" | "/metrics") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             &b"{\"error\":\"method_not_allowed\"}"[..],
         ),

@@ -44,6 +44,10 @@ pub struct Settings {
     /// The ConfigMap with the interception CA's certificate (key `ca.crt`), what the agent's
     /// containers trust; never the key.
     pub ca_bundle_config_map: String,
+    /// A Secret with the credentials' source files (tokens, client secrets, signing keys),
+    /// mounted read-only at `/etc/tollgate/credentials` in the tollgate container alone; empty:
+    /// none.
+    pub credentials_secret: String,
     /// Whether to point `SSL_CERT_FILE` and `REQUESTS_CA_BUNDLE` at that bundle (they replace
     /// the system roots; `NODE_EXTRA_CA_CERTS` adds to them and is always set).
     pub set_ca_env: bool,
@@ -91,6 +95,7 @@ impl Default for Settings {
             config_map: "tollgate-sidecar".into(),
             ca_secret: "tollgate-intercept-ca".into(),
             ca_bundle_config_map: "tollgate-ca-bundle".into(),
+            credentials_secret: String::new(),
             set_ca_env: true,
             spiffe_csi_driver: "csi.spiffe.io".into(),
             spiffe_socket_name: "spire-agent.sock".into(),
@@ -178,6 +183,14 @@ impl Settings {
             if !super::mutate::is_dns_subdomain(value) {
                 problems.push(format!("{key}: `{value}` is not a Kubernetes object name"));
             }
+        }
+        if !self.credentials_secret.is_empty()
+            && !super::mutate::is_dns_subdomain(&self.credentials_secret)
+        {
+            problems.push(format!(
+                "credentialsSecret: `{}` is not a Kubernetes object name",
+                self.credentials_secret
+            ));
         }
         if problems.is_empty() {
             Ok(())

@@ -90,6 +90,32 @@ pub struct Metrics {
     /// `tollgate_tls_agent_unknown_ca_total`: agent handshakes that failed because the agent
     /// does not trust the interception CA.
     tls_agent_unknown_ca: IntCounter,
+    /// `tollgate_admin_refusals_total{reason}`, one series per [`AdminRefusal`].
+    admin_refusals: Vec<IntCounter>,
+}
+
+/// Why the admin API refused a caller that reached it (`tollgate_admin_refusals_total`): a
+/// closed set, so a refused agent can never mint a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRefusal {
+    /// A Unix-socket peer whose UID is not in `admin.allowed_uids` (or whose UID the kernel
+    /// would not tell).
+    PeerUid,
+    /// An mTLS caller with a valid SVID whose SPIFFE ID is not in `admin.allowed_spiffe_ids`.
+    SpiffeId,
+}
+
+impl AdminRefusal {
+    /// Every refusal, in label order.
+    pub const ALL: [AdminRefusal; 2] = [AdminRefusal::PeerUid, AdminRefusal::SpiffeId];
+
+    /// The `reason` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AdminRefusal::PeerUid => "peer_uid",
+            AdminRefusal::SpiffeId => "spiffe_id",
+        }
+    }
 }
 
 /// Makes metric families and registers each as it is made.
@@ -217,6 +243,11 @@ impl Metrics {
             "Failed TLS handshakes, by side.",
             &["side"],
         )?;
+        let admin_refusals = family.counters(
+            "tollgate_admin_refusals_total",
+            "Admin API callers refused after they connected, by reason.",
+            &["reason"],
+        )?;
         let kills_active = IntGauge::new("tollgate_kills_active", "Kills in force.")?;
         registry.register(Box::new(kills_active.clone()))?;
         let pending_restart = family.gauges(
@@ -282,7 +313,22 @@ impl Metrics {
             kills_active,
             pending_restart,
             tls_agent_unknown_ca,
+            admin_refusals: AdminRefusal::ALL
+                .iter()
+                .map(|reason| admin_refusals.with_label_values(&[reason.as_str()]))
+                .collect(),
         })
+    }
+
+    /// The admin API refused a caller.
+    pub fn admin_refused(&self, reason: AdminRefusal) {
+        if let Some(counter) = AdminRefusal::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.admin_refusals.get(i))
+        {
+            counter.inc();
+        }
     }
 
     /// Records one decision-log line: its closed reason (which says its outcome) and duration.

@@ -280,13 +280,8 @@ pub struct NetnsProcess {
 }
 
 impl NetnsProcess {
-    /// Starts `cmd` and waits (up to `timeout`) for a stdout line for which `ready` is true.
-    pub fn start(
-        mut cmd: Command,
-        label: &str,
-        ready: impl FnMut(&str) -> bool,
-        timeout: Duration,
-    ) -> NetnsProcess {
+    /// Spawns `cmd` with its stdout and stderr captured line by line.
+    pub fn spawn(mut cmd: Command, label: &str) -> NetnsProcess {
         let desc = format!("{cmd:?}");
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -295,11 +290,22 @@ impl NetnsProcess {
             .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
         let stdout = Lines::capture(child.stdout.take().expect("piped stdout"), label);
         let stderr = Lines::capture(child.stderr.take().expect("piped stderr"), label);
-        let process = NetnsProcess {
+        NetnsProcess {
             child: ChildGuard::new(child),
             stdout,
             stderr,
-        };
+        }
+    }
+
+    /// Starts `cmd` and waits (up to `timeout`) for a stdout line for which `ready` is true.
+    pub fn start(
+        cmd: Command,
+        label: &str,
+        ready: impl FnMut(&str) -> bool,
+        timeout: Duration,
+    ) -> NetnsProcess {
+        let desc = format!("{cmd:?}");
+        let process = NetnsProcess::spawn(cmd, label);
         if process.stdout.wait_for(0, ready, timeout).is_none() {
             panic!(
                 "{desc} was not ready within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
@@ -344,4 +350,61 @@ pub fn system_python() -> PathBuf {
          unprivileged UIDs (scripts/install-test-deps installs it)"
     );
     python
+}
+
+/// `tests/k8s/transparent_origin.py` in `origin` as root (HTTP on 80, HTTPS on 443 with
+/// `origin.pem`/`origin-key.pem`, a banner service on 2222), all files in `dir`; waits for it.
+pub fn start_transparent_origin(origin: &Netns, dir: &Path, timeout: Duration) -> NetnsProcess {
+    let mut cmd = origin.root(system_python());
+    cmd.arg("-I")
+        .arg(dir.join("transparent_origin.py"))
+        .args(["--name", "origin", "--cert"])
+        .arg(dir.join("origin.pem"))
+        .arg("--key")
+        .arg(dir.join("origin-key.pem"));
+    NetnsProcess::start(cmd, "origin", |l| l == "ready", timeout)
+}
+
+/// `tollgate redirect install` in `pod` with NET_ADMIN only, as the init step runs it; its
+/// stdout.
+pub fn install_redirect(
+    pod: &Netns,
+    tollgate: &Path,
+    proxy_port: u16,
+    timeout: Duration,
+) -> String {
+    let out = run_checked(
+        pod.net_admin(tollgate).args([
+            "redirect",
+            "install",
+            "--proxy-uid",
+            &PROXY_UID.to_string(),
+            "--proxy-port",
+            &proxy_port.to_string(),
+        ]),
+        timeout,
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `tollgate run -c CONFIG` in `pod` as [`PROXY_UID`] with no capability, as the sidecar runs;
+/// waits (up to `timeout`) for its `admin ready` line, which follows every listener's.
+pub fn start_sidecar(
+    pod: &Netns,
+    tollgate: &Path,
+    config: &Path,
+    timeout: Duration,
+) -> NetnsProcess {
+    let mut cmd = pod.user(PROXY_UID, tollgate);
+    cmd.arg("run").arg("-c").arg(config).env("RUST_LOG", "info");
+    let process = NetnsProcess::spawn(cmd, "tollgate");
+    assert!(
+        process
+            .stderr
+            .wait_for(0, |l| l.contains("admin ready"), timeout)
+            .is_some(),
+        "tollgate not ready within {timeout:?}; stderr:\n{}",
+        process.stderr.text()
+    );
+    process
 }

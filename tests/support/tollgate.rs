@@ -164,6 +164,8 @@ impl TollgateBuilder {
             stderr,
             listeners: Vec::new(),
             admin: None,
+            admin_socket: None,
+            metrics: None,
         };
 
         // Wait for the ready lines, watching for an early exit.
@@ -171,7 +173,9 @@ impl TollgateBuilder {
         let mut next = 0;
         let mut found: Vec<ListenerInfo> = Vec::new();
         loop {
-            if found.len() >= expect_listeners && (!expect_admin || tg.admin.is_some()) {
+            if found.len() >= expect_listeners
+                && (!expect_admin || tg.admin.is_some() || tg.admin_socket.is_some())
+            {
                 break;
             }
             let slice = deadline
@@ -184,7 +188,15 @@ impl TollgateBuilder {
                     Some("listener ready") => {
                         found.push(parse_listener(&v).map_err(|e| format!("{e}: {line}"))?)
                     }
-                    _ => tg.admin = Some(parse_addr(&v).map_err(|e| format!("{e}: {line}"))?),
+                    Some("metrics ready") => {
+                        tg.metrics = Some(parse_addr(&v).map_err(|e| format!("{e}: {line}"))?)
+                    }
+                    _ => match unix_socket(&v) {
+                        Some(path) => tg.admin_socket = Some(path),
+                        None => {
+                            tg.admin = Some(parse_addr(&v).map_err(|e| format!("{e}: {line}"))?)
+                        }
+                    },
                 }
                 continue;
             }
@@ -227,6 +239,57 @@ impl Default for TollgateBuilder {
     }
 }
 
+/// Every admin route that reads or steers the proxy (SPEC §7), as (method, path, body): what
+/// an agent must never reach.
+pub const ADMIN_STEERING: &[(&str, &str, Option<&str>)] = &[
+    ("POST", "/v1/reload", None),
+    ("GET", "/v1/kill", None),
+    ("POST", "/v1/kill", Some(r#"{"all": true}"#)),
+    ("DELETE", "/v1/kill", Some(r#"{"all": true}"#)),
+    ("DELETE", "/v1/kill/all", None),
+    ("DELETE", "/v1/tasks/t-1", None),
+    ("GET", "/v1/decisions", None),
+    ("GET", "/.well-known/jwks.json", None),
+];
+
+/// curl's arguments for one admin call, `-g` and a 10 s limit, through the Unix `socket` when
+/// given, with a JSON `body`; the HTTP status is printed on stdout's last line (0: none), see
+/// [`split_status`].
+pub fn admin_curl_args(
+    socket: Option<&Path>,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "-sS",
+        "-g",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]
+    .map(Into::into)
+    .to_vec();
+    if let Some(socket) = socket {
+        args.extend(["--unix-socket".into(), socket.as_os_str().to_owned()]);
+    }
+    if let Some(body) = body {
+        args.extend(["-H", "content-type: application/json", "-d", body].map(Into::into));
+    }
+    args.push(url.into());
+    args
+}
+
+/// The body and the status of an [`admin_curl_args`] call's stdout.
+pub fn split_status(stdout: &[u8]) -> (String, u16) {
+    let text = String::from_utf8_lossy(stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (body.to_string(), status.trim().parse().unwrap_or(0))
+}
+
 /// A running tollgate, killed on drop.
 pub struct Tollgate {
     child: Mutex<ChildGuard>,
@@ -236,6 +299,8 @@ pub struct Tollgate {
     stderr: Lines,
     listeners: Vec<ListenerInfo>,
     admin: Option<SocketAddr>,
+    admin_socket: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
 }
 
 impl Tollgate {
@@ -302,6 +367,14 @@ impl Tollgate {
     /// The admin listener's address, if an `admin ready` line appeared.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+    /// The admin API's Unix socket (`admin.address: unix://…`), once ready.
+    pub fn admin_socket(&self) -> Option<&Path> {
+        self.admin_socket.as_deref()
+    }
+    /// `admin.metrics_address` as bound, once ready.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
     /// `http://ADMIN{path}`; panics without an admin listener.
     /// `curl` against the admin API: (status, body text). A JSON `body` is sent with its
@@ -459,13 +532,21 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 fn is_ready_line(l: &str) -> bool {
-    (l.contains("listener ready") || l.contains("admin ready"))
+    (l.contains("listener ready") || l.contains("admin ready") || l.contains("metrics ready"))
         && serde_json::from_str::<Value>(l).is_ok_and(|v| {
             matches!(
                 field(&v, "message").and_then(Value::as_str),
-                Some("listener ready" | "admin ready")
+                Some("listener ready" | "admin ready" | "metrics ready")
             )
         })
+}
+
+/// The socket path of a `unix://` admin address.
+fn unix_socket(v: &Value) -> Option<PathBuf> {
+    field(v, "address")
+        .and_then(Value::as_str)
+        .and_then(|a| a.strip_prefix("unix://"))
+        .map(PathBuf::from)
 }
 
 fn parse_addr(v: &Value) -> Result<SocketAddr, String> {
