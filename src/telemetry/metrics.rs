@@ -84,6 +84,9 @@ pub struct Metrics {
     tls_errors_origin: IntCounter,
     /// `tollgate_kills_active`.
     pub kills_active: IntGauge,
+    /// `tollgate_decision_log_dropped_total`: decision-log lines dropped because the queue was
+    /// full (`telemetry.decision_log_on_full: drop`) or the writer was gone.
+    pub decision_log_dropped: IntCounter,
 }
 
 /// Makes metric families and registers each as it is made.
@@ -213,6 +216,11 @@ impl Metrics {
         )?;
         let kills_active = IntGauge::new("tollgate_kills_active", "Kills in force.")?;
         registry.register(Box::new(kills_active.clone()))?;
+        let decision_log_dropped = IntCounter::new(
+            "tollgate_decision_log_dropped_total",
+            "Decision-log lines dropped because the queue was full (telemetry.decision_log_on_full: drop).",
+        )?;
+        registry.register(Box::new(decision_log_dropped.clone()))?;
 
         let mut listeners = HashMap::new();
         for name in listener_names {
@@ -264,6 +272,7 @@ impl Metrics {
             tls_errors_agent: tls_errors.with_label_values(&["agent"]),
             tls_errors_origin: tls_errors.with_label_values(&["origin"]),
             kills_active,
+            decision_log_dropped,
         })
     }
 
