@@ -4,6 +4,14 @@
 //! folder fsynced), so a crash leaves the old file or the new one, never half. Read strictly:
 //! an unreadable or corrupt file is an error naming it, never an empty set, because silently
 //! lifting kills is the one failure a kill switch must not have.
+//!
+//! Owned by one process: [`own`] takes an exclusive advisory lock (`flock`) on a sibling lock
+//! file, `<kill file>.lock`, held for the life of the process, so a second tollgate naming the
+//! same kill file refuses to start instead of overwriting the first one's kills. The lock is on
+//! its own file because the kill file itself is replaced by rename (a lock on it would stay on
+//! the old inode); the lock file is never deleted (deleting it would let a third process lock a
+//! fresh inode while the first still holds the old one). The kernel drops the lock when the
+//! process dies, `kill -9` included, so a restart is never blocked by a stale lock.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -169,6 +177,42 @@ pub(super) fn probe_writable(path: &Path) -> Result<(), KillError> {
             path: path.to_path_buf(),
             message: format!("cannot create files in {}: {e}", folder(path).display()),
         })
+}
+
+/// The lock file that says which process owns `path`: `<kill file>.lock`, next to it.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kills");
+    folder(path).join(format!("{name}.lock"))
+}
+
+/// Takes ownership of the kill file for this process: an exclusive, non-blocking `flock` on
+/// [`lock_path`], created 0600 if missing. The returned file holds the lock until it is
+/// dropped (or the process ends). Another holder is [`KillError::InUse`]; a lock file that
+/// cannot be created or locked is [`KillError::Read`].
+pub(super) fn own(path: &Path) -> Result<std::fs::File, KillError> {
+    let lock = lock_path(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&lock).map_err(|e| KillError::Read {
+        path: path.to_path_buf(),
+        message: format!("cannot open its lock file {}: {e}", lock.display()),
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(KillError::InUse {
+            path: path.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(KillError::Read {
+            path: path.to_path_buf(),
+            message: format!("cannot lock {}: {e}", lock.display()),
+        }),
+    }
 }
 
 /// Writes the kill file atomically: a complete 0600 temp file, fsynced, renamed over the old
