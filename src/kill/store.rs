@@ -90,6 +90,12 @@ pub(super) fn load(path: &Path) -> Result<Vec<Arc<Kill>>, KillError> {
             });
         }
     };
+    parse(path, &bytes)
+}
+
+/// Parses a kill file's bytes strictly (`path` only names it in errors): the reader that
+/// start-up uses, public for the fuzz target (`fuzz/src/kill_file.rs`).
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Arc<Kill>>, KillError> {
     let corrupt = |message: String| KillError::Corrupt {
         path: path.to_path_buf(),
         message,
@@ -99,8 +105,7 @@ pub(super) fn load(path: &Path) -> Result<Vec<Arc<Kill>>, KillError> {
         // empty one is damage or a hand edit; refuse it like any other corrupt file.
         return Err(corrupt("the file is empty".into()));
     }
-    let version: FileVersion =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let version: FileVersion = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     match version.version {
         Some(FILE_VERSION) => {}
         Some(other) => {
@@ -110,7 +115,7 @@ pub(super) fn load(path: &Path) -> Result<Vec<Arc<Kill>>, KillError> {
         }
         None => return Err(corrupt("missing field `version`".into())),
     }
-    let file: FileIn = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file: FileIn = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut kills: Vec<Arc<Kill>> = Vec::with_capacity(file.kills.len());
     for (index, raw) in file.kills.into_iter().enumerate() {
         let id = uuid::Uuid::try_parse(&raw.id)
@@ -215,6 +220,17 @@ pub(super) fn own(path: &Path) -> Result<std::fs::File, KillError> {
     }
 }
 
+/// The kill file's text for `kills`, as [`save`] writes it (and [`parse`] reads it back).
+pub fn render(kills: &[Arc<Kill>]) -> Result<String, serde_json::Error> {
+    let file = FileOut {
+        version: FILE_VERSION,
+        kills: kills.iter().map(|kill| kill.as_ref()).collect(),
+    };
+    let mut text = serde_json::to_string_pretty(&file)?;
+    text.push('\n');
+    Ok(text)
+}
+
 /// Writes the kill file atomically: a complete 0600 temp file, fsynced, renamed over the old
 /// one, then the folder fsynced; a crash leaves the old file or the new one, never half.
 pub(super) fn save(path: &Path, kills: &[Arc<Kill>]) -> Result<(), KillError> {
@@ -222,12 +238,7 @@ pub(super) fn save(path: &Path, kills: &[Arc<Kill>]) -> Result<(), KillError> {
         path: path.to_path_buf(),
         message,
     };
-    let file = FileOut {
-        version: FILE_VERSION,
-        kills: kills.iter().map(|kill| kill.as_ref()).collect(),
-    };
-    let mut text = serde_json::to_string_pretty(&file).map_err(|e| persist(e.to_string()))?;
-    text.push('\n');
+    let text = render(kills).map_err(|e| persist(e.to_string()))?;
     let tmp = temp_name(path, "new");
     let written = create_private(&tmp).and_then(|mut out| {
         out.write_all(text.as_bytes())?;
