@@ -97,8 +97,9 @@ where
     Ok(Accepted { stream, sni, peer })
 }
 
-/// [`accept`] for an agent: every failure but a declined ClientHello is counted and logged
-/// here, with the connection's span (listener, peer) and `host` when the handshake is inside a
+/// [`accept`] for an agent: every failure is counted in
+/// `tollgate_tls_handshake_errors_total{side="agent"}` and logged here (a declined ClientHello
+/// only counted: the caller logged why), with the connection's span (listener, peer) and `host` when the handshake is inside a
 /// tunnel.
 pub async fn accept_agent<IO>(
     io: IO,
@@ -116,7 +117,9 @@ where
     };
     let host = host.unwrap_or("");
     match &failure {
-        HandshakeFailure::Declined => return Err(failure),
+        // The caller logged why (e.g. an SNI that is not the CONNECT host: domain fronting);
+        // counted like any other refused handshake.
+        HandshakeFailure::Declined => {}
         HandshakeFailure::Rejected(rejected) => {
             metrics.identity_rejected(rejected.reason());
             tracing::warn!(host, reason = rejected.reason().as_str(), "{rejected}");
