@@ -309,3 +309,27 @@ fn drop_mode_serves_counts_every_dropped_line_and_keeps_memory_bounded() {
         "lines are of the requests sent"
     );
 }
+
+#[test]
+fn refuses_queue_settings_out_of_range_naming_each_key() {
+    let root = repo_root();
+    let err = Tollgate::builder()
+        .config(format!(
+            "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+             policy: {{path: '{}', data: '{}'}}\n\
+             telemetry: {{decision_log_capacity: 0, decision_log_on_full: sometimes, decision_log_max_wait: 0s}}\n",
+            root.join("policy-wasm").display(),
+            root.join("tests/fixtures/policy-data.json").display(),
+        ))
+        .try_start()
+        .err()
+        .expect("a configuration error");
+    assert!(err.contains("exit status: 2"), "{err}");
+    for key in [
+        "telemetry.decision_log_capacity",
+        "telemetry.decision_log_on_full",
+        "telemetry.decision_log_max_wait",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
