@@ -307,3 +307,143 @@ fn refuses_an_sni_that_is_not_the_connect_host_and_counts_it() {
     );
     assert_still_serving(&tg, &origin);
 }
+
+/// Handshakes with `tg`'s mTLS listener presenting `chain` (leaf first) and `key`; whether it
+/// completed.
+fn mtls_handshake(
+    addr: SocketAddr,
+    server_ca: &std::path::Path,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &std::fs::read(server_ca).unwrap()[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    // TLS 1.3: the client's certificate is judged after the client finishes; a request and
+    // its answer prove the server accepted it.
+    if tls
+        .write_all(b"GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut first = [0u8; 5];
+    tls.read_exact(&mut first).is_ok() && &first == b"HTTP/"
+}
+
+#[test]
+fn refuses_a_huge_client_certificate_chain_on_an_mtls_listener_and_counts_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().to_str().unwrap();
+    let cli = |args: &[&str]| assert!(Tollgate::run_cli(args).status.success(), "{args:?}");
+    cli(&[
+        "certs",
+        "init",
+        "--dir",
+        dir,
+        "--trust-domain",
+        "tollgate.local",
+    ]);
+    cli(&[
+        "certs",
+        "issue",
+        "--dir",
+        dir,
+        "--spiffe-id",
+        CALLER,
+        "--name",
+        "agent",
+    ]);
+    let listener = Pki::new();
+    let leaf = listener.issue_leaf("proxy", &["IP:127.0.0.1"]);
+    let root = repo_root();
+    let tg = Tollgate::start(&format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0', tls: {{cert: '{}', key: '{}', client_auth: required}}}}]\n\
+         admin: {{address: '127.0.0.1:0'}}\n\
+         identity: {{trust_domains: {{tollgate.local: {{bundle: '{}'}}}}}}\n\
+         policy: {{path: '{}', data: '{}'}}\n",
+        leaf.cert.display(),
+        leaf.key.display(),
+        certs.path().join("tollgate.local.bundle.pem").display(),
+        root.join("policy-wasm").display(),
+        root.join("tests/fixtures/policy-data.json").display(),
+    ));
+    let read_chain = || -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        rustls_pemfile::certs(&mut &std::fs::read(certs.path().join("agent.pem")).unwrap()[..])
+            .map(Result::unwrap)
+            .collect()
+    };
+    let key = || {
+        rustls_pemfile::private_key(
+            &mut &std::fs::read(certs.path().join("agent-key.pem")).unwrap()[..],
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let addr = tg.proxy_addr("agents");
+    // The SVID as issued: accepted (the proof the client side works).
+    assert!(mtls_handshake(
+        addr,
+        &listener.ca_cert(),
+        read_chain(),
+        key()
+    ));
+    let before = agent_tls_errors(&tg);
+
+    // The same leaf followed by 400 copies of the bundle (about 200 KiB): over TLS's 64 KiB
+    // handshake-message limit, refused before any certificate is parsed, quickly.
+    let bundle: Vec<_> = rustls_pemfile::certs(
+        &mut &std::fs::read(certs.path().join("tollgate.local.bundle.pem")).unwrap()[..],
+    )
+    .map(Result::unwrap)
+    .collect();
+    let mut huge = read_chain();
+    for _ in 0..400 {
+        huge.extend(bundle.iter().cloned());
+    }
+    let started = Instant::now();
+    assert!(!mtls_handshake(addr, &listener.ca_cert(), huge, key()));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(wait_agent_tls_errors(&tg, before + 1), before + 1);
+
+    // 60 copies (about 30 KiB, under TLS's 64 KiB message limit): webpki's path building is
+    // bounded (a signature budget), the extra copies are never needed, and the SVID chains to
+    // the bundle directly: accepted, in bounded time, and not counted as a failure.
+    let mut long = read_chain();
+    for _ in 0..60 {
+        long.extend(bundle.iter().cloned());
+    }
+    let started = Instant::now();
+    assert!(mtls_handshake(addr, &listener.ca_cert(), long, key()));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(agent_tls_errors(&tg), before + 1);
+
+    // And the listener still serves the honest SVID.
+    assert!(mtls_handshake(
+        addr,
+        &listener.ca_cert(),
+        read_chain(),
+        key()
+    ));
+}
