@@ -193,13 +193,23 @@ fn restarts_after_kill_9_during_writes_with_every_acknowledged_kill_in_force() {
     let tg = start(&kill_file).expect("final restart");
     let listed = killed_tasks(&tg);
     let book = ledger.lock().unwrap();
-    assert!(book.in_force.is_subset(&listed), "kills lost at the end");
+    // The last round's unanswered write may have landed either way.
+    let lost: Vec<_> = book
+        .in_force
+        .difference(&listed)
+        .filter(|t| book.unknown.as_ref() != Some(*t))
+        .collect();
+    assert!(lost.is_empty(), "kills lost at the end: {lost:?}");
     assert!(
         writes_total >= ROUNDS as usize * 5,
         "only {writes_total} writes in {ROUNDS} rounds"
     );
     let origin = PyOrigin::start(None);
-    if let Some(task) = book.in_force.iter().next() {
+    if let Some(task) = book
+        .in_force
+        .iter()
+        .find(|t| book.unknown.as_ref() != Some(*t))
+    {
         let out = curl(&[
             "-s",
             "-o",
