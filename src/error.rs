@@ -57,6 +57,9 @@ pub enum ProxyError {
     AgentSecretPresent(String),
     #[error("tollgate is at its connection limit")]
     Overloaded,
+    /// The decision log could not take the request's line in time (backpressure).
+    #[error("{0}")]
+    DecisionLogUnavailable(#[from] crate::telemetry::decision_log::Unavailable),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -91,6 +94,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Timeout(_)) => Reason::UpstreamTimeout,
             ProxyError::Upstream(UpstreamError::Protocol(_)) => Reason::UpstreamProtocol,
             ProxyError::Overloaded => Reason::Overloaded,
+            ProxyError::DecisionLogUnavailable(_) => Reason::DecisionLogUnavailable,
             ProxyError::Internal(_) => Reason::Internal,
         }
     }

@@ -149,6 +149,9 @@ reasons! {
     PrivateDestination = "private_destination", Deny, FORBIDDEN, Caller;
     /// tollgate is at its connection limit.
     Overloaded = "overloaded", Deny, SERVICE_UNAVAILABLE, Internal;
+    /// The decision-log queue had no room within `telemetry.decision_log_max_wait`
+    /// (backpressure): the request is not forwarded without its line.
+    DecisionLogUnavailable = "decision_log_unavailable", Deny, SERVICE_UNAVAILABLE, Internal;
 
     // Signed intent tokens (`intent_token`).
     /// The token is longer than 8 KiB.

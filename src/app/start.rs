@@ -152,8 +152,6 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
             .map_err(|e| StartError::Runtime(format!("development CA: {e}")))?,
     };
     let upstream = reload::build_upstream(config)?;
-    let decision_log = DecisionLog::start(&config.telemetry.decision_log)
-        .map_err(|e| StartError::Runtime(format!("telemetry.decision_log: {e}")))?;
     let workload_api = workload_api(config).await?;
     let bundles = reload::trust_bundles_watched(config, workload_api.clone())?;
     let (listeners, mut tls) = bind_listeners(config, &bundles, &workload_api).await?;
@@ -165,6 +163,12 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
         Metrics::new(&listener_names, config.telemetry.metrics_label_destination)
             .map_err(|e| StartError::Runtime(e.to_string()))?,
     );
+    let decision_log = DecisionLog::start(
+        &config.telemetry.decision_log,
+        config.telemetry.decision_log_queue,
+        metrics.decision_log_dropped.clone(),
+    )
+    .map_err(|e| StartError::Runtime(format!("telemetry.decision_log: {e}")))?;
     let kills = open_kills(config, &metrics)?;
     let intent_issuers = Arc::new(
         IntentIssuers::load(&config.intent_issuers)

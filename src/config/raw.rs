@@ -151,4 +151,10 @@ pub struct RawTelemetry {
     pub log_format: Option<String>,
     #[serde(default)]
     pub metrics_label_destination: Option<bool>,
+    #[serde(default)]
+    pub decision_log_capacity: Option<u64>,
+    #[serde(default)]
+    pub decision_log_on_full: Option<String>,
+    #[serde(default)]
+    pub decision_log_max_wait: Option<ConfigDuration>,
 }

@@ -282,6 +282,50 @@ pub struct TelemetryConfig {
     pub decision_log: DecisionLogTarget,
     pub log_format: LogFormat,
     pub metrics_label_destination: bool,
+    /// How the decision-log queue is bounded, and what a full one does.
+    pub decision_log_queue: DecisionLogQueue,
+}
+
+/// The bound of the decision-log queue (`telemetry.decision_log_capacity`, `_on_full`,
+/// `_max_wait`): a sink that stalls must not grow tollgate's memory without limit, and must not
+/// let a request through without its line unless the operator chose so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionLogQueue {
+    /// Lines queued or reserved by requests in flight, at most.
+    pub capacity: usize,
+    /// What a request does when the queue is full.
+    pub on_full: OnFull,
+    /// How long a request waits for room (backpressure) before it is refused with 503.
+    pub max_wait: Duration,
+}
+
+impl DecisionLogQueue {
+    /// Default capacity: requests in flight hold a slot each, so it is well above the default
+    /// `limits.max_connections` (10,000).
+    pub const DEFAULT_CAPACITY: usize = 65_536;
+    /// Default wait for room before a 503.
+    pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
+}
+
+impl Default for DecisionLogQueue {
+    fn default() -> DecisionLogQueue {
+        DecisionLogQueue {
+            capacity: DecisionLogQueue::DEFAULT_CAPACITY,
+            on_full: OnFull::Backpressure,
+            max_wait: DecisionLogQueue::DEFAULT_MAX_WAIT,
+        }
+    }
+}
+
+/// What a request does when the decision-log queue is full (`telemetry.decision_log_on_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// Wait up to `max_wait` for room, then refuse with 503 `decision_log_unavailable`: no
+    /// request is forwarded without its line (the default: an audit log that fails closed).
+    Backpressure,
+    /// Serve the request and drop its line, counted in `tollgate_decision_log_dropped_total`
+    /// and logged: availability over a complete audit trail, chosen explicitly.
+    Drop,
 }
 
 /// One configuration problem, tied to the key that holds it.

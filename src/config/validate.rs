@@ -415,6 +415,10 @@ fn validate_limits(raw_limits: raw::RawLimits, problems: &mut Problems) -> Limit
     limits
 }
 
+/// The most lines `telemetry.decision_log_capacity` may hold: the queue's memory is bounded
+/// by it (tokio's bounded channel also caps its permits far above this).
+const MAX_DECISION_LOG_CAPACITY: u64 = 1 << 24;
+
 /// `telemetry`.
 fn validate_telemetry(
     raw_telemetry: raw::RawTelemetry,
@@ -444,10 +448,48 @@ fn validate_telemetry(
             LogFormat::Json
         }
     };
+    let on_full = match raw_telemetry.decision_log_on_full.as_deref() {
+        None | Some("backpressure") => OnFull::Backpressure,
+        Some("drop") => OnFull::Drop,
+        Some(other) => {
+            problems.add(
+                "telemetry.decision_log_on_full",
+                format!("`{other}` is not one of backpressure, drop"),
+            );
+            OnFull::Backpressure
+        }
+    };
+    let capacity = match raw_telemetry.decision_log_capacity {
+        None => DecisionLogQueue::DEFAULT_CAPACITY,
+        Some(n) if (1..=MAX_DECISION_LOG_CAPACITY).contains(&n) => {
+            usize::try_from(n).unwrap_or(DecisionLogQueue::DEFAULT_CAPACITY)
+        }
+        Some(_) => {
+            problems.add(
+                "telemetry.decision_log_capacity",
+                format!("must be between 1 and {MAX_DECISION_LOG_CAPACITY}"),
+            );
+            DecisionLogQueue::DEFAULT_CAPACITY
+        }
+    };
+    let max_wait = raw_telemetry
+        .decision_log_max_wait
+        .map_or(DecisionLogQueue::DEFAULT_MAX_WAIT, |d| d.0);
+    if max_wait.is_zero() {
+        problems.add(
+            "telemetry.decision_log_max_wait",
+            "must be greater than zero",
+        );
+    }
     TelemetryConfig {
         decision_log,
         log_format,
         metrics_label_destination: raw_telemetry.metrics_label_destination.unwrap_or(true),
+        decision_log_queue: DecisionLogQueue {
+            capacity,
+            on_full,
+            max_wait,
+        },
     }
 }
 

@@ -83,6 +83,14 @@ pub enum KillError {
     /// Writing the kill file failed; the change was not made.
     #[error("cannot persist the kill file {}: {message}", path.display())]
     Persist { path: PathBuf, message: String },
+    /// Another running process owns the kill file (holds its lock): two instances writing one
+    /// file would overwrite each other's kills, so the second refuses to start.
+    #[error(
+        "the kill file {} is in use by another running tollgate (it holds the lock on {}); give each instance its own admin.kill_file",
+        path.display(),
+        lock.display()
+    )]
+    InUse { path: PathBuf, lock: PathBuf },
 }
 
 impl KillError {
@@ -90,7 +98,10 @@ impl KillError {
     pub fn is_request_error(&self) -> bool {
         !matches!(
             self,
-            KillError::Read { .. } | KillError::Corrupt { .. } | KillError::Persist { .. }
+            KillError::Read { .. }
+                | KillError::Corrupt { .. }
+                | KillError::Persist { .. }
+                | KillError::InUse { .. }
         )
     }
 }
@@ -104,6 +115,9 @@ pub struct KillSwitch {
     /// Serializes writers and their file writes; readers never take it.
     writer: Mutex<()>,
     file: Option<PathBuf>,
+    /// The lock that makes this process the kill file's only writer ([`store::own`]); held,
+    /// never read, until the switch is dropped.
+    _owner: Option<std::fs::File>,
     changes: watch::Sender<u64>,
 }
 
@@ -122,14 +136,15 @@ impl KillSwitch {
     /// No file configured: kills live in memory only. A configured file that does not exist
     /// yet: no kills. A file that cannot be read or parsed, or a folder tollgate cannot write
     /// in, is an error naming the file: better to refuse to start than to lift kills silently
-    /// or to discover during an incident that a kill cannot be saved.
+    /// or to discover during an incident that a kill cannot be saved. A file another running
+    /// process owns is [`KillError::InUse`]: one writer per file, or kills would be lost.
     pub fn open(file: Option<PathBuf>) -> Result<KillSwitch, KillError> {
-        let kills = match &file {
-            None => Vec::new(),
+        let (kills, owner) = match &file {
+            None => (Vec::new(), None),
             Some(path) => {
-                let kills = store::load(path)?;
                 store::probe_writable(path)?;
-                kills
+                let owner = store::own(path)?;
+                (store::load(path)?, Some(owner))
             }
         };
         if !kills.is_empty() {
@@ -143,6 +158,7 @@ impl KillSwitch {
             set: ArcSwap::from_pointee(KillSet::new(kills)),
             writer: Mutex::new(()),
             file,
+            _owner: owner,
             changes,
         })
     }

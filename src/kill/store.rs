@@ -4,6 +4,14 @@
 //! folder fsynced), so a crash leaves the old file or the new one, never half. Read strictly:
 //! an unreadable or corrupt file is an error naming it, never an empty set, because silently
 //! lifting kills is the one failure a kill switch must not have.
+//!
+//! Owned by one process: [`own`] takes an exclusive advisory lock (`flock`) on a sibling lock
+//! file, `<kill file>.lock`, held for the life of the process, so a second tollgate naming the
+//! same kill file refuses to start instead of overwriting the first one's kills. The lock is on
+//! its own file because the kill file itself is replaced by rename (a lock on it would stay on
+//! the old inode); the lock file is never deleted (deleting it would let a third process lock a
+//! fresh inode while the first still holds the old one). The kernel drops the lock when the
+//! process dies, `kill -9` included, so a restart is never blocked by a stale lock.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,6 +90,12 @@ pub(super) fn load(path: &Path) -> Result<Vec<Arc<Kill>>, KillError> {
             });
         }
     };
+    parse(path, &bytes)
+}
+
+/// Parses a kill file's bytes strictly (`path` only names it in errors): the reader that
+/// start-up uses, public for the fuzz target (`fuzz/src/kill_file.rs`).
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Arc<Kill>>, KillError> {
     let corrupt = |message: String| KillError::Corrupt {
         path: path.to_path_buf(),
         message,
@@ -91,8 +105,7 @@ pub(super) fn load(path: &Path) -> Result<Vec<Arc<Kill>>, KillError> {
         // empty one is damage or a hand edit; refuse it like any other corrupt file.
         return Err(corrupt("the file is empty".into()));
     }
-    let version: FileVersion =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let version: FileVersion = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     match version.version {
         Some(FILE_VERSION) => {}
         Some(other) => {
@@ -102,7 +115,7 @@ pub(super) fn load(path: &Path) -> Result<Vec<Arc<Kill>>, KillError> {
         }
         None => return Err(corrupt("missing field `version`".into())),
     }
-    let file: FileIn = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file: FileIn = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut kills: Vec<Arc<Kill>> = Vec::with_capacity(file.kills.len());
     for (index, raw) in file.kills.into_iter().enumerate() {
         let id = uuid::Uuid::try_parse(&raw.id)
@@ -171,6 +184,53 @@ pub(super) fn probe_writable(path: &Path) -> Result<(), KillError> {
         })
 }
 
+/// The lock file that says which process owns `path`: `<kill file>.lock`, next to it.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kills");
+    folder(path).join(format!("{name}.lock"))
+}
+
+/// Takes ownership of the kill file for this process: an exclusive, non-blocking `flock` on
+/// [`lock_path`], created 0600 if missing. The returned file holds the lock until it is
+/// dropped (or the process ends). Another holder is [`KillError::InUse`]; a lock file that
+/// cannot be created or locked is [`KillError::Read`].
+pub(super) fn own(path: &Path) -> Result<std::fs::File, KillError> {
+    let lock = lock_path(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&lock).map_err(|e| KillError::Read {
+        path: path.to_path_buf(),
+        message: format!("cannot open its lock file {}: {e}", lock.display()),
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(KillError::InUse {
+            path: path.to_path_buf(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(KillError::Read {
+            path: path.to_path_buf(),
+            message: format!("cannot lock {}: {e}", lock.display()),
+        }),
+    }
+}
+
+/// The kill file's text for `kills`, as [`save`] writes it (and [`parse`] reads it back).
+pub fn render(kills: &[Arc<Kill>]) -> Result<String, serde_json::Error> {
+    let file = FileOut {
+        version: FILE_VERSION,
+        kills: kills.iter().map(|kill| kill.as_ref()).collect(),
+    };
+    let mut text = serde_json::to_string_pretty(&file)?;
+    text.push('\n');
+    Ok(text)
+}
+
 /// Writes the kill file atomically: a complete 0600 temp file, fsynced, renamed over the old
 /// one, then the folder fsynced; a crash leaves the old file or the new one, never half.
 pub(super) fn save(path: &Path, kills: &[Arc<Kill>]) -> Result<(), KillError> {
@@ -178,12 +238,7 @@ pub(super) fn save(path: &Path, kills: &[Arc<Kill>]) -> Result<(), KillError> {
         path: path.to_path_buf(),
         message,
     };
-    let file = FileOut {
-        version: FILE_VERSION,
-        kills: kills.iter().map(|kill| kill.as_ref()).collect(),
-    };
-    let mut text = serde_json::to_string_pretty(&file).map_err(|e| persist(e.to_string()))?;
-    text.push('\n');
+    let text = render(kills).map_err(|e| persist(e.to_string()))?;
     let tmp = temp_name(path, "new");
     let written = create_private(&tmp).and_then(|mut out| {
         out.write_all(text.as_bytes())?;

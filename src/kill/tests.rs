@@ -337,12 +337,47 @@ fn accepts_missing_file_as_no_kills_and_writes_it_private() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    // No temp or probe files left behind.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
+    // No temp or probe files left behind: the file and its lock file only.
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("kills.json")]);
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            std::ffi::OsString::from("kills.json"),
+            std::ffi::OsString::from("kills.json.lock")
+        ]
+    );
+}
+
+#[test]
+fn rejects_a_second_owner_of_the_file_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kills.json");
+    let first = KillSwitch::open(Some(path.clone())).unwrap();
+    first.kill(task("t-1"), None).unwrap();
+    let err = KillSwitch::open(Some(path.clone())).unwrap_err();
+    assert_eq!(
+        err,
+        KillError::InUse {
+            path: path.clone(),
+            lock: dir.path().join("kills.json.lock"),
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("in use by another running tollgate"),
+        "{err}"
+    );
+    assert!(!err.is_request_error());
+    // Another file in the same folder has its own lock.
+    KillSwitch::open(Some(dir.path().join("other.json"))).unwrap();
+    // The first owner's kills are intact, and once it is gone the file can be owned again.
+    drop(first);
+    let second = KillSwitch::open(Some(path)).unwrap();
+    assert!(second.check(None, Some("t-1")).is_some());
 }
 
 #[test]
@@ -487,9 +522,9 @@ fn rejects_kill_and_lift_when_file_cannot_be_written_leaving_state_unchanged() {
     assert_eq!(switch.check(None, Some("t-1")), Some(kept));
     assert!(!changes.has_changed().unwrap());
 
-    // The failed writes cleaned up their temp files.
+    // The failed writes cleaned up their temp files (the file's place and its lock file stay).
     let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
-    assert_eq!(leftovers, 1);
+    assert_eq!(leftovers, 2);
     assert!(
         !err.is_request_error(),
         "tollgate's own file: a 500 for the admin API"
@@ -502,7 +537,7 @@ fn rejects_kill_when_folder_disappeared() {
     let sub = dir.path().join("state");
     std::fs::create_dir(&sub).unwrap();
     let switch = KillSwitch::open(Some(sub.join("kills.json"))).unwrap();
-    std::fs::remove_dir(&sub).unwrap();
+    std::fs::remove_dir_all(&sub).unwrap();
     assert!(matches!(
         switch.kill(KillTarget::All, None),
         Err(KillError::Persist { .. })

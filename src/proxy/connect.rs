@@ -67,6 +67,8 @@ async fn stages<B>(
     request: &Request<B>,
     record: &mut Recorder,
 ) -> Result<TunnelPlan, ProxyError> {
+    // 0. record: the CONNECT's decision-log line has its place, or the CONNECT ends here.
+    record.reserve().await?;
     // The policy revision this CONNECT is decided by, read once.
     let live = proxy.live.current();
     // 1. target: the CONNECT's host:port, resolved; non-public addresses refused.
@@ -90,6 +92,7 @@ pub async fn transparent(
 ) -> Result<TunnelPlan, ProxyError> {
     let mut record = conn.recorder(proxy, http::Method::CONNECT);
     let result = async {
+        record.reserve().await?;
         let live = proxy.live.current();
         let authority = TunnelAuthority {
             host: target::normalize_host(host)?,

@@ -35,7 +35,25 @@ pub async fn send(
     if let Err(UpstreamError::Tls(_)) = &result {
         proxy.metrics.origin_tls_error();
     }
-    result.map_err(ProxyError::from)
+    let response = result.map_err(ProxyError::from)?;
+    check_framing(&response)?;
+    Ok(response)
+}
+
+/// Refuses an origin response framed two ways: `Content-Length` and `Transfer-Encoding`
+/// together (response smuggling; RFC 9112 §6.3 lets a recipient reject it, and Envoy does).
+/// hyper reads the body as chunked but keeps the length header, which would reach the agent
+/// with a body of another length; a 502 `upstream_protocol` is the precise answer.
+fn check_framing(response: &Response<Incoming>) -> Result<(), ProxyError> {
+    let headers = response.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::Upstream(UpstreamError::Protocol(
+            "the origin's response carries both Content-Length and Transfer-Encoding".into(),
+        )));
+    }
+    Ok(())
 }
 
 /// The agent's response: the origin's head prepared, its body streamed until the request's

@@ -119,6 +119,8 @@ async fn stages(
     request: Request<Incoming>,
     record: &mut Recorder,
 ) -> Result<Response<Incoming>, ProxyError> {
+    // 0. record: the request's decision-log line has its place, or the request ends here.
+    record.reserve().await?;
     // The policy revision and credentials this request is decided and served with, read once.
     let live = proxy.live.current();
     // 1. target: where the request goes, from one trusted place, normalized and resolved.

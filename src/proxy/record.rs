@@ -18,7 +18,7 @@ use crate::identity::SpiffeId;
 use crate::intent::{Intent, TaskName};
 use crate::reason::Reason;
 use crate::telemetry::decision_log::{
-    DecisionLog, DecisionRecord, IntentRecord, RequestRecord, SourceRecord, VerdictRecord,
+    DecisionLog, DecisionRecord, IntentRecord, RequestRecord, Slot, SourceRecord, VerdictRecord,
 };
 use crate::telemetry::metrics::Metrics;
 
@@ -167,6 +167,8 @@ pub struct Recorder {
     upstream_status: Option<u16>,
     /// Secret headers the agent sent that were removed before forwarding (names only).
     stripped_headers: Vec<String>,
+    /// This request's place in the decision-log queue ([`Recorder::reserve`]).
+    slot: Option<Slot>,
 }
 
 impl Recorder {
@@ -195,7 +197,16 @@ impl Recorder {
             verdict: Verdict::Undecided,
             upstream_status: None,
             stripped_headers: Vec::new(),
+            slot: None,
         }
+    }
+
+    /// Reserves this request's line in the decision-log queue; called before any stage, so a
+    /// request that could not be logged is refused (`decision_log_unavailable`) instead of
+    /// served. See `telemetry::decision_log` for the two modes.
+    pub async fn reserve(&mut self) -> Result<(), ProxyError> {
+        self.slot = self.log.reserve().await?;
+        Ok(())
     }
 
     /// The key of this request's decision-log line (`x-tollgate-decision-id`).
@@ -372,7 +383,7 @@ impl Drop for Recorder {
             upstream_status: self.upstream_status,
             duration_ms: seconds * 1000.0,
         };
-        self.log.record(&record);
+        self.log.record(&record, self.slot.take());
     }
 }
 

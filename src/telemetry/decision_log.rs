@@ -4,18 +4,30 @@
 //! them to the sink. After the first line of a burst the writer waits a few milliseconds and
 //! takes everything queued meanwhile, so under load it wakes and writes a few hundred times a
 //! second instead of once per request (a wakeup per line cost ~8% of the proxy's CPU), and a
-//! lone decision is still visible within [`BATCH_WINDOW`]. No request waits on the sink.
+//! lone decision is still visible within [`BATCH_WINDOW`].
+//!
+//! The queue is bounded (`telemetry.decision_log_capacity` lines), so a sink that stalls (a
+//! full disk, a pipe nobody reads) cannot grow tollgate's memory. Each request reserves its
+//! slot ([`DecisionLog::reserve`]) before any stage runs and holds it until its line is
+//! written into it, so a line can never find the queue full once the request was served. When
+//! no slot is free, `telemetry.decision_log_on_full` decides: `backpressure` (the default)
+//! waits up to `telemetry.decision_log_max_wait` and then refuses the request (503
+//! `decision_log_unavailable`), so nothing is forwarded without its line; `drop` serves the
+//! request without a slot and, if the queue is still full when the line is made, drops it,
+//! counted in `tollgate_decision_log_dropped_total` and logged (at most once a second).
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::DecisionLogTarget;
+use crate::config::{DecisionLogQueue, DecisionLogTarget, OnFull};
 
 /// How long the writer gathers lines after the first of a burst before writing them.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
@@ -79,8 +91,8 @@ pub struct VerdictRecord<'a> {
     pub enforced: bool,
 }
 
-/// What the writer thread receives.
-enum Message {
+/// What the writer thread receives (public only as the payload of a [`Slot`]).
+pub enum Message {
     Line(Vec<u8>),
     /// Write and flush everything queued before this, then acknowledge.
     Flush(std::sync::mpsc::Sender<()>),
@@ -124,33 +136,132 @@ impl Recent {
     }
 }
 
+/// A place in the decision-log queue, reserved by a request before it is served: its line
+/// cannot be refused for lack of room.
+pub struct Slot(mpsc::OwnedPermit<Message>);
+
+/// The queue had no room within `telemetry.decision_log_max_wait` (backpressure mode): the
+/// request must be refused, as it could not be logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the decision log cannot take this request's line within {0:?} (its sink is stalled); the request was not forwarded"
+)]
+pub struct Unavailable(pub Duration);
+
+/// How often, at most, a dropped line is reported in the operational log.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Lines dropped for lack of room, and when that was last logged.
+struct Drops {
+    /// `tollgate_decision_log_dropped_total`.
+    counter: IntCounter,
+    /// Drops not yet reported in the operational log.
+    unreported: AtomicU64,
+    /// Milliseconds since `epoch` of the last report (0: never).
+    last_report_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Drops {
+    fn dropped(&self, why: &'static str) {
+        self.counter.inc();
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let last = self.last_report_ms.load(Ordering::Relaxed);
+        let every = u64::try_from(DROP_LOG_EVERY.as_millis()).unwrap_or(1000);
+        if (last == 0 || now_ms.saturating_sub(last) >= every)
+            && self
+                .last_report_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let lines = self.unreported.swap(0, Ordering::Relaxed);
+            tracing::error!(
+                lines,
+                total = self.counter.get(),
+                why,
+                "decision log: lines dropped (telemetry.decision_log_on_full: drop, or the writer is gone)"
+            );
+        }
+    }
+}
+
 /// Handle to the decision-log writer; cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
-    sender: Option<mpsc::UnboundedSender<Message>>,
+    sender: Option<mpsc::Sender<Message>>,
+    queue: DecisionLogQueue,
+    drops: Arc<Drops>,
     /// The recent decisions, for the admin API.
     pub recent: Arc<Recent>,
 }
 
 impl DecisionLog {
-    /// Starts the writer for `target`. With `Off` nothing is written, but the recent
+    /// Starts the writer for `target`, with a queue bounded as `queue` says; `dropped` is
+    /// `tollgate_decision_log_dropped_total`. With `Off` nothing is written, but the recent
     /// decisions are still kept for the admin API.
-    pub fn start(target: &DecisionLogTarget) -> std::io::Result<DecisionLog> {
+    pub fn start(
+        target: &DecisionLogTarget,
+        queue: DecisionLogQueue,
+        dropped: IntCounter,
+    ) -> std::io::Result<DecisionLog> {
         let sink: Box<dyn Write + Send> = match target {
             DecisionLogTarget::Off => Box::new(std::io::sink()),
             DecisionLogTarget::Stdout => Box::new(std::io::stdout()),
             DecisionLogTarget::File(path) => Box::new(open_append(path)?),
         };
         let recent = Arc::new(Recent::default());
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(queue.capacity.max(1));
         let kept = recent.clone();
         std::thread::Builder::new()
             .name("decision-log".into())
             .spawn(move || write_loop(sink, receiver, &kept))?;
         Ok(DecisionLog {
             sender: Some(sender),
+            queue,
+            drops: Arc::new(Drops {
+                counter: dropped,
+                unreported: AtomicU64::new(0),
+                last_report_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+            }),
             recent,
         })
+    }
+
+    /// Reserves the queue slot of one request's line, before the request is served.
+    ///
+    /// `Ok(Some)`: the line will be queued whatever happens. `Ok(None)`: no slot, and the
+    /// operator chose `drop` (the line is queued if room appeared by then, else dropped and
+    /// counted). `Err`: backpressure mode and no room within `max_wait`: refuse the request.
+    pub async fn reserve(&self) -> Result<Option<Slot>, Unavailable> {
+        let Some(sender) = &self.sender else {
+            return Ok(None);
+        };
+        match sender.clone().try_reserve_owned() {
+            Ok(permit) => return Ok(Some(Slot(permit))),
+            // The writer is gone (it never exits while a sender lives): nothing can be logged.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return match self.queue.on_full {
+                    OnFull::Drop => Ok(None),
+                    OnFull::Backpressure => Err(Unavailable(self.queue.max_wait)),
+                };
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {}
+        }
+        match self.queue.on_full {
+            OnFull::Drop => Ok(None),
+            OnFull::Backpressure => {
+                match tokio::time::timeout(self.queue.max_wait, sender.clone().reserve_owned())
+                    .await
+                {
+                    Ok(Ok(permit)) => Ok(Some(Slot(permit))),
+                    Ok(Err(_)) | Err(_) => Err(Unavailable(self.queue.max_wait)),
+                }
+            }
+        }
     }
 
     /// Writes out everything queued so far (at shutdown: no decision is lost). Waits at most
@@ -159,22 +270,37 @@ impl DecisionLog {
         let Some(sender) = &self.sender else {
             return true;
         };
+        let started = Instant::now();
         let (ack, done) = std::sync::mpsc::channel();
-        if sender.send(Message::Flush(ack)).is_err() {
-            return false;
+        match tokio::time::timeout(timeout, sender.send(Message::Flush(ack))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return false,
         }
-        tokio::task::spawn_blocking(move || done.recv_timeout(timeout).is_ok())
+        let left = timeout.saturating_sub(started.elapsed());
+        tokio::task::spawn_blocking(move || done.recv_timeout(left).is_ok())
             .await
             .unwrap_or(false)
     }
 
-    /// Queues one record; never blocks.
-    pub fn record(&self, record: &DecisionRecord<'_>) {
+    /// Queues one record into its reserved `slot`, or, without one, into the queue if it has
+    /// room; a line that finds no room is dropped and counted. Never blocks.
+    pub fn record(&self, record: &DecisionRecord<'_>, slot: Option<Slot>) {
         let Some(sender) = &self.sender else { return };
         match serde_json::to_vec(record) {
             Ok(mut line) => {
                 line.push(b'\n');
-                let _ = sender.send(Message::Line(line));
+                match slot {
+                    Some(Slot(permit)) => {
+                        permit.send(Message::Line(line));
+                    }
+                    None => match sender.try_send(Message::Line(line)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => self.drops.dropped("queue full"),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            self.drops.dropped("writer gone")
+                        }
+                    },
+                }
             }
             Err(e) => tracing::error!(error = %e, "cannot serialize a decision record"),
         }
@@ -250,11 +376,7 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn write_loop(
-    sink: Box<dyn Write + Send>,
-    mut receiver: mpsc::UnboundedReceiver<Message>,
-    recent: &Recent,
-) {
+fn write_loop(sink: Box<dyn Write + Send>, mut receiver: mpsc::Receiver<Message>, recent: &Recent) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     while let Some(first) = receiver.blocking_recv() {
         if matches!(first, Message::Line(_)) {

@@ -92,6 +92,9 @@ pub struct Metrics {
     tls_agent_unknown_ca: IntCounter,
     /// `tollgate_admin_refusals_total{reason}`, one series per [`AdminRefusal`].
     admin_refusals: Vec<IntCounter>,
+    /// `tollgate_decision_log_dropped_total`: decision-log lines dropped because the queue was
+    /// full (`telemetry.decision_log_on_full: drop`) or the writer was gone.
+    pub decision_log_dropped: IntCounter,
 }
 
 /// Why the admin API refused a caller that reached it (`tollgate_admin_refusals_total`): a
@@ -260,6 +263,11 @@ impl Metrics {
             "Agent TLS handshakes refused by the agent because it does not trust the interception CA.",
         )?;
         registry.register(Box::new(tls_agent_unknown_ca.clone()))?;
+        let decision_log_dropped = IntCounter::new(
+            "tollgate_decision_log_dropped_total",
+            "Decision-log lines dropped because the queue was full (telemetry.decision_log_on_full: drop).",
+        )?;
+        registry.register(Box::new(decision_log_dropped.clone()))?;
 
         let mut listeners = HashMap::new();
         for name in listener_names {
@@ -317,6 +325,7 @@ impl Metrics {
                 .iter()
                 .map(|reason| admin_refusals.with_label_values(&[reason.as_str()]))
                 .collect(),
+            decision_log_dropped,
         })
     }
 

@@ -110,11 +110,12 @@ fn refused_as_unknown_ca(error: &std::io::Error) -> bool {
     )
 }
 
-/// [`accept`] for an agent: every failure but a declined ClientHello is counted and logged
-/// here, with the connection's span (listener, peer) and `host` when the handshake is inside a
-/// tunnel. `intercept_ca` is the interception CA's certificate file when tollgate presents a
-/// leaf it minted: an agent that refuses it (`UnknownCA`) is told, at WARN, which file to
-/// trust, and counted in `tollgate_tls_agent_unknown_ca_total`.
+/// [`accept`] for an agent: every failure is counted in
+/// `tollgate_tls_handshake_errors_total{side="agent"}` and logged here (a declined ClientHello
+/// only counted: the caller logged why), with the connection's span (listener, peer) and `host`
+/// when the handshake is inside a tunnel. `intercept_ca` is the interception CA's certificate
+/// file when tollgate presents a leaf it minted: an agent that refuses it (`UnknownCA`) is
+/// told, at WARN, which file to trust, and counted in `tollgate_tls_agent_unknown_ca_total`.
 pub async fn accept_agent<IO>(
     io: IO,
     timeout: Duration,
@@ -132,7 +133,9 @@ where
     };
     let host = host.unwrap_or("");
     match &failure {
-        HandshakeFailure::Declined => return Err(failure),
+        // The caller logged why (e.g. an SNI that is not the CONNECT host: domain fronting);
+        // counted like any other refused handshake.
+        HandshakeFailure::Declined => {}
         HandshakeFailure::Rejected(rejected) => {
             metrics.identity_rejected(rejected.reason());
             tracing::warn!(host, reason = rejected.reason().as_str(), "{rejected}");
