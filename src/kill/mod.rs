@@ -33,6 +33,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod flows;
 pub mod set;
 pub mod store;
 
@@ -43,7 +44,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::identity::SpiffeIdError;
+use crate::identity::{SpiffeId, SpiffeIdError};
+use crate::intent::TaskName;
+use flows::{Flow, FlowKind, FlowRegistry, Stop};
 use set::KillSet;
 pub use set::{Kill, KillTarget, LiftBy};
 
@@ -105,6 +108,8 @@ pub struct KillSwitch {
     writer: Mutex<()>,
     file: Option<PathBuf>,
     changes: watch::Sender<u64>,
+    /// The flows open now, which a kill ends (issue 15).
+    flows: FlowRegistry,
 }
 
 impl fmt::Debug for KillSwitch {
@@ -144,6 +149,7 @@ impl KillSwitch {
             writer: Mutex::new(()),
             file,
             changes,
+            flows: FlowRegistry::new(),
         })
     }
 
@@ -183,10 +189,14 @@ impl KillSwitch {
         let mut kills = current.newest_first.clone();
         kills.push(kill.clone());
         self.publish(kills)?;
+        // Published first, then the open flows are ended: a flow registering meanwhile sees
+        // the kill in its own check (see `open_flow`).
+        let ended = self.flows.cut(&kill);
         tracing::warn!(
             kill_id = %kill.id,
             target = %kill.target,
             reason = kill.reason.as_deref().unwrap_or(""),
+            flows_ended = ended,
             "kill switch engaged"
         );
         Ok((kill, true))
@@ -220,6 +230,7 @@ impl KillSwitch {
         }
         self.publish(kept)?;
         for kill in &lifted {
+            self.flows.forget(&kill.id);
             tracing::warn!(
                 kill_id = %kill.id,
                 target = %kill.target,
@@ -238,6 +249,43 @@ impl KillSwitch {
     /// How many kills are in force: the value of the `tollgate_kills_active` gauge.
     pub fn active(&self) -> usize {
         self.set.load().newest_first.len()
+    }
+
+    /// Registers an open flow of this caller and task, and ends it at once if a kill in force
+    /// covers it (a kill published while the flow was being opened). Cheap: one lock of a
+    /// shard this thread almost always has alone, then the lock-free [`check`](Self::check).
+    pub fn open_flow(
+        &self,
+        kind: FlowKind,
+        spiffe_id: Option<&SpiffeId>,
+        task: Option<&TaskName>,
+        stop: Stop,
+    ) -> Flow {
+        let flow = self.flows.open(kind, spiffe_id, task, stop);
+        if let Some(kill) = self.check(spiffe_id.map(SpiffeId::as_str), task.map(TaskName::as_str))
+        {
+            flow.cut_now(&kill, &self.flows);
+        }
+        flow
+    }
+
+    /// Ends the open flows of `task` (`DELETE /v1/tasks/{task}`): returns the ending — a kill
+    /// on the task that is not kept in force (later requests of the task are not refused) but
+    /// names the cut in the decision log — and how many flows it ended.
+    pub fn end_task_flows(&self, task: &TaskName) -> (Arc<Kill>, u64) {
+        let ending = Arc::new(Kill {
+            id: uuid::Uuid::now_v7().hyphenated().to_string(),
+            target: KillTarget::Task(task.clone()),
+            created: store::now_millis(),
+            reason: Some("task ended".into()),
+        });
+        let ended = self.flows.cut(&ending);
+        (ending, ended)
+    }
+
+    /// The open flows (how many each kill ended: [`FlowRegistry::ended`]).
+    pub fn flows(&self) -> &FlowRegistry {
+        &self.flows
     }
 
     /// A receiver whose value is bumped after every kill or lift that changed the set, so a

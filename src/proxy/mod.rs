@@ -45,6 +45,7 @@ use tracing::Instrument;
 
 use crate::credentials::CredentialStore;
 use crate::error::ProxyError;
+use crate::kill::flows::{FlowKind, Stop};
 use crate::policy::PolicyRevision;
 use crate::reason::Fault;
 use crate::telemetry::decision_log::DecisionLog;
@@ -109,6 +110,7 @@ async fn stages(
 ) -> Result<Response<Incoming>, ProxyError> {
     // The policy revision and credentials this request is decided and served with, read once.
     let live = proxy.live.current();
+    let http2 = request.version() == http::Version::HTTP_2;
     // 1. target: where the request goes, from one trusted place, normalized and resolved.
     let destination = target::request_destination(proxy, conn, &request, record).await?;
     // 2. intent: the declared intent (headers, or a signed token that wins over them).
@@ -138,9 +140,36 @@ async fn stages(
     )?;
     drop(token);
     // 8. forward: send it; the response streams back from `handle`. A transparent
-    // connection's request goes only to the address the agent dialled.
+    // connection's request goes only to the address the agent dialled. From here on the
+    // request is an open flow a kill ends (issue 15): an HTTP/2 stream alone, otherwise the
+    // agent's whole HTTP/1 connection, reset.
+    let (kind, stop) = if http2 {
+        (FlowKind::Http2Stream, Stop::stream())
+    } else {
+        (FlowKind::Request, Stop::Connection(conn.abort.clone()))
+    };
+    let flow = proxy.kills.open_flow(
+        kind,
+        conn.caller.spiffe_id(),
+        permit.intent().task.as_ref(),
+        stop,
+    );
+    let upstream_request = upstream_request.map(|body| flow.meter_body(body));
+    record.attach_flow(flow);
     let pin = conn.original.map(|original| original.ip());
-    forward::send(proxy, upstream_request, pin).await
+    let sent = forward::send(proxy, upstream_request, pin);
+    let Some(flow) = record.flow() else {
+        return sent.await;
+    };
+    tokio::select! {
+        sent = sent => sent,
+        // Cut before the origin answered: nothing was forwarded to the agent yet, so an
+        // HTTP/2 stream gets the kill's 403 (an HTTP/1 connection is being reset).
+        () = flow.stopped() => Err(match flow.killed() {
+            Some(kill) => ProxyError::Killed(kill.clone()),
+            None => ProxyError::Internal("flow stopped without a kill".into()),
+        }),
+    }
 }
 
 /// Refuses a request before its stages run (the server's framing and size checks), with the

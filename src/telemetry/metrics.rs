@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::identity::svid::SvidRejection;
+use crate::kill::flows::FlowKind;
 use crate::per_thread::{self, OwnerId};
 use crate::reason::{Outcome, Reason};
 use crate::watch::Source;
@@ -84,6 +85,8 @@ pub struct Metrics {
     tls_errors_origin: IntCounter,
     /// `tollgate_kills_active`.
     pub kills_active: IntGauge,
+    /// `tollgate_flows_killed_total{kind}`, one series per `FlowKind` (in its order).
+    flows_killed: Vec<IntCounter>,
 }
 
 /// Makes metric families and registers each as it is made.
@@ -213,6 +216,11 @@ impl Metrics {
         )?;
         let kills_active = IntGauge::new("tollgate_kills_active", "Kills in force.")?;
         registry.register(Box::new(kills_active.clone()))?;
+        let flows_killed = family.counters(
+            "tollgate_flows_killed_total",
+            "Open flows a kill or a task's end cut, by kind of flow.",
+            &["kind"],
+        )?;
 
         let mut listeners = HashMap::new();
         for name in listener_names {
@@ -264,7 +272,22 @@ impl Metrics {
             tls_errors_agent: tls_errors.with_label_values(&["agent"]),
             tls_errors_origin: tls_errors.with_label_values(&["origin"]),
             kills_active,
+            flows_killed: FlowKind::ALL
+                .iter()
+                .map(|kind| flows_killed.with_label_values(&[kind.as_str()]))
+                .collect(),
         })
+    }
+
+    /// Counts one open flow a kill (or a task's end) cut.
+    pub fn flow_killed(&self, kind: FlowKind) {
+        if let Some(counter) = FlowKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.flows_killed.get(i))
+        {
+            counter.inc();
+        }
     }
 
     /// Records one decision-log line: its closed reason (which says its outcome) and duration.
