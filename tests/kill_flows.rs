@@ -221,6 +221,40 @@ fn cuts_the_killed_tasks_http2_streams_and_spares_the_others_on_the_connection()
 }
 
 #[test]
+fn a_caller_kill_resets_its_intercepted_connection_and_the_request_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let tg = tollgate(dir.path(), Some(&pki.ca_cert()));
+    let ca = tg.dir().join("state/intercept-ca.pem");
+    let report = drive(
+        &tg,
+        "intercept",
+        &[
+            &ca,
+            &pki.server_cert(),
+            &pki.server_key(),
+            Path::new(CALLER),
+        ],
+    );
+    let victim = &report["victim"];
+    assert_cut(victim);
+    assert_eq!(victim["http_version"], "HTTP/1.1", "{victim}");
+    let kill_id = report["answer"]["kill"]["id"].as_str().unwrap();
+    // Two flows: the intercepted connection and the request streaming inside it.
+    assert_eq!(report["answer"]["kill"]["flows_ended"], 2, "{report}");
+    let conn = cut_line(&tg, kill_id, "intercepted_connection");
+    assert_eq!(conn["decision"]["reason"], "killed");
+    assert_eq!(conn["request"]["method"], "CONNECT");
+    assert_eq!(conn["source"]["spiffe_id"], CALLER);
+    assert!(conn["flow"]["bytes_to_agent"].as_u64() > Some(0), "{conn}");
+    let request = cut_line(&tg, kill_id, "request");
+    assert_eq!(request["request"]["scheme"], "https");
+    assert_eq!(listed_flows_ended(&tg, kill_id), 2);
+    assert_eq!(flows_killed(&tg, "intercepted_connection"), 1);
+    assert_eq!(flows_killed(&tg, "request"), 1);
+}
+
+#[test]
 fn cuts_a_blind_tunnel_of_the_killed_task_with_a_reset() {
     let dir = tempfile::tempdir().unwrap();
     let tg = tollgate(dir.path(), None);

@@ -8,8 +8,9 @@ DELETE /v1/tasks/victim) once the victim is flowing, and prints one JSON object:
 the bytes before the kill, the bytes after the kill's answer + 100 ms, whether it completed,
 and the error the client saw.
 
-usage: kill_flows.py MODE PROXY_URL ADMIN_URL [CA_PEM SERVER_CERT SERVER_KEY]
-MODE: slow | sse | h2 | tunnel | upload
+usage: kill_flows.py MODE PROXY_URL ADMIN_URL [CA_PEM SERVER_CERT SERVER_KEY [SPIFFE_ID]]
+MODE: slow | sse | h2 | tunnel | upload | intercept (HTTP/1.1 inside an intercepted CONNECT;
+the kill names the caller's SPIFFE_ID, so there is no bystander of another caller)
 """
 
 import http.server
@@ -182,9 +183,12 @@ def admin(admin_url, method, path, body=None):
         return json.load(r)
 
 
-def kill(admin_url, end_task=False):
-    """Ends the victim's task; returns when the answer came, and the answer."""
-    if end_task:
+def kill(admin_url, end_task=False, spiffe_id=None):
+    """Ends the victim's task (or kills the caller); returns when the answer came, and the
+    answer."""
+    if spiffe_id:
+        answer = admin(admin_url, "POST", "/v1/kill", {"spiffe_id": spiffe_id})
+    elif end_task:
         answer = admin(admin_url, "DELETE", "/v1/tasks/victim")
     else:
         answer = admin(admin_url, "POST", "/v1/kill", {"task": "victim", "reason": "runaway loop"})
@@ -260,6 +264,21 @@ def mode_h2(proxy, admin_url, ca, cert, key):
         "victims": [v.summary(t_kill) for v in victims],
         "bystander": bystander.summary(t_kill, 16 * MB),
     }
+
+
+def mode_intercept(proxy, admin_url, ca, cert, key, spiffe_id):
+    port = start_origin(cert, key)
+    victim = Flow()
+    client = httpx.Client(proxy=proxy, verify=ca)
+    t = threading.Thread(
+        target=httpx_read,
+        args=(client, f"https://127.0.0.1:{port}/stream?n={200 * MB}", "victim", victim, 0.01),
+    )
+    t.start()
+    wait_for(lambda: victim.received() >= 2 * MB, "2 MB")
+    t_kill, answer = kill(admin_url, spiffe_id=spiffe_id)
+    join([t])
+    return {"answer": answer, "victim": victim.summary(t_kill)}
 
 
 def curl_read(args, flow, out):
@@ -366,6 +385,8 @@ def main():
         out = mode_http(proxy, admin_url, sse=mode == "sse")
     elif mode == "h2":
         out = mode_h2(proxy, admin_url, *sys.argv[4:7])
+    elif mode == "intercept":
+        out = mode_intercept(proxy, admin_url, *sys.argv[4:8])
     elif mode == "tunnel":
         out = mode_tunnel(proxy, admin_url)
     elif mode == "upload":
