@@ -1,13 +1,15 @@
 //! The kill switch (SPEC §7): `POST /v1/kill` denies everything a SPIFFE ID, a task or every
 //! caller sends, from the very next request on, until `DELETE /v1/kill/…` lifts it.
 //!
-//! This module owns the set of kills ([`set`]) and its persistence in `admin.kill_file`
-//! ([`store`]). It does not own the admin API's HTTP (`admin::kill`) or enforcement: the
-//! authorize stage calls [`KillSwitch::check`] for every request (keep-alive and HTTP/2
-//! connections included, because the check is per request, not per connection); tunnels, which
-//! carry no requests tollgate can see, [`subscribe`](KillSwitch::subscribe) and re-check on
-//! every change; the credential cache drops what [`KillTarget::matches`]; the metrics module
-//! publishes [`KillSwitch::active`] as `tollgate_kills_active`.
+//! This module owns the set of kills ([`set`]), its persistence in `admin.kill_file`
+//! ([`store`]) and the registry of open flows a kill ends ([`flows`]: streamed requests,
+//! HTTP/2 streams, tunnels, intercepted and transparent connections — "kill means now"). It
+//! does not own the admin API's HTTP (`admin::kill`) or enforcement: the authorize stage calls
+//! [`KillSwitch::check`] for every request (keep-alive and HTTP/2 connections included,
+//! because the check is per request, not per connection); what is already flowing registers
+//! with [`KillSwitch::open_flow`], and [`KillSwitch::kill`] stops it before returning; the
+//! credential cache drops what [`KillTarget::matches`]; the metrics module publishes
+//! [`KillSwitch::active`] as `tollgate_kills_active`.
 //!
 //! Why the shape:
 //! - Reads are lock-free and allocate nothing: the set is an immutable snapshot behind an
@@ -27,7 +29,7 @@
 //! let switch = KillSwitch::open(None)?;
 //! let mut changes = switch.subscribe();
 //! switch.kill(KillTarget::Task(TaskName::parse("t-42")?), Some("runaway loop".into()))?;
-//! assert!(changes.has_changed()?); // a tunnel wakes up here and re-checks
+//! assert!(changes.has_changed()?); // a watcher of the kills wakes up here
 //! assert!(switch.check(Some("spiffe://example.org/agent"), Some("t-42")).is_some());
 //! assert!(switch.check(Some("spiffe://example.org/agent"), Some("t-43")).is_none());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -288,9 +290,9 @@ impl KillSwitch {
         &self.flows
     }
 
-    /// A receiver whose value is bumped after every kill or lift that changed the set, so a
-    /// long-lived tunnel (which tollgate cannot check per request) can wait on `changed()`,
-    /// re-run [`check`](KillSwitch::check) and close itself when its caller was killed.
+    /// A receiver whose value is bumped after every kill or lift that changed the set, for
+    /// whoever keeps a view of the kills and must refresh it. Open flows do not need it: they
+    /// register ([`open_flow`](Self::open_flow)) and a kill stops them directly.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
