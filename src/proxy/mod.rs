@@ -158,14 +158,16 @@ async fn stages(
     record.attach_flow(flow);
     let pin = conn.original.map(|original| original.ip());
     let sent = forward::send(proxy, upstream_request, pin);
-    let Some(flow) = record.flow() else {
+    // An HTTP/2 stream cut before the origin answered gets the kill's 403 (nothing was
+    // forwarded to the agent yet, so nothing is truncated). An HTTP/1 flow is not raced here:
+    // its connection is reset by the server, and a 403 written first would look like a clean
+    // answer to a client still uploading.
+    let Some(cut) = record.flow().and_then(|flow| flow.stream_stopped()) else {
         return sent.await;
     };
     tokio::select! {
         sent = sent => sent,
-        // Cut before the origin answered: nothing was forwarded to the agent yet, so an
-        // HTTP/2 stream gets the kill's 403 (an HTTP/1 connection is being reset).
-        () = flow.stopped() => Err(match flow.killed() {
+        () = cut => Err(match record.flow().and_then(|flow| flow.killed()) {
             Some(kill) => ProxyError::Killed(kill.clone()),
             None => ProxyError::Internal("flow stopped without a kill".into()),
         }),
