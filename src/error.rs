@@ -31,9 +31,10 @@ pub enum ProxyError {
     /// The policy denied: `said` is its own reason, verbatim; `label` the closed one.
     #[error("{said}")]
     Denied { said: String, label: Reason },
-    /// The caller or the declared task is killed.
+    /// The caller or the declared task is killed: by this kill, whose id and operator's reason
+    /// the 403 carries.
     #[error("killed")]
-    Killed,
+    Killed(std::sync::Arc<crate::kill::Kill>),
     #[error("the intent token was refused: {0}")]
     IntentToken(crate::intent_token::TokenError),
     #[error("the policy could not decide: {}", .0.detail())]
@@ -76,7 +77,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => Reason::HeadersTooLarge,
             ProxyError::HostMismatch { .. } => Reason::HostMismatch,
             ProxyError::Denied { label, .. } => *label,
-            ProxyError::Killed => Reason::Killed,
+            ProxyError::Killed(_) => Reason::Killed,
             ProxyError::IntentToken(e) => e.reason(),
             ProxyError::Policy(failure) => failure.reason(),
             ProxyError::DestinationMismatch { .. } => Reason::DestinationMismatch,
@@ -125,7 +126,7 @@ impl ProxyError {
     pub fn is_decision(&self) -> bool {
         matches!(
             self,
-            ProxyError::Denied { .. } | ProxyError::Killed | ProxyError::Policy(_)
+            ProxyError::Denied { .. } | ProxyError::Killed(_) | ProxyError::Policy(_)
         )
     }
 
@@ -155,8 +156,15 @@ impl ProxyError {
             "reason": self.public_reason(),
             "decision_id": decision_id,
         });
-        if !matches!(self, ProxyError::Denied { .. } | ProxyError::Killed) {
-            body["message"] = self.to_string().into();
+        match self {
+            ProxyError::Denied { .. } => {}
+            // Which kill, and the operator's words: the agent's developer can tell an incident
+            // from a bug, and quote the id to whoever lifts it.
+            ProxyError::Killed(kill) => {
+                body["kill_id"] = kill.id.as_str().into();
+                body["kill_reason"] = kill.reason.as_deref().into();
+            }
+            _ => body["message"] = self.to_string().into(),
         }
         body
     }

@@ -19,7 +19,7 @@
 //! - [`intent`]: the `X-Agent-*` headers and the task-name rule; [`intent_token`]: signed
 //!   intent tokens
 //! - [`credentials`]: static, jwt and oauth2 credentials, their cache and injection
-//! - [`kill`]: the kill switch (persisted, lock-free to check)
+//! - [`kill`]: the kill switch (persisted, lock-free to check) and the open flows it cuts
 //! - [`tls`]: TLS handshakes, listener TLS, CAs, interception, the origin's TLS
 //! - [`pki`]: the crypto provider and PEM files
 //! - [`per_thread`]: per-thread state of a shared owner (no lock shared between workers)

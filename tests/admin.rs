@@ -146,11 +146,13 @@ fn kills_the_next_request_on_an_open_http2_connection() {
         .start();
     let ca = tg.dir().join("state/intercept-ca.pem");
     let url = format!("https://127.0.0.1:{}/x.txt", nginx.tls_port().unwrap());
-    // One httpx client, one HTTP/2 connection through the tunnel, two requests with a kill
-    // in between (the script waits for a line on stdin before the second).
+    // One httpx client, one HTTP/2 connection through the tunnel, two requests of task t-h2
+    // with a kill of the task in between (the script waits for a line on stdin before the
+    // second). The connection itself declared no task, so the kill leaves it open (a kill of
+    // the caller resets it: tests/kill_flows.rs); the next request on it is refused.
     let script = r#"
 import sys, httpx
-client = httpx.Client(http2=True, proxy=sys.argv[1], verify=sys.argv[2])
+client = httpx.Client(http2=True, proxy=sys.argv[1], verify=sys.argv[2], headers={"x-agent-task": "t-h2"})
 r = client.get(sys.argv[3]); print(r.http_version, r.status_code, flush=True)
 sys.stdin.readline()
 r = client.get(sys.argv[3]); print(r.http_version, r.status_code, r.json().get("reason"), flush=True)
@@ -167,12 +169,8 @@ r = client.get(sys.argv[3]); print(r.http_version, r.status_code, r.json().get("
     let _guard = ChildGuard::new(child);
     assert_eq!(lines.next().unwrap().unwrap(), "HTTP/2 200");
     assert_eq!(
-        tg.admin_json(
-            "POST",
-            "/v1/kill",
-            Some(&format!(r#"{{"spiffe_id": "{CALLER}"}}"#))
-        )
-        .0,
+        tg.admin_json("POST", "/v1/kill", Some(r#"{"task": "t-h2"}"#))
+            .0,
         201
     );
     writeln!(stdin).unwrap();

@@ -540,9 +540,13 @@ fn ending_a_task_drops_its_tokens_and_a_kill_drops_the_killed_callers() {
     );
     let (status, body) = tg.admin_json("DELETE", "/v1/tasks/t-end", None);
     assert_eq!(status, 200);
+    // No flow of the task was open (each call had ended); `ending_id` names the ending.
+    assert!(body["ending_id"].is_string(), "{body}");
+    let mut body = body;
+    body.as_object_mut().unwrap().remove("ending_id");
     assert_eq!(
         body,
-        json!({"task": "t-end", "credentials_dropped": 1, "credentials_revoked": 0})
+        json!({"task": "t-end", "credentials_dropped": 1, "credentials_revoked": 0, "flows_ended": 0})
     );
     let fresh = bearer(&call(&tg, &url, "call.internal", Some("t-end"), &[]).json());
     assert_ne!(fresh, first, "a task that ended got its old token back");
@@ -973,9 +977,13 @@ fn oauth2_client_credentials_token_is_active_until_its_task_ends() {
     // Ending the task revokes its token at the server; the other task's stays active.
     let (status, body) = tg.admin_json("DELETE", "/v1/tasks/t-oauth", None);
     assert_eq!(status, 200);
+    // No flow of the task was open (each call had ended); `ending_id` names the ending.
+    assert!(body["ending_id"].is_string(), "{body}");
+    let mut body = body;
+    body.as_object_mut().unwrap().remove("ending_id");
     assert_eq!(
         body,
-        json!({"task": "t-oauth", "credentials_dropped": 1, "credentials_revoked": 1})
+        json!({"task": "t-oauth", "credentials_dropped": 1, "credentials_revoked": 1, "flows_ended": 0})
     );
     assert_eq!(introspect(&authz, &first)["active"], false);
     assert_eq!(introspect(&authz, &other)["active"], true);

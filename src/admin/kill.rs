@@ -2,8 +2,9 @@
 //! [`crate::kill`]; this file reads the operator's request and answers it.
 //!
 //! - `POST /v1/kill` `{"spiffe_id"|"task"|"all", "reason"?}`: 201 `{"kill": …}` for a new kill,
-//!   200 when the target was already killed;
-//! - `GET /v1/kill`: 200 `{"kills": […]}`, newest first;
+//!   200 when the target was already killed; the open flows it covers are ended before the
+//!   answer, and `kill.flows_ended` counts them;
+//! - `GET /v1/kill`: 200 `{"kills": […]}`, newest first, each with `flows_ended`;
 //! - `DELETE /v1/kill/{kill-id}`, `/all`, `/task/{task}`, `/spiffe_id/{percent-encoded id}`, or
 //!   `DELETE /v1/kill` with the same JSON body as `POST`: 200 `{"lifted": […]}`, 404 when no
 //!   kill matched.
@@ -24,10 +25,15 @@ use super::Reply;
 /// What a kill request did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KillReply {
-    /// `POST`: the kill in force on the target; `new` when this request engaged it.
-    Engaged { kill: Arc<Kill>, new: bool },
-    /// `GET`: every kill in force, newest first.
-    Listed(Vec<Arc<Kill>>),
+    /// `POST`: the kill in force on the target; `new` when this request engaged it;
+    /// `flows_ended`: the open flows it ended so far.
+    Engaged {
+        kill: Arc<Kill>,
+        new: bool,
+        flows_ended: u64,
+    },
+    /// `GET`: every kill in force, newest first, each with the open flows it ended.
+    Listed(Vec<(Arc<Kill>, u64)>),
     /// `DELETE`: what was lifted (never empty).
     Lifted(Vec<Arc<Kill>>),
 }
@@ -89,16 +95,28 @@ impl From<Result<KillReply, KillRequestError>> for Reply {
             kills.iter().map(|kill| json!(kill.as_ref())).collect()
         };
         match result {
-            Ok(KillReply::Engaged { kill, new }) => {
+            Ok(KillReply::Engaged {
+                kill,
+                new,
+                flows_ended,
+            }) => {
                 let status = if new {
                     StatusCode::CREATED
                 } else {
                     StatusCode::OK
                 };
-                Reply::json(status, json!({"kill": kill.as_ref()}))
+                Reply::json(status, with_flows_ended(&kill, flows_ended, "kill"))
             }
             Ok(KillReply::Listed(all)) => {
-                Reply::json(StatusCode::OK, json!({"kills": kills(&all)}))
+                let listed: Vec<Value> = all
+                    .iter()
+                    .map(|(kill, ended)| {
+                        let mut value = json!(kill.as_ref());
+                        value["flows_ended"] = (*ended).into();
+                        value
+                    })
+                    .collect();
+                Reply::json(StatusCode::OK, json!({"kills": listed}))
             }
             Ok(KillReply::Lifted(lifted)) => {
                 Reply::json(StatusCode::OK, json!({"lifted": kills(&lifted)}))
@@ -108,16 +126,40 @@ impl From<Result<KillReply, KillRequestError>> for Reply {
     }
 }
 
-/// `POST /v1/kill`.
+/// `{"kill": {…, "flows_ended": n}}`: a kill with the count of open flows it ended (the
+/// kill file's form of a kill has no count: it is a fact of this process, not of the kill).
+fn with_flows_ended(kill: &Kill, flows_ended: u64, key: &str) -> Value {
+    let mut value = json!(kill);
+    value["flows_ended"] = flows_ended.into();
+    json!({ key: value })
+}
+
+/// `POST /v1/kill`: the kill is engaged and, before this returns, every open flow it covers
+/// is stopped (issue 15).
 pub fn engage(switch: &KillSwitch, body: &[u8]) -> Result<KillReply, KillRequestError> {
     let (target, reason) = parse_body(body)?;
     let (kill, new) = switch.kill(target, reason)?;
-    Ok(KillReply::Engaged { kill, new })
+    let flows_ended = switch.flows().ended(&kill.id);
+    Ok(KillReply::Engaged {
+        kill,
+        new,
+        flows_ended,
+    })
 }
 
 /// `GET /v1/kill`.
 pub fn list(switch: &KillSwitch) -> KillReply {
-    KillReply::Listed(switch.list())
+    let flows = switch.flows();
+    KillReply::Listed(
+        switch
+            .list()
+            .into_iter()
+            .map(|kill| {
+                let ended = flows.ended(&kill.id);
+                (kill, ended)
+            })
+            .collect(),
+    )
 }
 
 /// `DELETE /v1/kill…`, where `rest` is the request path after `/v1/kill` (no query).

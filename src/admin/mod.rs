@@ -225,7 +225,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Reply {
         }
         (&Method::DELETE, p) if p.starts_with("/v1/tasks/") => {
             let store = (state.credentials)();
-            Reply::from(tasks::end(&store, &p["/v1/tasks/".len()..]).await)
+            Reply::from(tasks::end(&store, &state.kills, &p["/v1/tasks/".len()..]).await)
         }
         (&Method::GET, "/v1/decisions") => decisions::recent(&state.recent, request.uri().query()),
         (&Method::GET, "/.well-known/jwks.json") => {

@@ -1,13 +1,15 @@
 //! The kill switch (SPEC §7): `POST /v1/kill` denies everything a SPIFFE ID, a task or every
 //! caller sends, from the very next request on, until `DELETE /v1/kill/…` lifts it.
 //!
-//! This module owns the set of kills ([`set`]) and its persistence in `admin.kill_file`
-//! ([`store`]). It does not own the admin API's HTTP (`admin::kill`) or enforcement: the
-//! authorize stage calls [`KillSwitch::check`] for every request (keep-alive and HTTP/2
-//! connections included, because the check is per request, not per connection); tunnels, which
-//! carry no requests tollgate can see, [`subscribe`](KillSwitch::subscribe) and re-check on
-//! every change; the credential cache drops what [`KillTarget::matches`]; the metrics module
-//! publishes [`KillSwitch::active`] as `tollgate_kills_active`.
+//! This module owns the set of kills ([`set`]), its persistence in `admin.kill_file`
+//! ([`store`]) and the registry of open flows a kill ends ([`flows`]: streamed requests,
+//! HTTP/2 streams, tunnels, intercepted and transparent connections — "kill means now"). It
+//! does not own the admin API's HTTP (`admin::kill`) or enforcement: the authorize stage calls
+//! [`KillSwitch::check`] for every request (keep-alive and HTTP/2 connections included,
+//! because the check is per request, not per connection); what is already flowing registers
+//! with [`KillSwitch::open_flow`], and [`KillSwitch::kill`] stops it before returning; the
+//! credential cache drops what [`KillTarget::matches`]; the metrics module publishes
+//! [`KillSwitch::active`] as `tollgate_kills_active`.
 //!
 //! Why the shape:
 //! - Reads are lock-free and allocate nothing: the set is an immutable snapshot behind an
@@ -27,12 +29,13 @@
 //! let switch = KillSwitch::open(None)?;
 //! let mut changes = switch.subscribe();
 //! switch.kill(KillTarget::Task(TaskName::parse("t-42")?), Some("runaway loop".into()))?;
-//! assert!(changes.has_changed()?); // a tunnel wakes up here and re-checks
+//! assert!(changes.has_changed()?); // a watcher of the kills wakes up here
 //! assert!(switch.check(Some("spiffe://example.org/agent"), Some("t-42")).is_some());
 //! assert!(switch.check(Some("spiffe://example.org/agent"), Some("t-43")).is_none());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod flows;
 pub mod set;
 pub mod store;
 
@@ -43,7 +46,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::identity::SpiffeIdError;
+use crate::identity::{SpiffeId, SpiffeIdError};
+use crate::intent::TaskName;
+use flows::{Flow, FlowKind, FlowRegistry, Stop};
 use set::KillSet;
 pub use set::{Kill, KillTarget, LiftBy};
 
@@ -119,6 +124,8 @@ pub struct KillSwitch {
     /// never read, until the switch is dropped.
     _owner: Option<std::fs::File>,
     changes: watch::Sender<u64>,
+    /// The flows open now, which a kill ends (issue 15).
+    flows: FlowRegistry,
 }
 
 impl fmt::Debug for KillSwitch {
@@ -160,6 +167,7 @@ impl KillSwitch {
             file,
             _owner: owner,
             changes,
+            flows: FlowRegistry::new(),
         })
     }
 
@@ -199,10 +207,14 @@ impl KillSwitch {
         let mut kills = current.newest_first.clone();
         kills.push(kill.clone());
         self.publish(kills)?;
+        // Published first, then the open flows are ended: a flow registering meanwhile sees
+        // the kill in its own check (see `open_flow`).
+        let ended = self.flows.cut(&kill);
         tracing::warn!(
             kill_id = %kill.id,
             kill_target = %kill.target,
             reason = kill.reason.as_deref().unwrap_or(""),
+            flows_ended = ended,
             "kill switch engaged"
         );
         Ok((kill, true))
@@ -236,6 +248,7 @@ impl KillSwitch {
         }
         self.publish(kept)?;
         for kill in &lifted {
+            self.flows.forget(&kill.id);
             tracing::warn!(
                 kill_id = %kill.id,
                 kill_target = %kill.target,
@@ -256,9 +269,46 @@ impl KillSwitch {
         self.set.load().newest_first.len()
     }
 
-    /// A receiver whose value is bumped after every kill or lift that changed the set, so a
-    /// long-lived tunnel (which tollgate cannot check per request) can wait on `changed()`,
-    /// re-run [`check`](KillSwitch::check) and close itself when its caller was killed.
+    /// Registers an open flow of this caller and task, and ends it at once if a kill in force
+    /// covers it (a kill published while the flow was being opened). Cheap: one lock of a
+    /// shard this thread almost always has alone, then the lock-free [`check`](Self::check).
+    pub fn open_flow(
+        &self,
+        kind: FlowKind,
+        spiffe_id: Option<&SpiffeId>,
+        task: Option<&TaskName>,
+        stop: Stop,
+    ) -> Flow {
+        let flow = self.flows.open(kind, spiffe_id, task, stop);
+        if let Some(kill) = self.check(spiffe_id.map(SpiffeId::as_str), task.map(TaskName::as_str))
+        {
+            flow.cut_now(&kill, &self.flows);
+        }
+        flow
+    }
+
+    /// Ends the open flows of `task` (`DELETE /v1/tasks/{task}`): returns the ending — a kill
+    /// on the task that is not kept in force (later requests of the task are not refused) but
+    /// names the cut in the decision log — and how many flows it ended.
+    pub fn end_task_flows(&self, task: &TaskName) -> (Arc<Kill>, u64) {
+        let ending = Arc::new(Kill {
+            id: uuid::Uuid::now_v7().hyphenated().to_string(),
+            target: KillTarget::Task(task.clone()),
+            created: store::now_millis(),
+            reason: Some("task ended".into()),
+        });
+        let ended = self.flows.cut(&ending);
+        (ending, ended)
+    }
+
+    /// The open flows (how many each kill ended: [`FlowRegistry::ended`]).
+    pub fn flows(&self) -> &FlowRegistry {
+        &self.flows
+    }
+
+    /// A receiver whose value is bumped after every kill or lift that changed the set, for
+    /// whoever keeps a view of the kills and must refresh it. Open flows do not need it: they
+    /// register ([`open_flow`](Self::open_flow)) and a kill stops them directly.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }

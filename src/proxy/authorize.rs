@@ -108,9 +108,9 @@ fn decide(
     // and cannot be undone by a policy that allows everything.
     let spiffe_id = input.source.caller.spiffe_id().map(|id| id.as_str());
     if let Some(kill) = proxy.kills.check(spiffe_id, input.intent.task.as_deref()) {
-        record.killed();
+        record.killed(&kill);
         tracing::info!(decision_id = %record.decision_id(), kill = %kill.id, "refused: caller or task is killed");
-        return Err(ProxyError::Killed);
+        return Err(ProxyError::Killed(kill));
     }
     let revision = &live.policy;
     let evaluation = revision.evaluate(&input);

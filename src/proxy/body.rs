@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::reason::Reason;
 
@@ -31,7 +32,16 @@ pub struct StreamedBody {
     inner: Incoming,
     deadline: Pin<Box<Sleep>>,
     recorder: Option<Recorder>,
+    /// For an HTTP/2 stream, completes when a kill cuts it (then the stream is reset with
+    /// `CANCEL`); an HTTP/1 flow is cut by resetting its connection, so it has none.
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
+
+/// A kill cut the stream: the body ends with this error, which tells hyper to reset the
+/// HTTP/2 stream with `CANCEL` (hyper reads the `h2::Error` among its sources).
+#[derive(Debug, thiserror::Error)]
+#[error("the flow was killed")]
+pub struct Killed(#[source] h2::Error);
 
 /// The request's total time ran out while the body was streaming.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +61,15 @@ impl ResponseBody {
 
     /// Streams `inner` until `deadline`; `recorder` is logged when the stream ends.
     pub fn streamed(inner: Incoming, deadline: Instant, recorder: Recorder) -> ResponseBody {
+        let cut = recorder
+            .flow()
+            .and_then(crate::kill::flows::Flow::stream_stopped)
+            .map(Box::pin);
         ResponseBody::Streamed(Box::new(StreamedBody {
             inner,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             recorder: Some(recorder),
+            cut,
         }))
     }
 }
@@ -91,6 +106,16 @@ impl Body for ResponseBody {
 
 impl StreamedBody {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(cut) = &mut self.cut
+            && cut.as_mut().poll(cx).is_ready()
+        {
+            // The recorder (with its flow) is dropped now: the line is written at the cut.
+            self.recorder = None;
+            self.cut = None;
+            return Poll::Ready(Some(Err(Box::new(Killed(h2::Error::from(
+                h2::Reason::CANCEL,
+            ))))));
+        }
         if self.deadline.as_mut().poll(cx).is_ready() {
             if let Some(mut recorder) = self.recorder.take() {
                 recorder.stream_failed(Reason::UpstreamTimeout);
@@ -108,7 +133,16 @@ impl StreamedBody {
                 }
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            other => other.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(flow)) = (
+                    frame.data_ref(),
+                    self.recorder.as_ref().and_then(Recorder::flow),
+                ) {
+                    flow.to_agent(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use crate::config::ListenerMode;
 use crate::identity::Caller;
+use crate::intent::{Intent, TaskName};
+use crate::kill::flows::{ConnAbort, Flow};
 use crate::policy::input::{ConnectionFacts, SourceFacts};
 
 use super::Proxy;
@@ -33,6 +35,10 @@ pub struct ConnCtx {
     /// A transparent listener's connection: the address the agent dialled before the kernel
     /// redirected it. tollgate connects only there, and only for a name that resolves to it.
     pub original: Option<SocketAddr>,
+    /// Aborts the agent's TCP connection with a reset: what a kill does to the flows on an
+    /// HTTP/1 connection, a tunnel or a transparent connection. Shared with the connections
+    /// served inside a tunnel (they ride the same TCP connection).
+    pub abort: Arc<ConnAbort>,
 }
 
 /// The fixed destination of a connection served inside a tunnel.
@@ -48,13 +54,14 @@ pub struct TunnelCtx {
 
 impl ConnCtx {
     /// A connection accepted on a listener, by the configured workload identity (a verified
-    /// SVID replaces it once the TLS handshake proved one).
+    /// SVID replaces it once the TLS handshake proved one); `abort` resets its TCP connection.
     pub fn new(
         listener: Arc<str>,
         mode: ListenerMode,
         intercept: bool,
         peer: SocketAddr,
         caller: Caller,
+        abort: Arc<ConnAbort>,
     ) -> ConnCtx {
         ConnCtx {
             listener,
@@ -65,6 +72,7 @@ impl ConnCtx {
             caller_verified: false,
             tunnel: None,
             original: None,
+            abort,
         }
     }
 
@@ -88,6 +96,31 @@ impl ConnCtx {
             self.caller.spiffe_id().cloned(),
             method,
         )
+    }
+
+    /// Writes the decision-log line of a connection-level flow (tunnel, intercepted or
+    /// transparent connection) when a kill cut it: method `CONNECT`, its destination and
+    /// task, `reason: killed`, the kill's id, the bytes each way. Nothing when the flow ended
+    /// on its own (its CONNECT decision already has its line). Not counted as a request.
+    pub fn record_cut(
+        &self,
+        proxy: &Proxy,
+        flow: Flow,
+        host: &str,
+        port: u16,
+        task: Option<&TaskName>,
+    ) {
+        if flow.killed().is_none() {
+            return;
+        }
+        let mut record = self.recorder(proxy, http::Method::CONNECT);
+        record.authority(host, port);
+        record.intent(&Intent {
+            task: task.cloned(),
+            ..Intent::default()
+        });
+        record.uncounted();
+        record.attach_flow(flow);
     }
 
     /// `input.source`: who is calling, through which listener, from where.

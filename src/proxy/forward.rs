@@ -8,6 +8,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
+use crate::kill::flows::UploadBody;
 use crate::upstream::UpstreamError;
 
 use super::Proxy;
@@ -23,7 +24,7 @@ pub const DECISION_ID: HeaderName = HeaderName::from_static("x-tollgate-decision
 /// connection goes to that address alone.
 pub async fn send(
     proxy: &Proxy,
-    request: Request<Incoming>,
+    request: Request<UploadBody>,
     pin: Option<std::net::IpAddr>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let sent = std::time::Instant::now();

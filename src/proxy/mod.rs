@@ -45,6 +45,7 @@ use tracing::Instrument;
 
 use crate::credentials::CredentialStore;
 use crate::error::ProxyError;
+use crate::kill::flows::{FlowKind, Stop};
 use crate::policy::PolicyRevision;
 use crate::reason::Fault;
 use crate::telemetry::decision_log::DecisionLog;
@@ -123,6 +124,7 @@ async fn stages(
     record.reserve().await?;
     // The policy revision and credentials this request is decided and served with, read once.
     let live = proxy.live.current();
+    let http2 = request.version() == http::Version::HTTP_2;
     // 1. target: where the request goes, from one trusted place, normalized and resolved.
     let destination = target::request_destination(proxy, conn, &request, record).await?;
     // 2. intent: the declared intent (headers, or a signed token that wins over them).
@@ -152,9 +154,38 @@ async fn stages(
     )?;
     drop(token);
     // 8. forward: send it; the response streams back from `handle`. A transparent
-    // connection's request goes only to the address the agent dialled.
+    // connection's request goes only to the address the agent dialled. From here on the
+    // request is an open flow a kill ends (issue 15): an HTTP/2 stream alone, otherwise the
+    // agent's whole HTTP/1 connection, reset.
+    let (kind, stop) = if http2 {
+        (FlowKind::Http2Stream, Stop::stream())
+    } else {
+        (FlowKind::Request, Stop::Connection(conn.abort.clone()))
+    };
+    let flow = proxy.kills.open_flow(
+        kind,
+        conn.caller.spiffe_id(),
+        permit.intent().task.as_ref(),
+        stop,
+    );
+    let upstream_request = upstream_request.map(|body| flow.meter_body(body));
+    record.attach_flow(flow);
     let pin = conn.original.map(|original| original.ip());
-    forward::send(proxy, upstream_request, pin).await
+    let sent = forward::send(proxy, upstream_request, pin);
+    // An HTTP/2 stream cut before the origin answered gets the kill's 403 (nothing was
+    // forwarded to the agent yet, so nothing is truncated). An HTTP/1 flow is not raced here:
+    // its connection is reset by the server, and a 403 written first would look like a clean
+    // answer to a client still uploading.
+    let Some(cut) = record.flow().and_then(|flow| flow.stream_stopped()) else {
+        return sent.await;
+    };
+    tokio::select! {
+        sent = sent => sent,
+        () = cut => Err(match record.flow().and_then(|flow| flow.killed()) {
+            Some(kill) => ProxyError::Killed(kill.clone()),
+            None => ProxyError::Internal("flow stopped without a kill".into()),
+        }),
+    }
 }
 
 /// Refuses a request before its stages run (the server's framing and size checks), with the

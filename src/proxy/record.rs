@@ -16,9 +16,12 @@ use crate::config::EngineKind;
 use crate::error::ProxyError;
 use crate::identity::SpiffeId;
 use crate::intent::{Intent, TaskName};
+use crate::kill::Kill;
+use crate::kill::flows::Flow;
 use crate::reason::Reason;
 use crate::telemetry::decision_log::{
-    DecisionLog, DecisionRecord, IntentRecord, RequestRecord, Slot, SourceRecord, VerdictRecord,
+    DecisionLog, DecisionRecord, FlowRecord, IntentRecord, RequestRecord, Slot, SourceRecord,
+    VerdictRecord,
 };
 use crate::telemetry::metrics::Metrics;
 
@@ -169,6 +172,13 @@ pub struct Recorder {
     stripped_headers: Vec<String>,
     /// This request's place in the decision-log queue ([`Recorder::reserve`]).
     slot: Option<Slot>,
+    /// The kill that refused the request (its id goes in the line).
+    kill_id: Option<String>,
+    /// The open flow this request (or tunnel) is, while it streams: a kill may cut it.
+    flow: Option<Flow>,
+    /// Whether the line counts in `tollgate_requests_total` (not for the line of a cut
+    /// connection, whose CONNECT was counted when it was decided).
+    counted: bool,
 }
 
 impl Recorder {
@@ -198,6 +208,9 @@ impl Recorder {
             upstream_status: None,
             stripped_headers: Vec::new(),
             slot: None,
+            kill_id: None,
+            flow: None,
+            counted: true,
         }
     }
 
@@ -277,8 +290,26 @@ impl Recorder {
     }
 
     /// The kill switch refused the request (the authorize stage).
-    pub fn killed(&mut self) {
+    pub fn killed(&mut self, kill: &Kill) {
         self.verdict = Verdict::Killed;
+        self.kill_id = Some(kill.id.clone());
+    }
+
+    /// The request (or connection) is now an open flow a kill can cut; if one does, its line
+    /// says so (`reason: killed`, the kill's id, the bytes each way).
+    pub fn attach_flow(&mut self, flow: Flow) {
+        self.flow = Some(flow);
+    }
+
+    /// The open flow attached to this record.
+    pub fn flow(&self) -> Option<&Flow> {
+        self.flow.as_ref()
+    }
+
+    /// This line is not a decision of its own (the cut of a connection decided earlier): it
+    /// is written but not counted in `tollgate_requests_total`.
+    pub fn uncounted(&mut self) {
+        self.counted = false;
     }
 
     /// The request ends with `error` before a response: a refusal of tollgate's own, or the
@@ -338,12 +369,25 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics.record_request(
-            &self.listener,
-            self.verdict.label(),
-            self.destination.as_ref().map(|d| d.host.as_str()),
-            seconds,
-        );
+        // A flow a kill cut: the line says killed, by which kill, after how many bytes.
+        let cut = self.flow.take().and_then(|flow| {
+            let kill = flow.killed()?.clone();
+            let (bytes_from_agent, bytes_to_agent) = flow.bytes();
+            self.metrics.flow_killed(flow.kind());
+            Some((kill, flow.kind(), bytes_from_agent, bytes_to_agent))
+        });
+        if let Some((kill, ..)) = &cut {
+            self.verdict = Verdict::Killed;
+            self.kill_id = Some(kill.id.clone());
+        }
+        if self.counted {
+            self.metrics.record_request(
+                &self.listener,
+                self.verdict.label(),
+                self.destination.as_ref().map(|d| d.host.as_str()),
+                seconds,
+            );
+        }
         let (decision, error) = self.verdict.record();
         let intent = match &self.intent {
             Some(declared) => IntentRecord {
@@ -382,6 +426,14 @@ impl Drop for Recorder {
             eval_us: self.evaluated.as_ref().map(|e| e.eval_us),
             upstream_status: self.upstream_status,
             duration_ms: seconds * 1000.0,
+            kill_id: self.kill_id.as_deref(),
+            flow: cut
+                .as_ref()
+                .map(|(_, kind, from_agent, to_agent)| FlowRecord {
+                    kind: kind.as_str(),
+                    bytes_from_agent: *from_agent,
+                    bytes_to_agent: *to_agent,
+                }),
         };
         self.log.record(&record, self.slot.take());
     }

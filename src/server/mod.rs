@@ -41,6 +41,7 @@ use tracing::Instrument;
 use crate::config::{ListenerConfig, ListenerMode};
 use crate::error::ProxyError;
 use crate::identity::Caller;
+use crate::kill::flows::ConnAbort;
 use crate::proxy::Proxy;
 use crate::proxy::ctx::ConnCtx;
 use crate::tls::ListenerTls;
@@ -170,12 +171,22 @@ async fn agent_connection(
 ) {
     let proxy = &server.proxy;
     let _open = proxy.metrics.connection_opened(&name);
+    // A kill must be able to reset this connection; one that cannot be (no descriptor left
+    // to duplicate) is not served: fail closed.
+    let abort = match ConnAbort::of(&stream) {
+        Ok(abort) => abort,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot prepare the connection's abort handle; closing");
+            return;
+        }
+    };
     let mut ctx = ConnCtx::new(
         name,
         listener.config.mode,
         listener.config.intercept,
         peer,
         listener.default_caller.clone(),
+        abort,
     );
     if listener.config.mode == ListenerMode::Transparent {
         transparent::connection(server, listener, ctx, stream).await;

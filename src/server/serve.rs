@@ -5,7 +5,8 @@
 //! Every connection gets the framing guard under hyper (its verdicts go to the service, which
 //! cannot be built without them), the HTTP settings that enforce the limits (built once, at
 //! start-up), and the graceful drain: when draining starts, HTTP/1.1 finishes the exchange in
-//! flight and closes, HTTP/2 sends GOAWAY and finishes its open streams.
+//! flight and closes, HTTP/2 sends GOAWAY and finishes its open streams. A kill that covers
+//! a flow on the connection aborts it instead ([`ConnAbort`]): dropped at once, with a reset.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::kill::flows::ConnAbort;
 use crate::proxy::ctx::ConnCtx;
 use crate::tls::ListenerTls;
 use crate::watch::Watched;
@@ -83,6 +85,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (guarded, verdicts) = FramingGuard::new(io, server.limits.max_header_bytes);
+    let abort = conn.ctx.abort.clone();
     let service = AgentService::new(server.clone(), conn, verdicts);
     let io = TokioIo::new(guarded);
     let lifecycle = &server.lifecycle;
@@ -93,13 +96,13 @@ where
                 .http1
                 .serve_connection(io, service)
                 .with_upgrades();
-            until_drained(connection, lifecycle)
+            until_drained(connection, lifecycle, &abort)
                 .await
                 .map_err(|e| e.to_string())
         }
         Protocol::Auto => {
             let connection = server.http.auto.serve_connection(io, service);
-            until_drained(connection, lifecycle)
+            until_drained(connection, lifecycle, &abort)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -140,13 +143,23 @@ where
 }
 
 /// Drives `connection`; once draining starts, lets it finish what is in flight, then close.
-async fn until_drained<C: Drainable>(connection: C, lifecycle: &Lifecycle) -> Result<(), C::Error> {
+/// A kill that aborts the connection drops it at once, mid-exchange: the abort already set
+/// `SO_LINGER` 0, so the close is a reset and nothing queued reaches the agent.
+async fn until_drained<C: Drainable>(
+    connection: C,
+    lifecycle: &Lifecycle,
+    abort: &ConnAbort,
+) -> Result<(), C::Error> {
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => result,
+        () = abort.aborted() => Ok(()),
         () = lifecycle.draining() => {
             connection.as_mut().start_graceful_shutdown();
-            connection.await
+            tokio::select! {
+                result = connection => result,
+                () = abort.aborted() => Ok(()),
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use crate::kill::flows::{Flow, FlowKind, Metered, Stop};
 use crate::net::original_dst::original_dst;
 use crate::policy::ConnectionMode;
 use crate::proxy::connect;
@@ -51,10 +52,50 @@ pub(super) async fn connection(
         return;
     }
     ctx.original = Some(original);
-    match sniff(&stream, listener.config.sniff_timeout).await {
+    let sniffed = sniff(&stream, listener.config.sniff_timeout).await;
+    if matches!(sniffed, Sniffed::Closed) {
+        return;
+    }
+    // The whole redirected connection is one flow (the requests inside are flows too): a kill
+    // of its caller resets it. The task is unknown at this level (no CONNECT declares one).
+    let proxy = &server.proxy;
+    let flow = proxy.kills.open_flow(
+        FlowKind::TransparentConnection,
+        ctx.caller.spiffe_id(),
+        None,
+        Stop::Connection(ctx.abort.clone()),
+    );
+    let stream = flow.meter(stream);
+    redirected(server, &mut ctx, original, sniffed, stream).await;
+    conn_record_cut(server, &ctx, flow, original);
+}
+
+/// The line of a transparent connection a kill cut (its destination: the original address).
+fn conn_record_cut(server: &Server, ctx: &ConnCtx, flow: Flow, original: SocketAddr) {
+    ctx.record_cut(
+        &server.proxy,
+        flow,
+        &original.ip().to_string(),
+        original.port(),
+        None,
+    );
+}
+
+/// Serves a redirected connection by what its first bytes showed (step 3 above).
+async fn redirected(
+    server: &Arc<Server>,
+    ctx: &mut ConnCtx,
+    original: SocketAddr,
+    sniffed: Sniffed,
+    stream: Metered<TcpStream>,
+) {
+    match sniffed {
         Sniffed::Closed => {}
         Sniffed::Http => {
-            let conn = AgentConn { ctx, tls: None };
+            let conn = AgentConn {
+                ctx: ctx.clone(),
+                tls: None,
+            };
             serve(server, stream, conn, Protocol::Auto).await;
         }
         Sniffed::Tls { sni } => {
@@ -74,13 +115,13 @@ pub(super) async fn connection(
                 sni,
                 ips: Arc::from([original.ip()]),
             });
-            let Ok(plan) = connect::transparent(&server.proxy, &ctx, &host, original).await else {
+            let Ok(plan) = connect::transparent(&server.proxy, ctx, &host, original).await else {
                 return;
             };
             match plan.mode {
-                ConnectionMode::Tunnel => tunnel::blind(server, &ctx, &plan, stream).await,
+                ConnectionMode::Tunnel => tunnel::blind(server, ctx, &plan, stream).await,
                 ConnectionMode::Intercept => {
-                    tunnel::intercept_tls(server, &ctx, None, plan.authority, plan.ips, stream)
+                    tunnel::intercept_tls(server, ctx, None, plan.authority, plan.ips, stream)
                         .await;
                 }
             }
@@ -90,10 +131,10 @@ pub(super) async fn connection(
             // (`connection.intercepted` false) and can only tunnel or refuse.
             ctx.intercept = false;
             let host = original.ip().to_string();
-            let Ok(plan) = connect::transparent(&server.proxy, &ctx, &host, original).await else {
+            let Ok(plan) = connect::transparent(&server.proxy, ctx, &host, original).await else {
                 return;
             };
-            tunnel::blind(server, &ctx, &plan, stream).await;
+            tunnel::blind(server, ctx, &plan, stream).await;
         }
     }
 }

@@ -13,9 +13,11 @@ use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::identity::Caller;
+use crate::kill::flows::{ConnAbort, FlowKind, Stop};
 use crate::policy::ConnectionMode;
 use crate::proxy::connect::TunnelPlan;
 use crate::proxy::ctx::{ConnCtx, TunnelCtx};
@@ -56,10 +58,12 @@ pub fn open(
     tasks.spawn(task.instrument(tracing::Span::current()));
 }
 
-/// `mode: tunnel`: copy bytes both ways, unread — until either side closes or the caller (or
-/// the task the CONNECT declared) is killed. `agent` is the upgraded CONNECT, or a transparent
-/// listener's connection (its unread first bytes still in the socket).
-pub(super) async fn blind<IO>(server: &Server, conn: &ConnCtx, plan: &TunnelPlan, mut agent: IO)
+/// `mode: tunnel`: copy bytes both ways, unread — until either side closes or a kill covering
+/// the caller (or the task the CONNECT declared) cuts the tunnel: then the agent's connection
+/// is reset (and the origin's), so nothing queued in tollgate is delivered. `agent` is the
+/// upgraded CONNECT, or a transparent listener's connection (its unread first bytes still in
+/// the socket; that connection is the flow, registered by the transparent listener).
+pub(super) async fn blind<IO>(server: &Server, conn: &ConnCtx, plan: &TunnelPlan, agent: IO)
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -75,27 +79,48 @@ where
             return;
         }
     };
-    let spiffe_id = conn.caller.spiffe_id().map(|id| id.as_str());
-    let task = plan.task.as_deref();
-    let mut kills = proxy.kills.subscribe();
-    let killed = async {
-        loop {
-            if proxy.kills.check(spiffe_id, task).is_some() {
-                return;
-            }
-            if kills.changed().await.is_err() {
-                // The switch is gone (shutting down): never fire.
-                std::future::pending::<()>().await;
-            }
-        }
+    let flow = conn.original.is_none().then(|| {
+        proxy.kills.open_flow(
+            FlowKind::Tunnel,
+            conn.caller.spiffe_id(),
+            plan.task.as_ref(),
+            Stop::Connection(conn.abort.clone()),
+        )
+    });
+    let cut = match &flow {
+        Some(flow) => pipe(flow.meter(agent), &mut origin, &conn.abort).await,
+        None => pipe(agent, &mut origin, &conn.abort).await,
     };
+    if cut {
+        // Bytes still queued toward the origin are dropped too.
+        let _ = socket2::SockRef::from(&origin).set_linger(Some(std::time::Duration::ZERO));
+        tracing::info!(listener = %conn.listener, "tunnel closed: caller or task killed");
+    }
+    drop(origin);
+    if let Some(flow) = flow {
+        conn.record_cut(
+            proxy,
+            flow,
+            &plan.authority.host,
+            plan.authority.port,
+            plan.task.as_ref(),
+        );
+    }
+}
+
+/// Copies both ways until either side closes (false) or the connection is aborted (true).
+async fn pipe<IO>(mut agent: IO, origin: &mut TcpStream, abort: &ConnAbort) -> bool
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut agent, &mut origin) => {
+        result = tokio::io::copy_bidirectional(&mut agent, origin) => {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "tunnel closed with an error");
             }
+            false
         }
-        () = killed => tracing::info!(listener = %conn.listener, "tunnel closed: caller or task killed"),
+        () = abort.aborted() => true,
     }
 }
 
@@ -109,15 +134,34 @@ async fn intercept(
     upgraded: Upgraded,
 ) {
     let timeout = server.limits.header_read_timeout;
-    let mut io = TokioIo::new(upgraded);
+    // The intercepted connection is a flow of its own (the requests inside are flows too): a
+    // kill of the caller, or of the task the CONNECT declared, resets it.
+    let flow = server.proxy.kills.open_flow(
+        FlowKind::InterceptedConnection,
+        conn.caller.spiffe_id(),
+        plan.task.as_ref(),
+        Stop::Connection(conn.abort.clone()),
+    );
+    let TunnelPlan {
+        authority,
+        ips,
+        task,
+        ..
+    } = plan;
+    let (host, port) = (authority.host.clone(), authority.port);
+    let mut io = flow.meter(TokioIo::new(upgraded));
     let mut first = [0u8; 1];
-    let read = tokio::time::timeout(timeout, io.read_exact(&mut first)).await;
-    if !matches!(read, Ok(Ok(_))) {
+    let read = tokio::select! {
+        read = tokio::time::timeout(timeout, io.read_exact(&mut first)) => Some(read),
+        () = conn.abort.aborted() => None,
+    };
+    if !matches!(read, Some(Ok(Ok(_)))) {
         tracing::debug!("tunnel closed before the first byte");
+        drop(io);
+        conn.record_cut(&server.proxy, flow, &host, port, task.as_ref());
         return;
     }
     let io = Prefixed::new(first.to_vec(), io);
-    let TunnelPlan { authority, ips, .. } = plan;
     if first[0] != TLS_HANDSHAKE {
         // Plain HTTP inside the tunnel (e.g. CONNECT to port 80): authorize each request too.
         let tunnel = TunnelCtx {
@@ -131,9 +175,10 @@ async fn intercept(
             tls: None,
         };
         serve(server, io, inner, Protocol::Auto).await;
-        return;
+    } else {
+        intercept_tls(server, conn, listener_tls, authority, ips, io).await;
     }
-    intercept_tls(server, conn, listener_tls, authority, ips, io).await;
+    conn.record_cut(&server.proxy, flow, &host, port, task.as_ref());
 }
 
 /// Terminates the agent's TLS on `io` with a leaf minted for `authority`'s host (the SNI, if

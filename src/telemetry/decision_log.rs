@@ -49,6 +49,25 @@ pub struct DecisionRecord<'a> {
     pub eval_us: Option<u64>,
     pub upstream_status: Option<u16>,
     pub duration_ms: f64,
+    /// The kill that refused this request or ended its flow; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kill_id: Option<&'a str>,
+    /// An open flow a kill (or a task's end) cut: what it was and what it carried until then;
+    /// absent for every flow that ended on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowRecord<'a>>,
+}
+
+/// `flow` of a decision-log line: the cut flow's kind and the bytes it carried each way.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRecord<'a> {
+    /// `request`, `http2_stream`, `intercepted_connection`, `tunnel` or
+    /// `transparent_connection` (the `kind` label of `tollgate_flows_killed_total`).
+    pub kind: &'a str,
+    /// Bytes tollgate received from the agent on this flow before the cut.
+    pub bytes_from_agent: u64,
+    /// Bytes tollgate sent to the agent on this flow before the cut.
+    pub bytes_to_agent: u64,
 }
 
 /// `source` of a decision-log line.

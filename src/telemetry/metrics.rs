@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::identity::svid::SvidRejection;
+use crate::kill::flows::FlowKind;
 use crate::per_thread::{self, OwnerId};
 use crate::reason::{Outcome, Reason};
 use crate::watch::Source;
@@ -95,6 +96,8 @@ pub struct Metrics {
     /// `tollgate_decision_log_dropped_total`: decision-log lines dropped because the queue was
     /// full (`telemetry.decision_log_on_full: drop`) or the writer was gone.
     pub decision_log_dropped: IntCounter,
+    /// `tollgate_flows_killed_total{kind}`, one series per `FlowKind` (in its order).
+    flows_killed: Vec<IntCounter>,
 }
 
 /// Why the admin API refused a caller that reached it (`tollgate_admin_refusals_total`): a
@@ -268,6 +271,11 @@ impl Metrics {
             "Decision-log lines dropped because the queue was full (telemetry.decision_log_on_full: drop).",
         )?;
         registry.register(Box::new(decision_log_dropped.clone()))?;
+        let flows_killed = family.counters(
+            "tollgate_flows_killed_total",
+            "Open flows a kill or a task's end cut, by kind of flow.",
+            &["kind"],
+        )?;
 
         let mut listeners = HashMap::new();
         for name in listener_names {
@@ -326,6 +334,10 @@ impl Metrics {
                 .map(|reason| admin_refusals.with_label_values(&[reason.as_str()]))
                 .collect(),
             decision_log_dropped,
+            flows_killed: FlowKind::ALL
+                .iter()
+                .map(|kind| flows_killed.with_label_values(&[kind.as_str()]))
+                .collect(),
         })
     }
 
@@ -335,6 +347,17 @@ impl Metrics {
             .iter()
             .position(|r| *r == reason)
             .and_then(|i| self.admin_refusals.get(i))
+        {
+            counter.inc();
+        }
+    }
+
+    /// Counts one open flow a kill (or a task's end) cut.
+    pub fn flow_killed(&self, kind: FlowKind) {
+        if let Some(counter) = FlowKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.flows_killed.get(i))
         {
             counter.inc();
         }

@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hyper::body::Incoming;
+
+use crate::kill::flows::UploadBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -25,8 +27,8 @@ use crate::tls::TlsFileError;
 pub use resolve::{GuardedResolver, PinnedResolver, ResolveError};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
-type OriginClient = Client<Connector, Incoming>;
-type PinnedClient = Client<hyper_rustls::HttpsConnector<HttpConnector<PinnedResolver>>, Incoming>;
+type OriginClient = Client<Connector, UploadBody>;
+type PinnedClient = Client<hyper_rustls::HttpsConnector<HttpConnector<PinnedResolver>>, UploadBody>;
 
 /// How many pinned clients (one per original destination address) are kept.
 const PINNED_CLIENTS: usize = 1024;
@@ -122,7 +124,7 @@ impl Upstream {
     /// which may go only to the address the agent dialled.
     pub async fn send_pinned(
         &self,
-        request: http::Request<Incoming>,
+        request: http::Request<UploadBody>,
         ip: IpAddr,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let client = self.pinned_client(ip);
@@ -155,7 +157,7 @@ impl Upstream {
     /// timeout; the body streams afterwards.
     pub async fn send(
         &self,
-        request: http::Request<Incoming>,
+        request: http::Request<UploadBody>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let client = self.client();
         match tokio::time::timeout(self.request_timeout, client.request(request)).await {
