@@ -24,6 +24,9 @@
 #       --tollgate-bin PATH   use this tollgate binary; do not build
 #       --no-build            use target/release/tollgate as it is; do not build
 #       --output FILE         also write the results as TSV to FILE
+#       --pin                 pin each proxy (and nginx for direct) to CPU 0, nginx and wrk to CPU 1
+#                             (taskset), and report the server's CPU µs per request
+#                             (utime+stime from /proc/PID/stat over the measured run)
 #       --keep                keep the temp dir (configs and logs) and print its path
 #   -h, --help
 # Needs: nginx wrk squid tinyproxy curl python3 (bash .ci/run installs them); cargo to build.
@@ -45,6 +48,7 @@ KEEP=0
 START_TIMEOUT=30                        # seconds for any server to accept
 BUILD_TIMEOUT=${LOAD_BUILD_TIMEOUT:-3600}
 
+PIN=0
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -58,6 +62,7 @@ while [[ $# -gt 0 ]]; do
     --tollgate-bin) TOLLGATE_BIN=$2; BUILD=0; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --output) OUTPUT=$2; shift 2 ;;
+    --pin) PIN=1; shift ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "load.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -134,6 +139,20 @@ machine() {
   log "$1: nproc=$(nproc) uptime:$(uptime)"
 }
 
+# With --pin, the command prefixes that pin a process to CPU 0 (the proxies) or CPU 1 (nginx,
+# wrk); taskset execs the command, so `$!` is the server's own PID.
+ON_CPU0=()
+ON_CPU1=()
+if (( PIN )); then ON_CPU0=(taskset -c 0); ON_CPU1=(taskset -c 1); fi
+
+# cpu_ticks PID: the process's user + system time so far, in clock ticks (/proc/PID/stat
+# fields 14 and 15, counted after the command name, which may hold spaces).
+cpu_ticks() {
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+CLK_TCK=$(getconf CLK_TCK)
+declare -A SERVER_PID CPU_US
+
 # --- origin: nginx ---------------------------------------------------------------------------
 start_nginx() {
   local d=$WORK/nginx body
@@ -168,8 +187,9 @@ http {
     }
 }
 EOF
-  "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/stdout.log" 2>&1 &
+  "${ON_CPU1[@]}" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/stdout.log" 2>&1 &
   PIDS+=("$!")
+  SERVER_PID[direct]=$!
   wait_port nginx "$ORIGIN_PORT" $! "$d/error.log"
   ORIGIN_URL="http://127.0.0.1:$ORIGIN_PORT/hello"
   log "nginx origin on 127.0.0.1:$ORIGIN_PORT ($BODY_BYTES-byte /hello)"
@@ -233,9 +253,10 @@ telemetry:
   log_format: json
 $extra
 EOF
-  TOLLGATE_STATE_DIR=$d/state "$TOLLGATE_BIN" run -c "$d/config.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
+  TOLLGATE_STATE_DIR=$d/state "${ON_CPU0[@]}" "$TOLLGATE_BIN" run -c "$d/config.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
   local pid=$!
   PIDS+=("$pid")
+  if [[ $variant == cred ]]; then SERVER_PID[tollgate-cred]=$pid; else SERVER_PID[tollgate]=$pid; fi
   # Readiness per docs/INTERFACES.md: the "listener ready" line carries the bound address.
   deadline=$((SECONDS + START_TIMEOUT))
   local port=
@@ -288,8 +309,9 @@ shutdown_lifetime 0 seconds
 max_filedescriptors 8192
 $( [[ $(id -u) == 0 ]] && echo 'cache_effective_user proxy' )
 EOF
-  "$SQUID" -N -f "$d/squid.conf" >"$d/stdout.log" 2>&1 &
+  "${ON_CPU0[@]}" "$SQUID" -N -f "$d/squid.conf" >"$d/stdout.log" 2>&1 &
   PIDS+=("$!")
+  SERVER_PID[squid]=$!
   wait_port squid "$SQUID_PORT" $! "$d/cache.log"
   log "squid ($("$SQUID" -v | head -n1)) on 127.0.0.1:$SQUID_PORT"
 }
@@ -309,8 +331,9 @@ LogLevel Connect
 LogFile "$d/tinyproxy.log"
 PidFile "$d/tinyproxy.pid"
 EOF
-  "$TINYPROXY" -d -c "$d/tinyproxy.conf" >"$d/stdout.log" 2>&1 &
+  "${ON_CPU0[@]}" "$TINYPROXY" -d -c "$d/tinyproxy.conf" >"$d/stdout.log" 2>&1 &
   PIDS+=("$!")
+  SERVER_PID[tinyproxy]=$!
   wait_port tinyproxy "$TINYPROXY_PORT" $! "$d/tinyproxy.log"
   log "tinyproxy ($("$TINYPROXY" -v 2>&1 | head -n1)) on 127.0.0.1:$TINYPROXY_PORT"
 }
@@ -331,6 +354,8 @@ measure() {
   local target=$1 port=$2 conns=${3:-$CONNECTIONS} threads=${4:-$THREADS} duration=${5:-$DURATION}
   local key=${6:-$1}
   local out=$WORK/wrk-$key.txt script=() status
+  # wrk on CPU 1 with --pin.
+  local WRK_CMD=("${ON_CPU1[@]}" "$WRK")
   if [[ $target != direct ]]; then
     # Absolute-form target and the origin's Host, sent to the proxy's port.
     sed -e "s|@URL@|$ORIGIN_URL|" -e "s|@HOST@|127.0.0.1:$ORIGIN_PORT|" \
@@ -348,12 +373,21 @@ measure() {
     return 0
   fi
   if (( WARMUP > 0 )); then
-    run_fg timeout $((WARMUP + 30)) "$WRK" -t"$threads" -c"$conns" -d"${WARMUP}s" "${script[@]}" \
+    run_fg timeout $((WARMUP + 30)) "${WRK_CMD[@]}" -t"$threads" -c"$conns" -d"${WARMUP}s" "${script[@]}" \
       "http://127.0.0.1:$port/hello" >/dev/null || die "wrk warm-up against $target failed"
   fi
   log "$target: wrk -t$threads -c$conns -d${duration}s --latency"
-  run_fg timeout $((duration + 60)) "$WRK" -t"$threads" -c"$conns" -d"${duration}s" --latency --timeout 5s \
+  local server=${SERVER_PID[$target]:-} ticks0=0
+  [[ -n $server ]] && ticks0=$(cpu_ticks "$server")
+  run_fg timeout $((duration + 60)) "${WRK_CMD[@]}" -t"$threads" -c"$conns" -d"${duration}s" --latency --timeout 5s \
     "${script[@]}" "http://127.0.0.1:$port/hello" >"$out" || die "wrk against $target failed: $(cat "$out")"
+  if [[ -n $server ]]; then
+    local ticks1 requests
+    ticks1=$(cpu_ticks "$server")
+    requests=$(awk '/ requests in / {print $1}' "$out")
+    CPU_US[$key]=$(awk -v t=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v n="$requests" \
+      'BEGIN { if (n > 0) printf "%.1f", t * 1000000 / hz / n; else print "-" }')
+  fi
   sed 's/^/    /' "$out" >&2
   RPS[$key]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
   P50[$key]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
@@ -410,17 +444,18 @@ machine after
   echo
   echo "Loopback load: wrk $THREADS threads, $CONNECTIONS connections, ${DURATION}s per target (warm-up ${WARMUP}s),"
   echo "GET of a $BODY_BYTES-byte body from nginx; $(nproc) CPUs shared by wrk, the proxy and nginx."
-  printf '%-13s %11s %9s %9s %9s %9s %10s %9s %8s %8s\n' \
-    target 'req/s' 'p50 ms' 'p99 ms' 'vs direct' 'vs squid' 'vs tinyprx' '+p50 ms' non-2xx 'sock err'
+  (( PIN )) && echo "Pinned: each proxy on CPU 0, nginx and wrk on CPU 1; CPU µs/req is the server's utime+stime over the measured run (nginx's for direct)."
+  printf '%-13s %11s %9s %9s %9s %9s %10s %9s %8s %8s %10s\n' \
+    target 'req/s' 'p50 ms' 'p99 ms' 'vs direct' 'vs squid' 'vs tinyprx' '+p50 ms' non-2xx 'sock err' 'CPU µs/req'
   for t in "${ORDER[@]}"; do
     if [[ ${RPS[$t]} == FAILED ]]; then
       printf '%-13s %12s\n' "$t" FAILED
       continue
     fi
     added=$(awk -v a="${P50[$t]}" -v b="${P50[direct]:-}" 'BEGIN { if (b == "") print "-"; else printf "%+.3f", a - b }')
-    printf '%-13s %11s %9s %9s %9s %9s %10s %9s %8s %8s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
+    printf '%-13s %11s %9s %9s %9s %9s %10s %9s %8s %8s %10s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
       "$(ratio "${RPS[$t]}" "${RPS[direct]:-}")" "$(ratio "${RPS[$t]}" "${RPS[squid]:-}")" \
-      "$(ratio "${RPS[$t]}" "${RPS[tinyproxy]:-}")" "$added" "${NON2XX[$t]}" "${SOCKERR[$t]}"
+      "$(ratio "${RPS[$t]}" "${RPS[tinyproxy]:-}")" "$added" "${NON2XX[$t]}" "${SOCKERR[$t]}" "${CPU_US[$t]:--}"
   done
   echo "(ratios are requests/s of the row over the column's target; +p50 is the row's p50 minus direct's)"
   if (( LATENCY_DURATION > 0 )); then

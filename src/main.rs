@@ -15,6 +15,12 @@ use tollgate::policy::testing::{TestResult, run_tests};
 use tollgate::policy::{PolicyRevision, read_modules};
 use tollgate::tls::ca::{DevPkiLayout, svid_file_stem};
 
+/// mimalloc instead of glibc's allocator: regorus' interpreter allocates and frees many small
+/// values per decision, and glibc's malloc/free were a quarter of the proxy's CPU under load
+/// (docs/BENCHMARKS.md §11).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "An egress proxy for AI agents")]
 struct Cli {
