@@ -256,9 +256,10 @@ fn hoist_head_terms(
     Some(edits)
 }
 
-/// A head term OPA moves into the body: anything but a variable, a scalar or a comprehension.
-fn is_dynamic_term(expr: &Expr) -> bool {
-    !matches!(
+/// A variable, a scalar or a comprehension: always defined, so OPA never hoists it (out of a
+/// negation, or out of a partial rule's head).
+fn is_always_defined(expr: &Expr) -> bool {
+    matches!(
         expr,
         Expr::Var { .. }
             | Expr::String { .. }
@@ -270,6 +271,11 @@ fn is_dynamic_term(expr: &Expr) -> bool {
             | Expr::SetCompr { .. }
             | Expr::ObjectCompr { .. }
     )
+}
+
+/// A head term OPA moves into the body.
+fn is_dynamic_term(expr: &Expr) -> bool {
+    !is_always_defined(expr)
 }
 
 /// The edit that hoists the dynamic operands of one `not` literal, if it has any.
@@ -376,18 +382,10 @@ fn negated_operands<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
     }
 }
 
-/// An operand of a call or operator: hoisted whole when it is dynamic.
+/// An operand of a call or operator: hoisted whole when it is dynamic (a reference, a call,
+/// an operator); a composite's elements are operands in turn.
 fn operand<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
     match expr {
-        Expr::RefDot { .. }
-        | Expr::RefBrack { .. }
-        | Expr::Call { .. }
-        | Expr::ArithExpr { .. }
-        | Expr::BinExpr { .. }
-        | Expr::BoolExpr { .. }
-        | Expr::Membership { .. }
-        | Expr::UnaryExpr { .. }
-        | Expr::AssignExpr { .. } => out.push(expr),
         Expr::Array { items, .. } | Expr::Set { items, .. } => {
             for item in items {
                 operand(item, out);
@@ -399,20 +397,14 @@ fn operand<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
                 operand(value, out);
             }
         }
-        Expr::ArrayCompr { .. }
-        | Expr::SetCompr { .. }
-        | Expr::ObjectCompr { .. }
-        | Expr::String { .. }
-        | Expr::RawString { .. }
-        | Expr::Number { .. }
-        | Expr::Bool { .. }
-        | Expr::Null { .. }
-        | Expr::Var { .. } => {}
+        _ if is_always_defined(expr) => {}
+        _ => out.push(expr),
     }
 }
 
 /// A term standing for itself (an equality's side, a bare `not` term): only the dynamic parts
-/// inside it are hoisted.
+/// inside it are hoisted — a reference's dynamic keys, a composite's operands; a call or an
+/// operator is hoisted whole.
 fn term_parts<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
     match expr {
         Expr::RefBrack { refr, index, .. } => {
@@ -421,14 +413,8 @@ fn term_parts<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
         }
         Expr::RefDot { refr, .. } => term_parts(refr, out),
         Expr::Array { .. } | Expr::Set { .. } | Expr::Object { .. } => operand(expr, out),
-        Expr::Call { .. }
-        | Expr::ArithExpr { .. }
-        | Expr::BinExpr { .. }
-        | Expr::BoolExpr { .. }
-        | Expr::Membership { .. }
-        | Expr::UnaryExpr { .. }
-        | Expr::AssignExpr { .. } => out.push(expr),
-        _ => {}
+        _ if is_always_defined(expr) => {}
+        _ => out.push(expr),
     }
 }
 
