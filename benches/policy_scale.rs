@@ -16,7 +16,7 @@
 //! evaluation), whatever the default engine is. Also the one-off cost of loading each revision (the bundled policy's data check,
 //! `data.tollgate.data_errors`, runs then).
 //!
-//! Run: `cargo bench --bench policy_scale`. Under `cargo test --all-targets` (no `--bench`)
+//! Run: `cargo bench --bench policy_scale` (`POLICY_SCALE_AGENTS=1000` runs one agent count). Under `cargo test --all-targets` (no `--bench`)
 //! only the 10-agent rows run, once each.
 
 mod common;
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::{Value as Json, json};
 
-use common::{CALLER, bundled_data, headers, input, percentiles};
+use common::{CALLER, bundled_data, headers, input, percentiles_and_cpu, thread_cpu_ns};
 
 use tollgate::policy::input::PolicyInput;
 use tollgate::policy::{BUNDLED_MODULES, PolicyRevision};
@@ -106,7 +106,7 @@ fn interpreter(modules: &[(String, String)], data: &Json) -> regorus::Engine {
 }
 
 /// p50 and p99 of one evaluation on the interpreter, input building included, in µs.
-fn interpreter_percentiles(engine: &mut regorus::Engine, input: &PolicyInput) -> (f64, f64) {
+fn interpreter_percentiles(engine: &mut regorus::Engine, input: &PolicyInput) -> (f64, f64, f64) {
     let evaluate = |engine: &mut regorus::Engine| {
         engine.set_input(input.to_value());
         black_box(engine.eval_rule("data.tollgate.decision".to_string()))
@@ -114,6 +114,7 @@ fn interpreter_percentiles(engine: &mut regorus::Engine, input: &PolicyInput) ->
     for _ in 0..2_000 {
         let _ = evaluate(engine);
     }
+    let cpu = thread_cpu_ns();
     let mut times: Vec<Duration> = (0..20_000)
         .map(|_| {
             let t = Instant::now();
@@ -121,9 +122,10 @@ fn interpreter_percentiles(engine: &mut regorus::Engine, input: &PolicyInput) ->
             t.elapsed()
         })
         .collect();
+    let cpu = (thread_cpu_ns() - cpu) as f64 / 1000.0 / times.len() as f64;
     times.sort_unstable();
     let at = |q: f64| times[((times.len() as f64) * q) as usize].as_secs_f64() * 1e6;
-    (at(0.50), at(0.99))
+    (at(0.50), at(0.99), cpu)
 }
 
 fn bundled_modules() -> Vec<(String, String)> {
@@ -142,39 +144,59 @@ fn reason(revision: &PolicyRevision, input: &PolicyInput) -> String {
     decision.reason.unwrap_or_default()
 }
 
+/// The agent counts to run: all of [`AGENTS`], or those named in `POLICY_SCALE_AGENTS`
+/// (comma-separated, e.g. `1000`) when profiling or comparing one row.
+fn agent_counts() -> Vec<usize> {
+    match std::env::var("POLICY_SCALE_AGENTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse().expect("POLICY_SCALE_AGENTS: numbers"))
+            .collect(),
+        Err(_) => AGENTS.to_vec(),
+    }
+}
+
 fn report() {
     let headers = headers();
     let allow = input("GET", "/repos/acme/app/issues", &headers);
     let deny = input("DELETE", "/repos/acme/app/issues", &headers);
     println!(
-        "\n# default engine: per-evaluation percentiles (20,000 after 2,000 warm-up; µs) and load (ms)"
+        "\n# default engine: per-evaluation percentiles (20,000 after 2,000 warm-up; µs), mean CPU µs per evaluation (this thread's, same 20,000) and load (ms)"
     );
-    println!("engine      policy      request agents      p50      p99     load");
-    for agents in AGENTS {
+    println!("engine      policy      request agents      p50      p99      cpu     load");
+    for agents in agent_counts() {
         let started = Instant::now();
         let revision = bundled(agents);
         let load = started.elapsed().as_secs_f64() * 1e3;
         assert_eq!(reason(&revision, &allow), "allowed by rule github-read");
         assert_eq!(reason(&revision, &deny), "method_not_allowed");
         for (name, request) in [("allow", &allow), ("deny", &deny)] {
-            let (p50, p99) = percentiles(&revision, request);
-            println!("default     bundled     {name:7} {agents:6} {p50:8.2} {p99:8.2} {load:8.1}");
+            let (p50, p99, cpu) = percentiles_and_cpu(&revision, request);
+            println!(
+                "default     bundled     {name:7} {agents:6} {p50:8.2} {p99:8.2} {cpu:8.2} {load:8.1}"
+            );
         }
         let mut engine = interpreter(&bundled_modules(), &bundled_data(agents));
         for (name, request) in [("allow", &allow), ("deny", &deny)] {
-            let (p50, p99) = interpreter_percentiles(&mut engine, request);
-            println!("interpreter bundled     {name:7} {agents:6} {p50:8.2} {p99:8.2}        -");
+            let (p50, p99, cpu) = interpreter_percentiles(&mut engine, request);
+            println!(
+                "interpreter bundled     {name:7} {agents:6} {p50:8.2} {p99:8.2} {cpu:8.2}        -"
+            );
         }
         let started = Instant::now();
         let revision = glob_regex(agents);
         let load = started.elapsed().as_secs_f64() * 1e3;
         assert_eq!(reason(&revision, &allow), "repos");
-        let (p50, p99) = percentiles(&revision, &allow);
-        println!("default     glob+regex  allow   {agents:6} {p50:8.2} {p99:8.2} {load:8.1}");
+        let (p50, p99, cpu) = percentiles_and_cpu(&revision, &allow);
+        println!(
+            "default     glob+regex  allow   {agents:6} {p50:8.2} {p99:8.2} {cpu:8.2} {load:8.1}"
+        );
         let modules = [("scale.rego".to_string(), GLOB_REGEX_POLICY.to_string())];
         let mut engine = interpreter(&modules, &glob_regex_data(agents));
-        let (p50, p99) = interpreter_percentiles(&mut engine, &allow);
-        println!("interpreter glob+regex  allow   {agents:6} {p50:8.2} {p99:8.2}        -");
+        let (p50, p99, cpu) = interpreter_percentiles(&mut engine, &allow);
+        println!(
+            "interpreter glob+regex  allow   {agents:6} {p50:8.2} {p99:8.2} {cpu:8.2}        -"
+        );
     }
 }
 
@@ -185,14 +207,18 @@ fn bench(c: &mut Criterion) {
     if benchmarking {
         report();
     }
-    let agents: &[usize] = if benchmarking { &AGENTS } else { &AGENTS[..1] };
+    let agents = if benchmarking {
+        agent_counts()
+    } else {
+        AGENTS[..1].to_vec()
+    };
     let headers = headers();
     let allow = input("GET", "/repos/acme/app/issues", &headers);
     let mut group = c.benchmark_group("policy_scale");
     group
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    for &n in agents {
+    for &n in &agents {
         let revision = bundled(n);
         group.bench_with_input(BenchmarkId::new("bundled", n), &allow, |b, input| {
             b.iter(|| black_box(revision.evaluate(black_box(input))))

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use regorus::Value;
+use regorus::value::Object;
 
 use crate::identity::Caller;
 use crate::intent::Intent;
@@ -124,9 +125,11 @@ input_keys!(
     tls_sni,
 );
 
+/// An object of the input document, in the engine's compact (frozen) form: the policy reads
+/// the input many times per evaluation, and a frozen object is searched by a field name
+/// without building a key value for it.
 fn obj<const N: usize>(fields: [(&Value, Value); N]) -> Value {
-    let map: BTreeMap<Value, Value> = fields.into_iter().map(|(k, v)| (k.clone(), v)).collect();
-    Value::from(map)
+    Object::from_iter(fields.into_iter().map(|(k, v)| (k.clone(), v))).into_value()
 }
 
 fn opt_str(value: Option<&str>) -> Value {
@@ -176,11 +179,12 @@ impl PolicyInput {
         let request = match &self.request {
             None => Value::Null,
             Some(r) => {
-                let headers: BTreeMap<Value, Value> = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
-                    .collect();
+                let headers = Object::from_iter(
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))),
+                )
+                .into_value();
                 obj([
                     (&k.method, Value::from(r.method.as_str())),
                     (&k.scheme, Value::from(r.scheme)),
@@ -188,7 +192,7 @@ impl PolicyInput {
                     (&k.port, Value::from(u64::from(r.port))),
                     (&k.path, Value::from(r.path.as_str())),
                     (&k.query, Value::from(r.query.as_deref().unwrap_or(""))),
-                    (&k.headers, Value::from(headers)),
+                    (&k.headers, headers),
                     (&k.protocol, Value::from(r.protocol)),
                 ])
             }

@@ -125,6 +125,49 @@ pub struct Interpreter {
     builtins_cache: BTreeMap<(&'static str, Vec<Value>), Value>,
     no_rules_lookup: bool,
     execution_timer: ExecutionTimer,
+    // tollgate patch (PATCHES.md #5): per call site (function expression, calling module),
+    // what the name resolves to; emptied whenever modules, functions or extensions change.
+    call_sites: BTreeMap<(usize, usize), CallSite>,
+    // tollgate patch (PATCHES.md #5): `get_extra_arg` per (call expression, calling module),
+    // with both kept alive; emptied with `call_sites`.
+    extra_args: BTreeMap<(usize, usize), ExtraArgSite>,
+    // tollgate patch (PATCHES.md #5): the current module's package path components, kept
+    // with `current_module_path`; `module_state_valid` is false after the tables change.
+    current_package: Rc<[String]>,
+    module_state_valid: bool,
+}
+
+/// tollgate patch (PATCHES.md #5): the pinned call expression and module, and the extra arg.
+type ExtraArgSite = ((ExprRef, Option<Ref<Module>>), Option<ExprRef>);
+
+/// tollgate patch (PATCHES.md #5): what a call site's function name reaches.
+#[derive(Clone)]
+enum CallTarget {
+    /// A function of the policy, by its key in the function table.
+    User(Rc<str>),
+    /// Only `default` rules define it.
+    Default,
+    /// An extension added with `Engine::add_extension`.
+    Extension,
+    Print,
+    Builtin(&'static BuiltinFcn),
+    Unknown,
+}
+
+/// tollgate patch (PATCHES.md #5): a call site's name after import aliases, and its target.
+#[derive(Clone)]
+struct CallSite {
+    /// Keeps the function expression and the module alive, so their addresses (the cache key)
+    /// cannot be taken by other nodes while the entry exists.
+    _pins: (ExprRef, Option<Ref<Module>>),
+    path: Rc<str>,
+    target: CallTarget,
+}
+
+impl core::fmt::Debug for CallSite {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CallSite").field("path", &self.path).finish()
+    }
 }
 
 impl Default for Interpreter {
@@ -165,6 +208,10 @@ impl Clone for Interpreter {
             rule_values: BTreeMap::default(),
 
             builtins_cache: BTreeMap::default(),
+            call_sites: BTreeMap::default(),
+            extra_args: BTreeMap::default(),
+            current_package: Rc::from(Vec::new()),
+            module_state_valid: false,
             active_rules: Vec::default(),
             contexts: Vec::default(),
             current_module_path: String::default(),
@@ -245,6 +292,10 @@ impl Interpreter {
             rule_values: BTreeMap::default(),
             active_rules: Vec::default(),
             builtins_cache: BTreeMap::default(),
+            call_sites: BTreeMap::default(),
+            extra_args: BTreeMap::default(),
+            current_package: Rc::from(Vec::new()),
+            module_state_valid: false,
             no_rules_lookup: false,
             traces: None,
             extensions: Map::default(),
@@ -285,6 +336,10 @@ impl Interpreter {
             rule_values: BTreeMap::default(),
             active_rules: Vec::default(),
             builtins_cache: BTreeMap::default(),
+            call_sites: BTreeMap::default(),
+            extra_args: BTreeMap::default(),
+            current_package: Rc::from(Vec::new()),
+            module_state_valid: false,
             no_rules_lookup: false,
             traces: None,
 
@@ -342,6 +397,11 @@ impl Interpreter {
     }
 
     fn compiled_policy_mut(&mut self) -> &mut CompiledPolicyData {
+        // tollgate patch (PATCHES.md #5): call sites and the current module's index resolve
+        // against these tables.
+        self.call_sites.clear();
+        self.extra_args.clear();
+        self.module_state_valid = false;
         Rc::make_mut(&mut self.compiled_policy)
     }
 
@@ -435,6 +495,8 @@ impl Interpreter {
 
     pub fn clear_builtins_cache(&mut self) {
         self.builtins_cache.clear();
+        self.call_sites.clear();
+        self.extra_args.clear();
     }
 
     pub fn clean_internal_evaluation_state(&mut self) {
@@ -1198,19 +1260,10 @@ impl Interpreter {
                         fcn,
                         params,
                         ..
-                    } => self.eval_call(
-                        call_span,
-                        expr,
-                        fcn,
-                        params,
-                        get_extra_arg(
-                            expr,
-                            Some(self.current_module_path.as_str()),
-                            &self.compiled_policy.functions,
-                            &self.extension_arities,
-                        ),
-                        true,
-                    )?,
+                    } => {
+                        let extra_arg = self.cached_extra_arg(expr);
+                        self.eval_call(call_span, expr, fcn, params, extra_arg, true)?
+                    }
                     _ => self.eval_expr(expr)?,
                 };
 
@@ -1244,19 +1297,10 @@ impl Interpreter {
                         fcn,
                         params,
                         ..
-                    } => self.eval_call(
-                        call_span,
-                        expr,
-                        fcn,
-                        params,
-                        get_extra_arg(
-                            expr,
-                            Some(self.current_module_path.as_str()),
-                            &self.compiled_policy.functions,
-                            &self.extension_arities,
-                        ),
-                        false,
-                    )?,
+                    } => {
+                        let extra_arg = self.cached_extra_arg(expr);
+                        self.eval_call(call_span, expr, fcn, params, extra_arg, false)?
+                    }
                     _ => self.eval_expr(expr)?,
                 };
 
@@ -1651,12 +1695,7 @@ impl Interpreter {
             } = collection_expr.as_ref()
             {
                 // Handle walk(obj, output_param)
-                let extra_arg = get_extra_arg(
-                    &collection_expr,
-                    Some(self.current_module_path.as_str()),
-                    &self.compiled_policy.functions,
-                    &self.extension_arities,
-                );
+                let extra_arg = self.cached_extra_arg(&collection_expr);
                 // If there is an extra arg, ignore it while computing the loop value.
                 let params_slice: &[ExprRef] = if extra_arg.is_some() {
                     let (_, prefix) = params
@@ -2573,6 +2612,92 @@ impl Interpreter {
         }
     }
 
+    /// tollgate patch (PATCHES.md #5): `get_extra_arg` of a call statement, computed once per
+    /// (call expression, calling module); the entry keeps both alive, as `call_site` does.
+    fn cached_extra_arg(&mut self, expr: &ExprRef) -> Option<ExprRef> {
+        let key = (
+            core::ptr::from_ref::<Expr>(expr.as_ref()) as usize,
+            self.module
+                .as_ref()
+                .map_or(0, |m| core::ptr::from_ref::<Module>(m.as_ref()) as usize),
+        );
+        if let Some((_, extra)) = self.extra_args.get(&key) {
+            return extra.clone();
+        }
+        let extra = get_extra_arg(
+            expr,
+            Some(self.current_module_path.as_str()),
+            &self.compiled_policy.functions,
+            &self.extension_arities,
+        );
+        self.extra_args
+            .insert(key, ((expr.clone(), self.module.clone()), extra.clone()));
+        extra
+    }
+
+    /// tollgate patch (PATCHES.md #5): the call site's resolved name and target, from the
+    /// cache or computed and cached. The entry holds the function expression and the module,
+    /// so neither address can be reused by another node while the entry exists.
+    fn call_site(&mut self, span: &Span, fcn: &ExprRef) -> Result<CallSite> {
+        let key = (
+            core::ptr::from_ref::<Expr>(fcn.as_ref()) as usize,
+            self.module
+                .as_ref()
+                .map_or(0, |m| core::ptr::from_ref::<Module>(m.as_ref()) as usize),
+        );
+        if let Some(site) = self.call_sites.get(&key) {
+            return Ok(site.clone());
+        }
+        let fcn_path = match get_path_string(fcn, None) {
+            Ok(p) => p,
+            _ => bail!(span.error("invalid function expression")),
+        };
+        // Resolve a leading import alias before the `with` override and builtin
+        // lookups, so an override keyed by the full path reaches aliased calls
+        // and the alias shadows a like-named builtin namespace (matching OPA).
+        let fcn_path = self
+            .resolve_fcn_path_through_imports(&fcn_path)
+            .unwrap_or(fcn_path);
+        let target = self.resolve_call_target(fcn, &fcn_path)?;
+        let site = CallSite {
+            _pins: (fcn.clone(), self.module.clone()),
+            path: Rc::from(fcn_path.as_str()),
+            target,
+        };
+        self.call_sites.insert(key, site.clone());
+        Ok(site)
+    }
+
+    /// What a call of `path` (written as `fcn` in the current module) reaches, in the order
+    /// regorus looks: the policy's functions, default functions, extensions, `print`, builtins.
+    fn resolve_call_target(&self, fcn: &ExprRef, path: &str) -> Result<CallTarget> {
+        let mut key = path.to_owned();
+        if !key.starts_with("data.") {
+            key = format!("{}.{}", self.current_module_path, key);
+        }
+        if self.compiled_policy.functions.contains_key(&key) {
+            return Ok(CallTarget::User(Rc::from(key.as_str())));
+        }
+        if self.compiled_policy.default_rules.contains_key(path)
+            || self
+                .compiled_policy
+                .default_rules
+                .contains_key(&get_path_string(fcn, Some(&self.current_module_path))?)
+        {
+            return Ok(CallTarget::Default);
+        }
+        if self.extensions.contains_key(path) {
+            return Ok(CallTarget::Extension);
+        }
+        if path == "print" {
+            return Ok(CallTarget::Print);
+        }
+        Ok(match builtins::BUILTINS.get(path) {
+            Some(builtin) => CallTarget::Builtin(builtin),
+            None => CallTarget::Unknown,
+        })
+    }
+
     fn lookup_function_by_name(&self, path: &str) -> Option<(&Vec<Ref<Rule>>, &Ref<Module>)> {
         let mut path = path.to_owned();
         if !path.starts_with("data.") {
@@ -2806,87 +2931,69 @@ impl Interpreter {
             return Ok(v.clone());
         }
 
-        let fcn_path = match get_path_string(fcn, None) {
-            Ok(p) => p,
-            _ => bail!(span.error("invalid function expression")),
-        };
+        // tollgate patch (PATCHES.md #5): what the call's name resolves to is computed once per
+        // call site (the name, the module it is called from, and the tables prepared with the
+        // modules decide it), not on every call.
+        let site = self.call_site(span, fcn)?;
 
         let mut param_values = Vec::with_capacity(params.len());
         for p in params {
             param_values.push(self.eval_expr(p)?);
         }
 
-        // Resolve a leading import alias before the `with` override and builtin
-        // lookups, so an override keyed by the full path reaches aliased calls
-        // and the alias shadows a like-named builtin namespace (matching OPA).
-        let fcn_path = self
-            .resolve_fcn_path_through_imports(&fcn_path)
-            .unwrap_or(fcn_path);
-
-        let orig_fcn_path = fcn_path.clone();
-
         let mut with_functions_saved = None;
-        let selected_fcn_path = match self.with_functions.get(&orig_fcn_path) {
-            Some(FunctionModifier::Function(p)) => {
-                let p = p.clone();
-                with_functions_saved = Some(self.with_functions.clone());
-                self.with_functions.clear();
-                p
-            }
-            Some(FunctionModifier::Value(value_override)) => {
-                if param_values
-                    .iter()
-                    .any(|evaluated_value| evaluated_value == &Value::Undefined)
-                {
-                    return Ok(Value::Undefined);
+        let mut selected_fcn_path = site.path.clone();
+        let mut target = site.target.clone();
+        if !self.with_functions.is_empty() {
+            match self.with_functions.get(site.path.as_ref()) {
+                Some(FunctionModifier::Function(p)) => {
+                    let p = p.clone();
+                    with_functions_saved = Some(self.with_functions.clone());
+                    self.with_functions.clear();
+                    target = self.resolve_call_target(fcn, &p)?;
+                    selected_fcn_path = Rc::from(p.as_str());
                 }
-                return Ok(value_override.clone());
+                Some(FunctionModifier::Value(value_override)) => {
+                    if param_values
+                        .iter()
+                        .any(|evaluated_value| evaluated_value == &Value::Undefined)
+                    {
+                        return Ok(Value::Undefined);
+                    }
+                    return Ok(value_override.clone());
+                }
+                _ => (),
             }
-            _ => orig_fcn_path.clone(),
-        };
+        }
 
         let mut extension = None;
-        let empty: Vec<Ref<Rule>> = vec![];
-        let (fcns_rules, fcn_module) = match self.lookup_function_by_name(&selected_fcn_path) {
-            Some((fcns, m)) => (fcns, Some(m.clone())),
-            _ => {
-                if self
-                    .compiled_policy
-                    .default_rules
-                    .contains_key(&selected_fcn_path)
-                    || self
-                        .compiled_policy
-                        .default_rules
-                        .contains_key(&get_path_string(fcn, Some(&self.current_module_path))?)
-                {
-                    // process default functions later.
-                    (&empty, self.module.clone())
+        let (fcns_rules, fcn_module) = match target {
+            CallTarget::User(key) => match self.compiled_policy.functions.get(key.as_ref()) {
+                Some((fcns, _, m)) => (fcns.clone(), Some(m.clone())),
+                None => bail!("internal error: function {key} vanished"),
+            },
+            // process default functions later.
+            CallTarget::Default => (vec![], self.module.clone()),
+            CallTarget::Extension => {
+                extension = self.extensions.get_mut(selected_fcn_path.as_ref());
+                (vec![], None)
+            }
+            CallTarget::Print => return self.eval_print(span, params, param_values),
+            CallTarget::Builtin(builtin) => {
+                let r = self.eval_builtin_call(
+                    span,
+                    selected_fcn_path.as_ref(),
+                    *builtin,
+                    params,
+                    param_values,
+                );
+                if let Some(with_functions) = with_functions_saved {
+                    self.with_functions = with_functions;
                 }
-                // Look up extension.
-                else if let Some(ext) = self.extensions.get_mut(&selected_fcn_path) {
-                    extension = Some(ext);
-                    (&empty, None)
-                } else if selected_fcn_path == "print" {
-                    return self.eval_print(span, params, param_values);
-                }
-                // Look up builtin function.
-                else if let Some(builtin) = Self::lookup_builtin(span, &selected_fcn_path)? {
-                    let r = self.eval_builtin_call(
-                        span,
-                        &selected_fcn_path.clone(),
-                        *builtin,
-                        params,
-                        param_values,
-                    );
-                    if let Some(with_functions) = with_functions_saved {
-                        self.with_functions = with_functions;
-                    }
-                    return r;
-                } else {
-                    bail!(
-                        span.error(format!("could not find function {selected_fcn_path}").as_str())
-                    );
-                }
+                return r;
+            }
+            CallTarget::Unknown => {
+                bail!(span.error(format!("could not find function {selected_fcn_path}").as_str()))
             }
         };
         if param_values.iter().any(|v| v == &Value::Undefined) {
@@ -2911,7 +3018,7 @@ impl Interpreter {
             }
         }
 
-        let fcns = fcns_rules.clone();
+        let fcns = fcns_rules;
 
         let mut results: Vec<Value> = Vec::new();
         let mut errors: Vec<anyhow::Error> = Vec::new();
@@ -3062,7 +3169,7 @@ impl Interpreter {
                 let rules = match self
                     .compiled_policy
                     .default_rules
-                    .get(&selected_fcn_path)
+                    .get(selected_fcn_path.as_ref())
                     .cloned()
                 {
                     Some(rules) => Some(rules),
@@ -3422,12 +3529,19 @@ impl Interpreter {
 
             Ok(Self::get_value_chained(self.data.clone(), fields))
         } else if !self.compiled_policy.modules.is_empty() {
+            // tollgate patch (PATCHES.md #5): the package's components as kept by
+            // set_current_module, not parsed again on every lookup.
             let module = self.current_module()?;
-            let mut module_var_path =
-                Parser::get_static_string_path_components(&module.package.refr)?;
-            module_var_path.push(name.text().to_string());
-            let module_var_path_refs: Vec<&str> =
-                module_var_path.iter().map(String::as_str).collect();
+            let package = if self.module_state_valid {
+                self.current_package.clone()
+            } else {
+                Parser::get_static_string_path_components(&module.package.refr)?.into()
+            };
+            let module_var_path_refs: Vec<&str> = package
+                .iter()
+                .map(String::as_str)
+                .chain(core::iter::once(name.text()))
+                .collect();
 
             if self.is_processed(&module_var_path_refs)? {
                 let value = Self::get_value_chained(self.data.clone(), &module_var_path_refs);
@@ -3436,7 +3550,7 @@ impl Interpreter {
 
             // Ensure that all the rules having common prefix (name) are evaluated.
             let rule_path_components = core::iter::once("data")
-                .chain(module_var_path.iter().map(String::as_str))
+                .chain(module_var_path_refs.iter().copied())
                 .collect::<Vec<_>>();
             let rule_path = format_string_path(&rule_path_components)?;
 
@@ -3448,7 +3562,7 @@ impl Interpreter {
                 bail!(span.error(&format!(
                     "var {} is unsafe (path {:?}, scopes {:?})",
                     name.text(),
-                    module_var_path,
+                    module_var_path_refs,
                     self.scopes
                 )));
             }
@@ -3786,8 +3900,14 @@ impl Interpreter {
     }
 
     fn get_value_chained(mut obj: Value, path: &[&str]) -> Value {
+        // tollgate patch (PATCHES.md #5): objects are searched by the string itself; only a
+        // set (whose element must be compared as a value) gets a key built.
         for p in path {
-            obj = obj[&Value::String(p.to_string().into())].clone();
+            obj = match &obj {
+                Value::Object(o) => o.get_str(p).cloned().unwrap_or(Value::Undefined),
+                Value::Set(_) => obj[&Value::String((*p).into())].clone(),
+                _ => return Value::Undefined,
+            };
         }
         obj
     }
@@ -3854,8 +3974,17 @@ impl Interpreter {
     ) -> Result<Option<Ref<Module>>> {
         let previous_module = self.module.clone();
         if let Some(new_module) = &module {
-            self.current_module_path = get_path_string(&new_module.package.refr, Some("data"))?;
-            self.current_module_index = self.find_module_index(new_module);
+            // tollgate patch (PATCHES.md #5): staying in the same module (every call between
+            // a module's own rules and functions) keeps its path, index and package.
+            let same = self.module_state_valid && self.module.as_ref() == Some(new_module);
+            if !same {
+                self.current_module_path =
+                    get_path_string(&new_module.package.refr, Some("data"))?;
+                self.current_module_index = self.find_module_index(new_module);
+                self.current_package =
+                    Parser::get_static_string_path_components(&new_module.package.refr)?.into();
+                self.module_state_valid = true;
+            }
         }
         self.module = module;
         Ok(previous_module)
@@ -4695,6 +4824,8 @@ impl Interpreter {
         extension: Box<dyn Extension>,
     ) -> Result<()> {
         if let MapEntry::Vacant(v) = self.extensions.entry(path.clone()) {
+            self.call_sites.clear();
+            self.extra_args.clear();
             Rc::make_mut(&mut self.extension_arities).insert(path, nargs);
             v.insert((nargs, Rc::new(extension)));
             Ok(())

@@ -101,6 +101,24 @@ impl Object {
         }
     }
 
+    /// tollgate patch (PATCHES.md #5): `get` with a string key, without building a `Value`
+    /// for it when the storage is frozen (a binary search in `Value`'s order, in which every
+    /// string sorts after null, booleans and numbers and before arrays, objects and sets).
+    pub fn get_str(&self, key: &str) -> Option<&Value> {
+        match &self.repr {
+            Repr::Empty => None,
+            Repr::Frozen(v) => match v.binary_search_by(|(k, _)| match k {
+                Value::Null | Value::Bool(_) | Value::Number(_) => Ordering::Less,
+                Value::String(k) => k.as_ref().cmp(key),
+                _ => Ordering::Greater,
+            }) {
+                Ok(i) => Some(&v[i].1),
+                Err(_) => None,
+            },
+            Repr::BTree(m) => m.get(&Value::from(key)),
+        }
+    }
+
     #[inline]
     pub fn contains_key(&self, key: &Value) -> bool {
         self.get(key).is_some()
