@@ -320,12 +320,14 @@ fn refuses_http2_prior_knowledge_on_the_forward_listener() {
     );
 }
 
-/// A well-behaved client: `threads` HTTP/1.1 keep-alive connections through the forward
-/// listener to a plain origin, each sending one GET every `1 / per_thread_rate` s (no
-/// catching up), for `window`; how many completed with 200.
+/// A well-behaved client: 8 HTTP/1.1 keep-alive connections through the forward listener to a
+/// plain origin, each sending one GET every 100 ms (no catching up), for `window`; how many
+/// completed with 200 within it.
 fn paced_client(tg: &Tollgate, origin: &PyOrigin, window: Duration) -> u64 {
-    const THREADS: usize = 4;
-    const INTERVAL: Duration = Duration::from_millis(20);
+    // 80 requests/s offered in all: each connection's pace leaves room for 100 ms of latency,
+    // so a normal window completes every request and the attacked one shows what was lost.
+    const THREADS: usize = 8;
+    const INTERVAL: Duration = Duration::from_millis(100);
     let done = Arc::new(AtomicU64::new(0));
     let url = origin.url("/echo");
     let addr = tg.proxy_addr("agents");
