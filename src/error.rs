@@ -56,6 +56,9 @@ pub enum ProxyError {
         "the request carries secret headers ({0}); agents hold no secrets, tollgate injects them"
     )]
     AgentSecretPresent(String),
+    /// The caller is at `limits.max_requests_per_caller` (this many in flight).
+    #[error("the caller already has {0} requests in flight (limits.max_requests_per_caller)")]
+    TooManyRequests(usize),
     #[error("tollgate is at its connection limit")]
     Overloaded,
     /// The decision log could not take the request's line in time (backpressure).
@@ -94,6 +97,7 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Tls(_)) => Reason::UpstreamTls,
             ProxyError::Upstream(UpstreamError::Timeout(_)) => Reason::UpstreamTimeout,
             ProxyError::Upstream(UpstreamError::Protocol(_)) => Reason::UpstreamProtocol,
+            ProxyError::TooManyRequests(_) => Reason::TooManyRequests,
             ProxyError::Overloaded => Reason::Overloaded,
             ProxyError::DecisionLogUnavailable(_) => Reason::DecisionLogUnavailable,
             ProxyError::Internal(_) => Reason::Internal,

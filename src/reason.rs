@@ -147,6 +147,8 @@ reasons! {
     DestinationMismatch = "destination_mismatch", Deny, FORBIDDEN, Caller;
     /// The destination resolves only to non-public addresses.
     PrivateDestination = "private_destination", Deny, FORBIDDEN, Caller;
+    /// The caller already has `limits.max_requests_per_caller` requests in flight.
+    TooManyRequests = "too_many_requests", Deny, TOO_MANY_REQUESTS, Caller;
     /// tollgate is at its connection limit.
     Overloaded = "overloaded", Deny, SERVICE_UNAVAILABLE, Internal;
     /// The decision-log queue had no room within `telemetry.decision_log_max_wait`
@@ -234,6 +236,7 @@ impl Reason {
             StatusCode::BAD_REQUEST => "bad_request",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request_header_fields_too_large",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             StatusCode::BAD_GATEWAY => "bad_gateway",
             StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",

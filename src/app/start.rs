@@ -190,6 +190,7 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
         metrics: metrics.clone(),
         intent_issuers: intent_issuers.clone(),
         kills: kills.clone(),
+        in_flight: crate::proxy::in_flight::InFlight::new(config.limits.max_requests_per_caller),
         dry_run,
     });
     let (drain, lifecycle) = crate::server::lifecycle::lifecycle();
@@ -203,6 +204,7 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
         ConnLimits {
             max_header_bytes: config.limits.max_header_bytes,
             header_read_timeout: config.limits.header_read_timeout,
+            max_concurrent_streams: config.limits.max_concurrent_streams,
         },
         listeners
             .iter()

@@ -140,6 +140,10 @@ pub struct RawLimits {
     pub max_connections: Option<u64>,
     #[serde(default)]
     pub drain_timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u64>,
+    #[serde(default)]
+    pub max_requests_per_caller: Option<u64>,
 }
 
 /// `telemetry`.

@@ -94,6 +94,18 @@ pub fn pending_restart(running: &Config, next: &Config) -> Vec<String> {
         &a.drain_timeout,
         &b.drain_timeout,
     );
+    note(
+        &mut keys,
+        "limits.max_concurrent_streams",
+        &a.max_concurrent_streams,
+        &b.max_concurrent_streams,
+    );
+    note(
+        &mut keys,
+        "limits.max_requests_per_caller",
+        &a.max_requests_per_caller,
+        &b.max_requests_per_caller,
+    );
     let (a, b) = (&running.telemetry, &next.telemetry);
     note(
         &mut keys,

@@ -79,6 +79,34 @@ fn rejects_bad_values_naming_each_key() {
     }
 }
 
+#[test]
+fn bounds_streams_per_connection_and_requests_per_caller() {
+    let config = load("listeners: [{name: agents, address: '127.0.0.1:0'}]").unwrap();
+    assert_eq!(config.limits.max_concurrent_streams, 100);
+    assert_eq!(config.limits.max_requests_per_caller, 256);
+    let config = load(
+        "listeners: [{name: agents, address: '127.0.0.1:0'}]\n\
+         limits: {max_concurrent_streams: 8, max_requests_per_caller: 3}",
+    )
+    .unwrap();
+    assert_eq!(config.limits.max_concurrent_streams, 8);
+    assert_eq!(config.limits.max_requests_per_caller, 3);
+    for (value, limit) in [("0", "1000000"), ("10001", "1000001")] {
+        let errors = load(&format!(
+            "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+             limits: {{max_concurrent_streams: {value}, max_requests_per_caller: {limit}}}"
+        ))
+        .unwrap_err();
+        let keys = keys(&errors);
+        assert!(keys.contains(&"limits.max_concurrent_streams"), "{keys:?}");
+        assert_eq!(
+            keys.contains(&"limits.max_requests_per_caller"),
+            limit != "1000000",
+            "{keys:?}"
+        );
+    }
+}
+
 /// Two transparent listeners with the admin API they require (mTLS, an allow list); the
 /// files exist in `dir`.
 fn transparent_config(dir: &Path, admin: &str) -> Result<Config, ConfigErrors> {

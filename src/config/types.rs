@@ -259,6 +259,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub drain_timeout: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of every connection: a stream beyond it is
+    /// refused (`RST_STREAM(REFUSED_STREAM)`), so one connection cannot make unbounded work.
+    pub max_concurrent_streams: u32,
+    /// Requests one caller (SPIFFE ID; every unauthenticated caller together) may have in
+    /// flight across all its connections; beyond it a 429 `too_many_requests`.
+    pub max_requests_per_caller: usize,
 }
 
 /// Where decision-log lines go.

@@ -385,6 +385,11 @@ fn validate_upstream(
     upstream
 }
 
+/// The most HTTP/2 streams `limits.max_concurrent_streams` may allow on one connection: each
+/// open stream holds a task and up to its send buffer, so the bound is what one connection
+/// may cost.
+const MAX_CONCURRENT_STREAMS: u64 = 10_000;
+
 /// `limits`.
 fn validate_limits(raw_limits: raw::RawLimits, problems: &mut Problems) -> Limits {
     let max_header_bytes = raw_limits.max_header_bytes.unwrap_or(65536);
@@ -398,6 +403,20 @@ fn validate_limits(raw_limits: raw::RawLimits, problems: &mut Problems) -> Limit
     if max_connections == 0 || max_connections > 1_000_000 {
         problems.add("limits.max_connections", "must be between 1 and 1000000");
     }
+    let max_concurrent_streams = raw_limits.max_concurrent_streams.unwrap_or(100);
+    if !(1..=MAX_CONCURRENT_STREAMS).contains(&max_concurrent_streams) {
+        problems.add(
+            "limits.max_concurrent_streams",
+            format!("must be between 1 and {MAX_CONCURRENT_STREAMS}"),
+        );
+    }
+    let max_requests_per_caller = raw_limits.max_requests_per_caller.unwrap_or(256);
+    if !(1..=1_000_000).contains(&max_requests_per_caller) {
+        problems.add(
+            "limits.max_requests_per_caller",
+            "must be between 1 and 1000000",
+        );
+    }
     let limits = Limits {
         max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(65536),
         header_read_timeout: raw_limits
@@ -407,6 +426,8 @@ fn validate_limits(raw_limits: raw::RawLimits, problems: &mut Problems) -> Limit
         drain_timeout: raw_limits
             .drain_timeout
             .map_or(Duration::from_secs(30), |d| d.0),
+        max_concurrent_streams: u32::try_from(max_concurrent_streams).unwrap_or(100),
+        max_requests_per_caller: usize::try_from(max_requests_per_caller).unwrap_or(256),
     };
     if limits.header_read_timeout.is_zero() {
         problems.add("limits.header_read_timeout", "must be greater than zero");

@@ -272,16 +272,25 @@ pub fn parse_token_response(
 ) -> Result<IssuedToken, OAuth2Error> {
     #[derive(serde::Deserialize)]
     struct Response {
-        access_token: Option<String>,
+        access_token: Option<serde_json::Value>,
         token_type: Option<String>,
         expires_in: Option<serde_json::Value>,
     }
-    let parsed: Response =
-        serde_json::from_slice(body).map_err(|_| OAuth2Error::BadResponse("not a JSON object"))?;
-    let token = parsed
-        .access_token
-        .filter(|t| !t.is_empty())
-        .ok_or(OAuth2Error::BadResponse("no access_token"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| OAuth2Error::BadResponse("not JSON"))?;
+    if !value.is_object() {
+        return Err(OAuth2Error::BadResponse("not a JSON object"));
+    }
+    let parsed: Response = serde_json::from_value(value)
+        .map_err(|_| OAuth2Error::BadResponse("a field has the wrong type"))?;
+    let token = match parsed.access_token {
+        None => return Err(OAuth2Error::BadResponse("no access_token")),
+        Some(serde_json::Value::String(token)) if !token.is_empty() => token,
+        Some(serde_json::Value::String(_)) => {
+            return Err(OAuth2Error::BadResponse("the access_token is empty"));
+        }
+        Some(_) => return Err(OAuth2Error::BadResponse("the access_token is not a string")),
+    };
     let access_token = Secret::new(token);
     if access_token
         .expose()
@@ -343,6 +352,25 @@ mod tests {
             parse_token_response(br#"{"access_token":"a b","token_type":"bearer"}"#, now),
             Err(OAuth2Error::BadResponse(_))
         ));
+        for (body, why) in [
+            (&b"<html>"[..], "not JSON"),
+            (b"[1]", "not a JSON object"),
+            (br#"{"token":"x"}"#, "no access_token"),
+            (
+                br#"{"access_token":12345}"#,
+                "the access_token is not a string",
+            ),
+            (br#"{"access_token":""}"#, "the access_token is empty"),
+            (
+                br#"{"access_token":"a","token_type":7}"#,
+                "a field has the wrong type",
+            ),
+        ] {
+            assert_eq!(
+                parse_token_response(body, now).err(),
+                Some(OAuth2Error::BadResponse(why))
+            );
+        }
     }
 
     #[test]

@@ -104,6 +104,19 @@ impl Body for ResponseBody {
     }
 }
 
+impl Drop for StreamedBody {
+    /// A body dropped unfinished after its deadline was dropped by the HTTP/2 stream backstop
+    /// (`server::serve`), never polled because the agent kept its window shut: the line says
+    /// `upstream_timeout`, as when the deadline is seen while streaming.
+    fn drop(&mut self) {
+        if let Some(recorder) = &mut self.recorder
+            && Instant::now() >= self.deadline.deadline()
+        {
+            recorder.stream_failed(Reason::UpstreamTimeout);
+        }
+    }
+}
+
 impl StreamedBody {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(cut) = &mut self.cut

@@ -31,6 +31,7 @@ pub mod connect;
 pub mod credential;
 pub mod ctx;
 pub mod forward;
+pub mod in_flight;
 pub mod inject;
 pub mod intent;
 pub mod record;
@@ -86,6 +87,8 @@ pub struct Proxy {
     pub intent_issuers: Arc<crate::intent_token::IntentIssuers>,
     /// Kills in force: checked before the policy on every request.
     pub kills: Arc<crate::kill::KillSwitch>,
+    /// Requests in flight per caller (`limits.max_requests_per_caller`).
+    pub in_flight: Arc<in_flight::InFlight>,
     pub dry_run: bool,
 }
 
@@ -122,6 +125,13 @@ async fn stages(
 ) -> Result<Response<Incoming>, ProxyError> {
     // 0. record: the request's decision-log line has its place, or the request ends here.
     record.reserve().await?;
+    // 0b. the caller's share: a place among its requests in flight, held until the response
+    // body ends, or a 429.
+    let place = proxy
+        .in_flight
+        .admit(conn.caller.spiffe_id())
+        .map_err(|refused| ProxyError::TooManyRequests(refused.limit))?;
+    record.hold(place);
     // The policy revision and credentials this request is decided and served with, read once.
     let live = proxy.live.current();
     let http2 = request.version() == http::Version::HTTP_2;

@@ -25,6 +25,7 @@ use crate::telemetry::decision_log::{
 };
 use crate::telemetry::metrics::Metrics;
 
+use super::in_flight::InFlightGuard;
 use super::target::Target;
 
 /// A new decision id: a UUIDv7 (sortable by time to the millisecond) whose other bits are
@@ -176,6 +177,9 @@ pub struct Recorder {
     kill_id: Option<String>,
     /// The open flow this request (or tunnel) is, while it streams: a kill may cut it.
     flow: Option<Flow>,
+    /// This request's place among its caller's requests in flight, given back when the
+    /// record drops (the response body ended).
+    in_flight: Option<InFlightGuard>,
     /// Whether the line counts in `tollgate_requests_total` (not for the line of a cut
     /// connection, whose CONNECT was counted when it was decided).
     counted: bool,
@@ -210,6 +214,7 @@ impl Recorder {
             slot: None,
             kill_id: None,
             flow: None,
+            in_flight: None,
             counted: true,
         }
     }
@@ -299,6 +304,11 @@ impl Recorder {
     /// says so (`reason: killed`, the kill's id, the bytes each way).
     pub fn attach_flow(&mut self, flow: Flow) {
         self.flow = Some(flow);
+    }
+
+    /// Holds the request's place among its caller's requests in flight until the record drops.
+    pub fn hold(&mut self, place: InFlightGuard) {
+        self.in_flight = Some(place);
     }
 
     /// The open flow attached to this record.

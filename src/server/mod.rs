@@ -71,6 +71,8 @@ pub struct ConnLimits {
     pub max_header_bytes: usize,
     /// How long a client may take for a request head or a TLS handshake.
     pub header_read_timeout: Duration,
+    /// HTTP/2 streams open at once on one connection (`limits.max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
 }
 
 /// What every connection shares.
@@ -103,13 +105,14 @@ impl Server {
         limits: ConnLimits,
         own_ports: Arc<[u16]>,
     ) -> Server {
+        let http = serve::Http::new(limits, proxy.clone());
         Server {
             proxy,
             intercept,
             lifecycle,
             connections: Arc::new(Semaphore::new(max_connections)),
             default_caller,
-            http: serve::Http::new(limits),
+            http,
             limits,
             own_ports,
         }

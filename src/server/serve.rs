@@ -11,12 +11,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::kill::flows::ConnAbort;
+use crate::proxy::Proxy;
 use crate::proxy::ctx::ConnCtx;
+use crate::telemetry::h2_errors::H2ConnectionError;
 use crate::tls::ListenerTls;
 use crate::watch::Watched;
 
@@ -46,7 +49,37 @@ pub struct AgentConn {
 /// The HTTP settings of every connection, built once from the limits.
 pub(super) struct Http {
     http1: hyper::server::conn::http1::Builder,
-    auto: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    auto: hyper_util::server::conn::auto::Builder<StreamExecutor>,
+}
+
+/// How long past `upstream.request_timeout` an HTTP/2 stream may live at most.
+const STREAM_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs each HTTP/2 stream hyper spawns, with a backstop on its lifetime:
+/// `upstream.request_timeout` (read when the stream starts) plus [`STREAM_GRACE`].
+///
+/// Why: a response body enforces the request's deadline only when hyper polls it, and hyper
+/// polls it only while the agent's receive window has room. An agent that never opens its
+/// window (a slow-reader attack) would hold the stream, its place among the caller's requests
+/// in flight and the origin connection for ever; the backstop drops the stream (hyper then
+/// resets it with `CANCEL`) and the decision-log line says `upstream_timeout`.
+#[derive(Clone)]
+pub(super) struct StreamExecutor {
+    proxy: Arc<Proxy>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let limit = self.proxy.upstream().request_timeout() + STREAM_GRACE;
+        tokio::spawn(async move {
+            // The elapsed case drops the stream: that is the point.
+            let _ = tokio::time::timeout(limit, stream).await;
+        });
+    }
 }
 
 /// Heads up to `max_header_bytes` reach the service, which answers 431 in JSON; beyond this
@@ -58,23 +91,52 @@ fn read_buffer(limits: ConnLimits) -> usize {
 /// How many header lines hyper parses (the byte limit is the one that matters).
 const MAX_HEADERS: usize = 1024;
 
+/// HTTP/2 streams the agent opened and reset before tollgate accepted them, at most, before the
+/// connection ends with GOAWAY(ENHANCE_YOUR_CALM): the rapid-reset defence (CVE-2023-44487);
+/// hyper's default, stated here so it is documented and tested.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// HTTP/2 streams tollgate reset because the agent broke a rule on them (a stream over
+/// `limits.max_concurrent_streams` is refused with `REFUSED_STREAM`; a malformed head…), at
+/// most per connection, before the connection ends with GOAWAY(ENHANCE_YOUR_CALM).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// Bytes of response body buffered per HTTP/2 stream for an agent that does not open its
+/// receive window: beyond it tollgate stops reading the origin (backpressure), so a slow
+/// reader holds at most this much per stream.
+const MAX_SEND_BUF_SIZE: usize = 400 * 1024;
+
+/// The receive windows tollgate grants an agent (per stream, per connection): how much of an
+/// upload it buffers before the origin reads it.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 impl Http {
-    pub(super) fn new(limits: ConnLimits) -> Http {
+    pub(super) fn new(limits: ConnLimits, proxy: Arc<Proxy>) -> Http {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(read_buffer(limits))
             .max_headers(MAX_HEADERS);
-        let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut auto = hyper_util::server::conn::auto::Builder::new(StreamExecutor { proxy });
         auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(read_buffer(limits))
             .max_headers(MAX_HEADERS);
+        // The h2 crate itself bounds the rest: one pending SETTINGS ack and one pending PING
+        // reply at a time (a flood is read only as fast as the agent reads the answers), and
+        // CONTINUATION frames by the header list size (a flood of them is ENHANCE_YOUR_CALM).
         auto.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+            .max_send_buf_size(MAX_SEND_BUF_SIZE)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         Http { http1, auto }
     }
 }
@@ -104,7 +166,12 @@ where
             let connection = server.http.auto.serve_connection(io, service);
             until_drained(connection, lifecycle, &abort)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    if let Some(h2) = H2ConnectionError::of(&*e) {
+                        server.proxy.metrics.h2_connection_error(h2);
+                    }
+                    e.to_string()
+                })
         }
     };
     if let Err(e) = result {
@@ -132,7 +199,7 @@ where
 }
 
 impl<IO> Drainable
-    for hyper_util::server::conn::auto::Connection<'_, Guarded<IO>, AgentService, TokioExecutor>
+    for hyper_util::server::conn::auto::Connection<'_, Guarded<IO>, AgentService, StreamExecutor>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use super::h2_errors::H2ConnectionError;
 use crate::identity::svid::SvidRejection;
 use crate::kill::flows::FlowKind;
 use crate::per_thread::{self, OwnerId};
@@ -98,6 +99,9 @@ pub struct Metrics {
     pub decision_log_dropped: IntCounter,
     /// `tollgate_flows_killed_total{kind}`, one series per `FlowKind` (in its order).
     flows_killed: Vec<IntCounter>,
+    /// `tollgate_h2_connection_errors_total{reason}`, one series per label of
+    /// [`H2ConnectionError::labels`] (in its order).
+    h2_connection_errors: Vec<(&'static str, IntCounter)>,
 }
 
 /// Why the admin API refused a caller that reached it (`tollgate_admin_refusals_total`): a
@@ -276,6 +280,11 @@ impl Metrics {
             "Open flows a kill or a task's end cut, by kind of flow.",
             &["kind"],
         )?;
+        let h2_connection_errors = family.counters(
+            "tollgate_h2_connection_errors_total",
+            "Agent HTTP/2 connections that ended in an error, by the RFC 9113 code of tollgate's GOAWAY (enhance_your_calm: an abuse refused), agent_go_away, io or other.",
+            &["reason"],
+        )?;
 
         let mut listeners = HashMap::new();
         for name in listener_names {
@@ -338,6 +347,9 @@ impl Metrics {
                 .iter()
                 .map(|kind| flows_killed.with_label_values(&[kind.as_str()]))
                 .collect(),
+            h2_connection_errors: H2ConnectionError::labels()
+                .map(|label| (label, h2_connection_errors.with_label_values(&[label])))
+                .collect(),
         })
     }
 
@@ -359,6 +371,14 @@ impl Metrics {
             .position(|k| *k == kind)
             .and_then(|i| self.flows_killed.get(i))
         {
+            counter.inc();
+        }
+    }
+
+    /// Counts one agent HTTP/2 connection that ended in an error.
+    pub fn h2_connection_error(&self, error: H2ConnectionError) {
+        let label = error.label();
+        if let Some((_, counter)) = self.h2_connection_errors.iter().find(|(l, _)| *l == label) {
             counter.inc();
         }
     }

@@ -4,6 +4,7 @@
 //! per line; operational events go to stderr through `tracing`.
 
 pub mod decision_log;
+pub mod h2_errors;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

@@ -615,3 +615,23 @@ pub fn listener_names(yaml: &str) -> Vec<String> {
 fn unquote(s: &str) -> String {
     s.trim().trim_matches(|c| c == '"' || c == '\'').to_string()
 }
+
+/// The caller every request of [`fixture_config`] is made as (`identity.workload_spiffe_id`).
+pub const FIXTURE_CALLER: &str = "spiffe://tollgate.local/test/agent";
+
+/// The configuration many integration tests start from: one `agents` listener, an admin
+/// listener, every caller [`FIXTURE_CALLER`], the bundled policy with
+/// `tests/fixtures/policy-data.json` (127.0.0.1 intercepted, GET allowed); `rest` adds the
+/// other top-level sections (`upstream`, `limits`, `credentials`…), whole.
+pub fn fixture_config(rest: &str) -> String {
+    let root = super::repo_root();
+    format!(
+        "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+         admin: {{address: '127.0.0.1:0'}}\n\
+         identity: {{workload_spiffe_id: '{FIXTURE_CALLER}'}}\n\
+         policy: {{path: '{}', data: '{}'}}\n\
+         {rest}\n",
+        root.join("policy-wasm").display(),
+        root.join("tests/fixtures/policy-data.json").display(),
+    )
+}
