@@ -691,7 +691,7 @@ fn a_kill_by_the_pods_spiffe_id_cuts_its_transparent_connections_within_100_ms()
     eprintln!("kill_flows.py transparent: {report}");
 
     // Each reader stopped: not one byte after the kill's answer + 100 ms, and curl saw the cut
-    // as an error (exit 56: the connection was reset), never as a complete body.
+    // as an error, never as a complete body.
     for name in ["http", "https"] {
         let reader = &report[name];
         assert!(
@@ -703,10 +703,16 @@ fn a_kill_by_the_pods_spiffe_id_cuts_its_transparent_connections_within_100_ms()
             "{name}: bytes after 100 ms: {reader}"
         );
         assert_eq!(reader["complete"], false, "{reader}");
-        assert_eq!(
-            reader["code"], 56,
-            "{name}: curl did not see a reset: {reader}"
-        );
+        // The TLS connection carries an HTTP/2 stream: the kill ends both, so curl reports
+        // whichever reached it first — the stream's RST_STREAM(CANCEL) (exit 92) or the
+        // connection's TCP reset (exit 56). Either way an error, never a short "complete" body.
+        let stderr = reader["stderr"].as_str().unwrap_or_default();
+        let seen = match reader["code"].as_u64() {
+            Some(56) => stderr.contains("reset"),
+            Some(92) => name == "https" && stderr.contains("CANCEL"),
+            _ => false,
+        };
+        assert!(seen, "{name}: curl did not see the cut: {reader}");
         assert!(reader["bytes"].as_u64() < Some(200 << 20), "{reader}");
     }
 
