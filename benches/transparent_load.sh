@@ -7,17 +7,26 @@
 #     transparent listener on 127.0.0.1:15001 and a forward listener on 127.0.0.1:15002, the
 #     same small Rego policy deciding every request, the decision log to a file; the redirect
 #     installed by `tollgate redirect install` with NET_ADMIN only; wrk as UID 2000.
-# Runs, each wrk -t THREADS -c CONNECTIONS (keep-alive) for DURATION seconds after a warm-up:
-#   direct        wrk → http://192.0.2.2/hello before the redirect is installed
-#   forward-http  wrk → forward listener, absolute-form http://api.test/hello (benches/load/proxy.lua)
-#   transp-http   wrk → http://api.test/hello, redirected to the transparent listener
-#   transp-https  wrk → https://api.test/hello, redirected, TLS intercepted (leaf for api.test)
-# (wrk cannot send CONNECT, so intercepted TLS through the forward listener is not measured.)
+# Runs, each with CONNECTIONS keep-alive connections for DURATION seconds after a warm-up:
+#   direct         wrk → http://192.0.2.2/hello before the redirect is installed
+#   forward-http   wrk → forward listener, absolute-form http://api.test/hello (benches/load/proxy.lua)
+#   transp-http    wrk → http://api.test/hello, redirected to the transparent listener
+#   forward-https  connect_load → forward listener: CONNECT api.test:443, then TLS to the leaf
+#                  tollgate mints for api.test (intercepted), GET /hello
+#   transp-https   connect_load → https://api.test/hello, redirected, TLS intercepted
+# wrk cannot send CONNECT, so both intercepted-TLS rows use the same client,
+# `examples/connect_load.rs` (tokio + rustls, one thread, HTTP/1.1 keep-alive).
+# -r ROUNDS repeats the four proxied rows, forward and transparent alternating (the order
+# flips every round), with the load average before each round.
 # For each: requests/s, p50, p99 and tollgate's CPU µs per request (utime+stime from
-# /proc/PID/stat before and after, ÷ requests wrk completed).
+# /proc/PID/stat before and after, ÷ requests completed).
+# --pin: tollgate on CPU 0 (taskset), nginx and the load generators on CPU 1.
 #
-# Usage: benches/transparent_load.sh [-d SECONDS] [-c N] [-t N] [-w SECONDS] [--tollgate-bin PATH]
-# Needs: root, ip, setpriv, nginx, wrk, openssl, curl, iptables or nft; target/release/tollgate.
+# Usage: benches/transparent_load.sh [-d SECONDS] [-c N] [-t N] [-w SECONDS] [-r ROUNDS] [--pin]
+#        [--tollgate-bin PATH] [--client-bin PATH]
+# Needs: root, ip, setpriv, nginx, wrk, openssl, curl, taskset (--pin), iptables or nft;
+# target/release/tollgate and target/release/examples/connect_load
+# (cargo build --release --bin tollgate --example connect_load).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,8 +35,14 @@ CONNECTIONS=64
 THREADS=2
 WARMUP=2
 TOLLGATE_BIN=$ROOT/target/release/tollgate
+CLIENT_BIN=$ROOT/target/release/examples/connect_load
+ROUNDS=1
+PIN=
 while [[ $# -gt 0 ]]; do
   case $1 in
+    -r) ROUNDS=$2; shift 2 ;;
+    --pin) PIN=1; shift ;;
+    --client-bin) CLIENT_BIN=$2; shift 2 ;;
     -d) DURATION=$2; shift 2 ;;
     -c) CONNECTIONS=$2; shift 2 ;;
     -t) THREADS=$2; shift 2 ;;
@@ -41,7 +56,9 @@ log() { printf '[transparent-load] %s\n' "$*" >&2; }
 die() { printf '[transparent-load] error: %s\n' "$*" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || die "needs root (network namespaces)"
 [[ -x $TOLLGATE_BIN ]] || die "$TOLLGATE_BIN missing: cargo build --release"
-for t in ip setpriv nginx wrk openssl curl; do
+[[ -x $CLIENT_BIN ]] || die "$CLIENT_BIN missing: cargo build --release --example connect_load"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "-r takes a positive number"
+for t in ip setpriv nginx wrk openssl curl ${PIN:+taskset}; do
   PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null || die "$t is not installed"
 done
 NGINX=$(PATH="$PATH:/usr/sbin" command -v nginx)
@@ -61,8 +78,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# --pin: tollgate alone on CPU 0, everything else (nginx, wrk, connect_load) on CPU 1.
+PROXY_CPU=(); LOAD_CPU=()
+if [[ -n $PIN ]]; then PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1); fi
 in_pod() { ip netns exec "$POD" "$@"; }
-as_agent() { in_pod setpriv --reuid=2000 --regid=2000 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"; }
+as_agent() { in_pod "${LOAD_CPU[@]}" setpriv --reuid=2000 --regid=2000 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- "$@"; }
 
 # Namespaces and the veth pair (documentation addresses only).
 ip netns add "$POD"; ip netns add "$ORIGIN"
@@ -112,7 +132,7 @@ http {
   }
 }
 EOF
-ip netns exec "$ORIGIN" "$NGINX" -c "$WORK/nginx/nginx.conf" &
+ip netns exec "$ORIGIN" "${LOAD_CPU[@]}" "$NGINX" -c "$WORK/nginx/nginx.conf" &
 PIDS+=($!)
 
 # tollgate: the same policy for both listeners.
@@ -136,6 +156,7 @@ decision := {"allow": true, "reason": "hello"} if {
 EOF
 echo '{}' >"$WORK/data.json"
 cp "$TOLLGATE_BIN" "$WORK/tollgate"
+cp "$CLIENT_BIN" "$WORK/connect_load"
 cat >"$WORK/config.yaml" <<EOF
 listeners:
   - {name: transparent, address: '127.0.0.1:15001', mode: transparent}
@@ -180,6 +201,26 @@ run_wrk() {  # run_wrk NAME URL [wrk args]: prints "NAME req/s p50 p99 cpu_us"
   fi
   printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$cpu" "${errors:-none}"
 }
+run_client() {  # run_client NAME URL [connect_load args]: the same row, from connect_load
+  local name=$1 url=$2; shift 2
+  if (( WARMUP > 0 )); then
+    as_agent "$WORK/connect_load" --url "$url" --cacert "$WORK/intercept-ca.pem" -c "$CONNECTIONS" -d "$WARMUP" "$@" >/dev/null
+  fi
+  local before after line
+  before=$(cpu_ticks)
+  line=$(as_agent "$WORK/connect_load" --url "$url" --cacert "$WORK/intercept-ca.pem" -c "$CONNECTIONS" -d "$DURATION" "$@")
+  after=$(cpu_ticks)
+  local requests rps p50 p99 errors
+  requests=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")
+  rps=$(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' <<<"$line")
+  p50=$(sed -n 's/.*p50_ms=\([0-9.]*\).*/\1ms/p' <<<"$line")
+  p99=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1ms/p' <<<"$line")
+  errors=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$line")
+  [[ -n $requests && $requests -gt 0 ]] || die "$name: connect_load completed no request: $line"
+  local cpu
+  cpu=$(awk -v t=$((after - before)) -v r="$requests" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / r }')
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$cpu" "$([[ $errors == 0 ]] && echo none || echo "$errors")"
+}
 TG_PID=
 cpu_ticks() {
   if [[ -z $TG_PID ]]; then echo 0; return; fi
@@ -193,18 +234,29 @@ run_wrk direct http://192.0.2.2/hello
 in_pod setpriv --bounding-set=-all,+net_admin --inh-caps=-all,+net_admin --ambient-caps=-all,+net_admin -- \
   "$TOLLGATE_BIN" redirect install --proxy-uid 1337 --proxy-port 15001 >&2
 # Not through a shell function: $! must be tollgate itself (ip netns exec and setpriv exec it).
-ip netns exec "$POD" setpriv --reuid=1337 --regid=1337 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- \
+ip netns exec "$POD" "${PROXY_CPU[@]}" setpriv --reuid=1337 --regid=1337 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- \
   "$WORK/tollgate" run -c "$WORK/config.yaml" >"$WORK/stdout.log" 2>"$WORK/stderr.log" &
 PIDS+=($!)
 TG_PID=$!
 wait_http http://api.test/hello
 wait_http https://api.test/hello --cacert "$WORK/intercept-ca.pem"
 wait_http http://api.test/hello -x http://127.0.0.1:15002
+wait_http https://api.test/hello -x http://127.0.0.1:15002 --cacert "$WORK/intercept-ca.pem"
 [[ $(cat "/proc/$TG_PID/comm") == tollgate ]] || die "pid $TG_PID is not tollgate"
+if [[ -n $PIN ]]; then log "tollgate's CPUs: $(taskset -cp "$TG_PID" | sed 's/.*: //')"; fi
 
 sed -e "s|@URL@|http://api.test/hello|" -e "s|@HOST@|api.test|" "$ROOT/benches/load/proxy.lua" >"$WORK/proxy.lua"
 chmod a+r "$WORK/proxy.lua"
-run_wrk forward-http http://127.0.0.1:15002 -s "$WORK/proxy.lua"
-run_wrk transp-http http://api.test/hello
-run_wrk transp-https https://api.test/hello
+forward_rows() {
+  run_wrk forward-http http://127.0.0.1:15002 -s "$WORK/proxy.lua"
+  run_client forward-https https://api.test/hello --proxy 127.0.0.1:15002
+}
+transparent_rows() {
+  run_wrk transp-http http://api.test/hello
+  run_client transp-https https://api.test/hello
+}
+for round in $(seq 1 "$ROUNDS"); do
+  echo "| round $round, load average $(cut -d' ' -f1-3 /proc/loadavg) | | | | | |"
+  if (( round % 2 )); then forward_rows; transparent_rows; else transparent_rows; forward_rows; fi
+done
 log "load average: $(cut -d' ' -f1-3 /proc/loadavg); decisions logged: $(wc -l <"$WORK/decisions.log")"

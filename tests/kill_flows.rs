@@ -3,8 +3,8 @@
 //! intercepted connection, a blind tunnel, a request body being uploaded — within 100 ms.
 //!
 //! Each test runs `tests/agents/kill_flows.py`, which opens a "victim" flow (task `victim`)
-//! and a "bystander" flow (task `other`) with a real client (httpx or curl) through its own
-//! origin, ends the victim's task once it flows, and reports what each client received and
+//! and a "bystander" flow (task `other`, or another caller with its own SVID) with a real
+//! client (httpx or curl) through its own origin, ends the victim's task once it flows, and reports what each client received and
 //! when. The assertions: after the kill's answer + 100 ms not one more byte reached the victim
 //! (or, for the upload, the origin); the victim's client saw an error, not a complete body;
 //! the bystander's flow completed untouched; the decision log has the cut flow's line
@@ -21,20 +21,40 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 const CALLER: &str = "spiffe://tollgate.local/test/agent";
+/// Another caller: a different SPIFFE ID, with its own SVID.
+const OTHER_CALLER: &str = "spiffe://tollgate.local/test/other";
 
 fn tollgate(dir: &Path, upstream_ca: Option<&Path>) -> Tollgate {
+    start(
+        dir,
+        "{name: agents, address: '127.0.0.1:0'}",
+        &format!("workload_spiffe_id: '{CALLER}'"),
+        &repo_root().join("tests/fixtures/policy-data.json"),
+        upstream_ca,
+    )
+}
+
+/// tollgate with `listener` (a flow-style YAML map), `identity` (the identity map's inside),
+/// the bundled policy on `data`, the admin API on loopback.
+fn start(
+    dir: &Path,
+    listener: &str,
+    identity: &str,
+    data: &Path,
+    upstream_ca: Option<&Path>,
+) -> Tollgate {
     let root = repo_root();
     let ca = upstream_ca.map_or(String::new(), |ca| format!(", ca: '{}'", ca.display()));
     Tollgate::builder()
         .config(format!(
-            "listeners: [{{name: agents, address: '127.0.0.1:0'}}]\n\
+            "listeners: [{listener}]\n\
              admin: {{address: '127.0.0.1:0', kill_file: '{}'}}\n\
-             identity: {{workload_spiffe_id: '{CALLER}'}}\n\
+             identity: {{{identity}}}\n\
              policy: {{path: '{}', data: '{}'}}\n\
              upstream: {{allow_private: [127.0.0.0/8]{ca}}}\n",
             dir.join("kills.json").display(),
             root.join("policy-wasm").display(),
-            root.join("tests/fixtures/policy-data.json").display(),
+            data.display(),
         ))
         .config_as_is()
         .start()
@@ -301,5 +321,81 @@ fn cuts_an_upload_in_progress_so_nothing_more_reaches_the_origin() {
         uploaded >= victim["bytes"].as_u64().unwrap(),
         "{line} {victim}"
     );
+    assert_eq!(flows_killed(&tg, "request"), 1);
+}
+
+#[test]
+fn a_caller_kill_spares_another_callers_flow_which_keeps_flowing_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    // One CA for the trust domain: the listener's certificate and the two callers' SVIDs.
+    let pki = Pki::new();
+    let victim = pki.issue_leaf("victim", &[&format!("URI:{CALLER}")]);
+    let bystander = pki.issue_leaf("bystander", &[&format!("URI:{OTHER_CALLER}")]);
+    // The policy data grants the other caller the same rules as the first.
+    let fixture = repo_root().join("tests/fixtures/policy-data.json");
+    let mut data: Value = serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    let agents = &mut data["tollgate_config"]["agents"];
+    agents[OTHER_CALLER] = agents[CALLER].clone();
+    let data_file = dir.path().join("policy-data.json");
+    std::fs::write(&data_file, data.to_string()).unwrap();
+    let tg = start(
+        dir.path(),
+        &format!(
+            "{{name: agents, address: '127.0.0.1:0', tls: {{cert: '{}', key: '{}', client_auth: required}}}}",
+            pki.server_cert().display(),
+            pki.server_key().display()
+        ),
+        &format!(
+            "trust_domains: {{tollgate.local: {{bundle: '{}'}}}}",
+            pki.ca_cert().display()
+        ),
+        &data_file,
+        None,
+    );
+    assert!(tg.proxy_url().starts_with("https://"), "{}", tg.proxy_url());
+    let report = drive(
+        &tg,
+        "callers",
+        &[
+            &pki.ca_cert(),
+            &victim.cert,
+            &victim.key,
+            Path::new(CALLER),
+            &bystander.cert,
+            &bystander.key,
+        ],
+    );
+    let victim = &report["victim"];
+    assert_cut(victim);
+    assert_eq!(victim["code"], 56, "curl did not see a reset: {victim}");
+    // The other caller's bytes kept arriving after the kill (and after the victim's 100 ms),
+    // and its response came whole: curl exit 0, every byte.
+    let bystander = &report["bystander"];
+    assert_untouched(bystander);
+    assert_eq!(bystander["code"], 0, "{bystander}");
+    assert_eq!(bystander["bytes"], 16 * 1024 * 1024, "{bystander}");
+    assert!(
+        bystander["bytes_after_100ms"].as_u64() >= Some(1024 * 1024),
+        "the bystander stalled after the kill: {bystander}"
+    );
+    let kill = &report["answer"]["kill"];
+    assert_eq!(kill["target"]["spiffe_id"], CALLER, "{report}");
+    let kill_id = kill["id"].as_str().unwrap();
+    assert_eq!(kill["flows_ended"], 1, "{report}");
+    let line = cut_line(&tg, kill_id, "request");
+    assert_eq!(line["source"]["spiffe_id"], CALLER, "{line}");
+    assert_eq!(line["decision"]["reason"], "killed");
+    assert!(
+        line["flow"]["bytes_to_agent"].as_u64() >= victim["bytes"].as_u64(),
+        "{line} {victim}"
+    );
+    // The bystander's own line: allowed, its caller, not cut.
+    let spared = tg.wait_decision(
+        |d| d["source"]["spiffe_id"] == OTHER_CALLER && d["request"]["path"] == "/stream",
+        WAIT,
+    );
+    assert_eq!(spared["decision"]["allow"], true, "{spared}");
+    assert!(spared["kill_id"].is_null(), "{spared}");
+    assert_eq!(listed_flows_ended(&tg, kill_id), 1);
     assert_eq!(flows_killed(&tg, "request"), 1);
 }

@@ -3,7 +3,8 @@
 //! As in a pod: the redirect rules are installed by `tollgate redirect install` running with
 //! NET_ADMIN as its only capability; tollgate runs as [`PROXY_UID`] with no capability at all,
 //! with two `mode: transparent` listeners (127.0.0.1 and [::1]) and the pod's SPIFFE ID as
-//! `identity.workload_spiffe_id`; the agent (curl, Python) runs as [`AGENT_UID`] and knows
+//! `identity.workload_spiffe_id` (or, in one test, from the SVID that `identity.workload_api`
+//! gives tollgate: the Workload API server in `tests/support`, the stand-in for SPIRE); the agent (curl, Python) runs as [`AGENT_UID`] and knows
 //! nothing of a proxy. The origins (`tests/k8s/transparent_origin.py`: HTTP on 80, HTTPS on 443,
 //! a server-speaks-first banner service on 2222) run in the origin namespace, IPv4 and IPv6.
 //! The pod's names come from `/etc/netns/<pod>/hosts`, which `ip netns exec` mounts over
@@ -27,6 +28,10 @@ use support::*;
 const PROXY_PORT: u16 = 15001;
 /// The pod's identity, as the sidecar is configured with it.
 const POD_ID: &str = "spiffe://cluster.test/ns/agents/sa/triage";
+/// The operator's identity: the only caller the admin API serves.
+const OPS_ID: &str = "spiffe://cluster.test/ops";
+/// tollgate's admin API in the pod (mTLS, [`OPS_ID`] only).
+const ADMIN_URL: &str = "https://127.0.0.1:15000";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a decision-log line may take to appear.
@@ -123,8 +128,21 @@ struct Scene {
     _intercept_pki: Pki,
 }
 
+/// Where the sidecar learns the pod's identity.
+enum PodIdentity<'a> {
+    /// `identity.workload_spiffe_id: POD_ID`.
+    Configured,
+    /// `identity.workload_api` at this socket: the SPIFFE ID of the SVID the Workload API
+    /// gives tollgate (no `workload_spiffe_id`).
+    WorkloadApi(&'a std::path::Path),
+}
+
 impl Scene {
     fn new() -> Scene {
+        Scene::with_identity(PodIdentity::Configured)
+    }
+
+    fn with_identity(identity: PodIdentity) -> Scene {
         let net = PodNetwork::new();
         let hosts = PodHosts::write(&net);
         let origin_pki = Pki::with_ca_name("transparent test origin CA");
@@ -138,9 +156,12 @@ impl Scene {
             ],
         );
         let intercept_pki = Pki::with_ca_name("transparent test interception CA");
+        // The operator's SVID: the one ID `admin.allowed_spiffe_ids` lets steer tollgate.
+        let ops = origin_pki.issue_leaf("ops", &[&format!("URI:{OPS_ID}")]);
         let (staged, _) = stage_for_all_uids(&[
             &tollgate(),
             &repo_root().join("tests/k8s/transparent_origin.py"),
+            &repo_root().join("tests/agents/kill_flows.py"),
         ]);
         let dir = staged.path();
         for (from, to) in [
@@ -151,9 +172,17 @@ impl Scene {
             (intercept_pki.ca_key(), "intercept-ca-key.pem"),
             (origin_pki.server_cert(), "admin.pem"),
             (origin_pki.server_key(), "admin-key.pem"),
+            (ops.cert.clone(), "ops.pem"),
+            (ops.key.clone(), "ops-key.pem"),
         ] {
             std::fs::copy(&from, dir.join(to)).expect("stage a PKI file");
         }
+        let identity = match identity {
+            PodIdentity::Configured => format!("workload_spiffe_id: '{POD_ID}'"),
+            PodIdentity::WorkloadApi(socket) => {
+                format!("workload_api: 'unix://{}'", socket.display())
+            }
+        };
         std::fs::write(dir.join("policy.rego"), POLICY).unwrap();
         std::fs::write(dir.join("data.json"), "{}").unwrap();
         std::fs::write(
@@ -162,8 +191,8 @@ impl Scene {
                 "listeners:\n\
                  \x20 - {{name: pod, address: '127.0.0.1:{PROXY_PORT}', mode: transparent, sniff_timeout: 200ms}}\n\
                  \x20 - {{name: pod-v6, address: '[::1]:{PROXY_PORT}', mode: transparent, sniff_timeout: 200ms}}\n\
-                 admin: {{address: '127.0.0.1:15000', tls: {{cert: admin.pem, key: admin-key.pem}}, allowed_spiffe_ids: ['spiffe://cluster.test/ops']}}\n\
-                 identity: {{workload_spiffe_id: '{POD_ID}', trust_domains: {{cluster.test: {{bundle: origin-ca.pem}}}}}}\n\
+                 admin: {{address: '127.0.0.1:15000', tls: {{cert: admin.pem, key: admin-key.pem}}, allowed_spiffe_ids: ['{OPS_ID}']}}\n\
+                 identity: {{{identity}, trust_domains: {{cluster.test: {{bundle: origin-ca.pem}}}}}}\n\
                  intercept_ca: {{cert: intercept-ca.pem, key: intercept-ca-key.pem}}\n\
                  policy: {{path: policy.rego, data: data.json, watch: false}}\n\
                  upstream: {{allow_private: [192.0.2.0/24, '2001:db8::/32'], ca: origin-ca.pem, connect_timeout: 5s}}\n\
@@ -289,6 +318,49 @@ impl Scene {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `METHOD PATH` on the admin API as the operator (root in the pod, with the [`OPS_ID`]
+    /// SVID): the status and the body.
+    fn admin(&self, method: &str, path: &str) -> (u16, String) {
+        let (ca, cert, key) = (
+            self.file("origin-ca.pem"),
+            self.file("ops.pem"),
+            self.file("ops-key.pem"),
+        );
+        let out = run_with_timeout(
+            self.net.pod.root(require_tool("curl")).args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-X",
+                method,
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "-w",
+                "\n%{http_code}",
+                &format!("{ADMIN_URL}{path}"),
+            ]),
+            COMMAND_TIMEOUT,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        (status.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// `tollgate_flows_killed_total{kind="…"}` from the admin API's `/metrics`.
+    fn flows_killed(&self, kind: &str) -> u64 {
+        let (status, text) = self.admin("GET", "/metrics");
+        assert_eq!(status, 200, "{text}");
+        let series = format!("tollgate_flows_killed_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
     }
 
     fn redirect(&self, args: &[&str]) -> String {
@@ -581,4 +653,192 @@ fn never_bypasses_tollgate_and_redirect_remove_restores_direct_access() {
     }
     let banner = scene.banner("192.0.2.2");
     assert!(banner.starts_with("ERR ") || banner == "EOF", "{banner}");
+}
+
+#[test]
+fn a_kill_by_the_pods_spiffe_id_cuts_its_transparent_connections_within_100_ms() {
+    let scene = Scene::new();
+    // The driver runs as root in the pod (it alone may reach the admin API, with the operator's
+    // SVID); its two curl readers run as the agent, and knows nothing of a proxy.
+    let dir = scene.staged.path();
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let out = run_with_timeout(
+        scene.net.pod.root(python()).args([
+            &file("kill_flows.py"),
+            "transparent",
+            "-",
+            ADMIN_URL,
+            &file("intercept-ca.pem"),
+            POD_ID,
+            &AGENT_UID.to_string(),
+            &file("origin-ca.pem"),
+            &file("ops.pem"),
+            &file("ops-key.pem"),
+        ]),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let process = scene.tollgate.as_ref().expect("tollgate is running");
+    assert!(
+        out.status.success(),
+        "kill_flows.py transparent failed: {}\nstdout: {stdout}\nstderr: {}\ntollgate:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        process.stderr.text()
+    );
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not a report ({e}): {stdout}"));
+    eprintln!("kill_flows.py transparent: {report}");
+
+    // Each reader stopped: not one byte after the kill's answer + 100 ms, and curl saw the cut
+    // as an error, never as a complete body.
+    for name in ["http", "https"] {
+        let reader = &report[name];
+        assert!(
+            reader["bytes_before_kill"].as_u64() >= Some(1 << 20),
+            "{reader}"
+        );
+        assert_eq!(
+            reader["bytes_after_100ms"], 0,
+            "{name}: bytes after 100 ms: {reader}"
+        );
+        assert_eq!(reader["complete"], false, "{reader}");
+        // The TLS connection carries an HTTP/2 stream: the kill ends both, so curl reports
+        // whichever reached it first — the stream's RST_STREAM(CANCEL) (exit 92) or the
+        // connection's TCP reset (exit 56). Either way an error, never a short "complete" body.
+        let stderr = reader["stderr"].as_str().unwrap_or_default();
+        let seen = match reader["code"].as_u64() {
+            Some(56) => stderr.contains("reset"),
+            Some(92) => name == "https" && stderr.contains("CANCEL"),
+            _ => false,
+        };
+        assert!(seen, "{name}: curl did not see the cut: {reader}");
+        assert!(reader["bytes"].as_u64() < Some(200 << 20), "{reader}");
+    }
+
+    // The kill named the pod and ended both connections and what streamed inside each.
+    let kill = &report["answer"]["kill"];
+    let kill_id = kill["id"].as_str().expect("the kill's id");
+    assert_eq!(kill["flows_ended"], 4, "{report}");
+    // Inside: an HTTP/1.1 request on the plain connection, an HTTP/2 stream in the TLS one.
+    for (name, ip, port, inner) in [
+        ("http", "192.0.2.2", 80, "request"),
+        ("https", "2001:db8::2", 443, "http2_stream"),
+    ] {
+        let conn = scene.decision(&format!("the cut {name} connection"), |v| {
+            v["kill_id"] == kill_id
+                && v["flow"]["kind"] == "transparent_connection"
+                && v["request"]["port"] == port
+        });
+        assert_eq!(conn["decision"]["reason"], "killed", "{conn}");
+        assert_eq!(conn["decision"]["allow"], false, "{conn}");
+        assert_eq!(conn["source"]["spiffe_id"], POD_ID, "{conn}");
+        assert_eq!(conn["request"]["host"], ip, "{conn}");
+        // The connection's bytes: the request went out, and what reached the agent is at
+        // least what curl got (TLS adds its records on top).
+        let to_agent = conn["flow"]["bytes_to_agent"].as_u64().unwrap();
+        assert!(
+            to_agent >= report[name]["bytes"].as_u64().unwrap(),
+            "{conn}"
+        );
+        assert!(
+            conn["flow"]["bytes_from_agent"].as_u64() > Some(0),
+            "{conn}"
+        );
+        let request = scene.decision(&format!("the cut {name} request"), |v| {
+            v["kill_id"] == kill_id && v["flow"]["kind"] == inner && v["request"]["scheme"] == name
+        });
+        assert_eq!(request["decision"]["reason"], "killed", "{request}");
+        assert_eq!(request["request"]["host"], "api.test", "{request}");
+        assert_eq!(request["request"]["path"], "/public/stream", "{request}");
+        assert!(
+            request["flow"]["bytes_to_agent"].as_u64() > Some(0),
+            "{request}"
+        );
+    }
+    assert_eq!(scene.flows_killed("transparent_connection"), 2);
+    assert_eq!(scene.flows_killed("request"), 1);
+    assert_eq!(scene.flows_killed("http2_stream"), 1);
+    let (status, listed) = scene.admin("GET", "/v1/kill");
+    assert_eq!(status, 200, "{listed}");
+    let listed: Value = serde_json::from_str(&listed).expect("json");
+    let listed_kill = listed["kills"]
+        .as_array()
+        .and_then(|kills| kills.iter().find(|k| k["id"] == kill_id))
+        .unwrap_or_else(|| panic!("kill {kill_id} not listed: {listed}"));
+    assert_eq!(listed_kill["flows_ended"], 4, "{listed}");
+
+    // A new connection of the pod is served, and each request refused with the kill's 403
+    // (not reset unexplained); intercepted TLS is refused at the connection, with its line.
+    let refused = scene.curl(&["http://api.test/public/a"]);
+    refused.refused(403, "killed");
+    assert_eq!(refused.json()["kill_id"], kill_id, "{refused:?}");
+    let ca = scene.file("intercept-ca.pem");
+    scene
+        .curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "https://api.test/public/a",
+        ])
+        .failed();
+    let line = scene.decision("the refused TLS connection", |v| {
+        v["request"]["method"] == "CONNECT"
+            && v["request"]["host"] == "api.test"
+            && v["decision"]["reason"] == "killed"
+            && v["flow"].is_null()
+    });
+    assert_eq!(line["kill_id"], kill_id, "{line}");
+    // Refusing new connections ended no flow: the counts are still the kill's own.
+    assert_eq!(scene.flows_killed("transparent_connection"), 2);
+}
+
+#[test]
+fn the_pod_is_the_spiffe_id_of_the_svid_from_the_workload_api() {
+    // The stand-in for SPIRE's agent: a Workload API server speaking the real protocol (not
+    // SPIRE), serving the pod's SVID, issued for POD_ID by the trust domain's CA.
+    let ca = Pki::with_ca_name("cluster.test trust domain CA");
+    let inputs = WorkloadApiInputs::new();
+    inputs.set_svid(&ca.issue_leaf("pod", &[&format!("URI:{POD_ID}")]));
+    inputs.set_bundle(&ca.ca_cert());
+    let _spire = start_workload_api_server(&inputs, POD_ID);
+    {
+        // tollgate runs as the proxy's UID: it must be able to connect to the socket.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(inputs.socket(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod the Workload API socket");
+    }
+    let scene = Scene::with_identity(PodIdentity::WorkloadApi(&inputs.socket()));
+    let config = std::fs::read_to_string(scene.file("config.yaml")).unwrap();
+    assert!(
+        config.contains("workload_api:") && !config.contains("workload_spiffe_id"),
+        "{config}"
+    );
+
+    // The policy allows GET /public/ for POD_ID only: it saw the SVID's ID (an unknown caller
+    // would be refused `destination_not_allowed` here), in plain HTTP and intercepted TLS.
+    let ca_file = scene.file("intercept-ca.pem");
+    let ca_file = ca_file.to_str().unwrap();
+    assert_eq!(
+        scene.curl(&["http://api.test/public/svid"]).origin_answer()["path"],
+        "/public/svid"
+    );
+    assert_eq!(
+        scene
+            .curl(&["--cacert", ca_file, "https://api.test/public/svid-tls"])
+            .origin_answer()["path"],
+        "/public/svid-tls"
+    );
+    scene
+        .curl(&["http://api.test/private"])
+        .refused(403, "path_not_allowed");
+    for (what, path) in [("plain", "/public/svid"), ("TLS", "/public/svid-tls")] {
+        let line = scene.decision(what, |v| v["request"]["path"] == path);
+        assert_eq!(line["source"]["spiffe_id"], POD_ID, "{line}");
+        assert_eq!(line["decision"]["reason"], "public read", "{line}");
+    }
+    let connection = scene.decision("the TLS connection", |v| {
+        v["request"]["method"] == "CONNECT" && v["request"]["host"] == "api.test"
+    });
+    assert_eq!(connection["source"]["spiffe_id"], POD_ID, "{connection}");
+    assert_eq!(connection["decision"]["reason"], "api.test intercepted");
 }

@@ -18,7 +18,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -41,67 +41,6 @@ fn key_der(path: &Path) -> Vec<u8> {
         Some(PrivateKeyDer::Pkcs8(k)) => k.secret_pkcs8_der().to_vec(),
         other => panic!("expected a PKCS#8 key in {}, got {other:?}", path.display()),
     }
-}
-
-/// The server's input files: what it serves after the next SIGHUP.
-struct Inputs {
-    dir: tempfile::TempDir,
-}
-
-impl Inputs {
-    fn new() -> Inputs {
-        let dir = tempfile::Builder::new()
-            .prefix("tollgate-wlapi-")
-            .tempdir()
-            .expect("tempdir");
-        std::fs::create_dir(dir.path().join("federated")).expect("mkdir");
-        Inputs { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn set_svid(&self, svid: &TlsFiles) {
-        std::fs::copy(&svid.cert, self.path("svid.pem")).expect("copy svid");
-        std::fs::copy(&svid.key, self.path("key.pem")).expect("copy key");
-    }
-    fn set_bundle(&self, ca: &Path) {
-        std::fs::copy(ca, self.path("bundle.pem")).expect("copy bundle");
-    }
-    fn set_federated(&self, trust_domain: &str, ca: Option<&Path>) {
-        let p = self.path("federated").join(format!("{trust_domain}.pem"));
-        match ca {
-            Some(ca) => {
-                std::fs::copy(ca, p).expect("copy federated bundle");
-            }
-            None => std::fs::remove_file(p).expect("remove federated bundle"),
-        }
-    }
-    fn socket(&self) -> PathBuf {
-        self.path("agent.sock")
-    }
-}
-
-/// Starts the Python Workload API server on `inputs` and waits for its "ready" line.
-fn start_server(inputs: &Inputs) -> Streaming {
-    let script = repo_root().join("tests/origins/workload_api_server.py");
-    let server = Streaming::spawn(
-        command(python())
-            .arg(script)
-            .arg("--socket")
-            .arg(inputs.socket())
-            .args(["--spiffe-id", ID])
-            .arg("--svid")
-            .arg(inputs.path("svid.pem"))
-            .arg("--key")
-            .arg(inputs.path("key.pem"))
-            .arg("--bundle")
-            .arg(inputs.path("bundle.pem"))
-            .arg("--federated-dir")
-            .arg(inputs.path("federated")),
-    );
-    // Generating the stubs with grpcio-tools takes a moment on a cold machine.
-    server.wait_line("ready", Duration::from_secs(60));
-    server
 }
 
 /// SIGHUP: the server re-reads its inputs and pushes them; waits for its "generation N" line.
@@ -145,10 +84,10 @@ async fn follows_svid_rotation_and_bundle_changes_pushed_by_the_agent() {
     let svid1 = example.issue_leaf("svid1", &[&format!("URI:{ID}")]);
     let svid2 = example.issue_leaf("svid2", &[&format!("URI:{ID}")]);
 
-    let inputs = Inputs::new();
+    let inputs = WorkloadApiInputs::new();
     inputs.set_svid(&svid1);
     inputs.set_bundle(&example.ca_cert());
-    let server = start_server(&inputs);
+    let server = start_workload_api_server(&inputs, ID);
 
     let endpoint = format!("unix://{}", inputs.socket().display());
     let source = WorkloadApiSource::connect(&endpoint)
@@ -254,10 +193,10 @@ except grpc.RpcError as e:
 fn the_test_server_requires_the_workload_api_security_header() {
     let example = Pki::with_ca_name("example.org CA");
     let svid = example.issue_leaf("svid", &[&format!("URI:{ID}")]);
-    let inputs = Inputs::new();
+    let inputs = WorkloadApiInputs::new();
     inputs.set_svid(&svid);
     inputs.set_bundle(&example.ca_cert());
-    let _server = start_server(&inputs);
+    let _server = start_workload_api_server(&inputs, ID);
     let origins = repo_root().join("tests/origins");
     let probe = |header: &str| {
         let out = run_checked(
@@ -281,7 +220,7 @@ fn the_test_server_requires_the_workload_api_security_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_fails_within_the_bound_when_nobody_listens() {
-    let inputs = Inputs::new();
+    let inputs = WorkloadApiInputs::new();
     let endpoint = format!("unix://{}", inputs.socket().display());
     let started = std::time::Instant::now();
     let result = WorkloadApiSource::connect_with_timeout(&endpoint, Duration::from_secs(1)).await;
@@ -317,10 +256,10 @@ async fn refuses_endpoints_other_than_an_absolute_unix_path() {
 fn the_proxy_verifies_agents_with_bundles_pushed_over_the_workload_api() {
     let ca_a = Pki::with_ca_name("workload-api-ca-a");
     let ca_b = Pki::with_ca_name("workload-api-ca-b");
-    let inputs = Inputs::new();
+    let inputs = WorkloadApiInputs::new();
     inputs.set_svid(&ca_a.issue_leaf("tollgate", &[&format!("URI:{ID}")]));
     inputs.set_bundle(&ca_a.ca_cert());
-    let server = start_server(&inputs);
+    let server = start_workload_api_server(&inputs, ID);
     let agent_a = ca_a.issue_leaf("agent-a", &["URI:spiffe://example.org/agent"]);
     let agent_b = ca_b.issue_leaf("agent-b", &["URI:spiffe://example.org/agent"]);
 
@@ -409,12 +348,12 @@ fn sha256_of_pem(path: &Path) -> String {
 #[test]
 fn the_listener_serves_tollgates_own_svid_from_the_workload_api() {
     let ca = Pki::with_ca_name("workload-api-ca");
-    let inputs = Inputs::new();
+    let inputs = WorkloadApiInputs::new();
     let svid1 = ca.issue_leaf("svid1", &[&format!("URI:{ID}")]);
     let svid2 = ca.issue_leaf("svid2", &[&format!("URI:{ID}")]);
     inputs.set_svid(&svid1);
     inputs.set_bundle(&ca.ca_cert());
-    let server = start_server(&inputs);
+    let server = start_workload_api_server(&inputs, ID);
     let tg = Tollgate::start(&format!(
         "listeners: [{{name: agents, address: '127.0.0.1:0', tls: {{client_auth: none}}}}]\n\
          identity: {{workload_api: 'unix://{}'}}\n",

@@ -287,6 +287,21 @@ impl KillSwitch {
         flow
     }
 
+    /// Registers an open flow without [`open_flow`](Self::open_flow)'s re-check: for a
+    /// connection registered before anything about it was decided (a transparent listener's),
+    /// whose requests and connection-level decision each meet the kills in force. A caller
+    /// already killed is then refused as on a forward listener — a 403 naming the kill, or a
+    /// logged close — instead of a reset that explains nothing; a kill engaged from now on
+    /// ends the flow.
+    pub fn open_undecided_flow(
+        &self,
+        kind: FlowKind,
+        spiffe_id: Option<&SpiffeId>,
+        stop: Stop,
+    ) -> Flow {
+        self.flows.open(kind, spiffe_id, None, stop)
+    }
+
     /// Ends the open flows of `task` (`DELETE /v1/tasks/{task}`): returns the ending — a kill
     /// on the task that is not kept in force (later requests of the task are not refused) but
     /// names the cut in the decision log — and how many flows it ended.

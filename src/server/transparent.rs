@@ -58,11 +58,12 @@ pub(super) async fn connection(
     }
     // The whole redirected connection is one flow (the requests inside are flows too): a kill
     // of its caller resets it. The task is unknown at this level (no CONNECT declares one).
+    // Nothing is decided yet, so a kill already in force does not reset it here: each request
+    // gets the kill's 403, a TLS or opaque connection its logged refusal.
     let proxy = &server.proxy;
-    let flow = proxy.kills.open_flow(
+    let flow = proxy.kills.open_undecided_flow(
         FlowKind::TransparentConnection,
         ctx.caller.spiffe_id(),
-        None,
         Stop::Connection(ctx.abort.clone()),
     );
     let stream = flow.meter(stream);

@@ -11,11 +11,26 @@ and the error the client saw.
 usage: kill_flows.py MODE PROXY_URL ADMIN_URL [CA_PEM SERVER_CERT SERVER_KEY [SPIFFE_ID]]
 MODE: slow | sse | h2 | tunnel | upload | intercept (HTTP/1.1 inside an intercepted CONNECT;
 the kill names the caller's SPIFFE_ID, so there is no bystander of another caller)
+
+usage: kill_flows.py callers PROXY_URL ADMIN_URL PROXY_CA VICTIM_CERT VICTIM_KEY VICTIM_ID
+       BYSTANDER_CERT BYSTANDER_KEY
+(two callers, each an mTLS client of tollgate's TLS listener with its own X.509-SVID, read a
+slow response with curl; the kill names the victim's VICTIM_ID, and the bystander — another
+SPIFFE ID — must go on receiving and finish)
+
+usage: kill_flows.py transparent - ADMIN_URL INTERCEPT_CA SPIFFE_ID AGENT_UID ADMIN_CA
+       ADMIN_CERT ADMIN_KEY
+(tests/transparent_netns.rs: run as root inside the pod's network namespace; curl, as
+AGENT_UID, reads a slow 200 MB response from http://api.test (IPv4) and from https://api.test
+(IPv6, HTTP/2 inside), both
+redirected to tollgate's transparent listener, the second intercepted; the kill names the
+pod's SPIFFE_ID over the mTLS admin API)
 """
 
 import http.server
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -31,6 +46,8 @@ MB = 1024 * 1024
 DEADLINE = 60.0
 KILLED = threading.Event()
 UPLOADS = {}
+# The admin API's TLS when it requires an SVID: (CA, client cert, client key).
+ADMIN_TLS = None
 
 
 class Origin(http.server.BaseHTTPRequestHandler):
@@ -176,7 +193,12 @@ def wait_for(cond, what):
 
 
 def admin(admin_url, method, path, body=None):
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers = [urllib.request.ProxyHandler({})]
+    if ADMIN_TLS:
+        ctx = ssl.create_default_context(cafile=ADMIN_TLS[0])
+        ctx.load_cert_chain(ADMIN_TLS[1], ADMIN_TLS[2])
+        handlers.append(urllib.request.HTTPSHandler(context=ctx))
+    opener = urllib.request.build_opener(*handlers)
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(admin_url + path, data=data, method=method)
     with opener.open(req, timeout=10) as r:
@@ -379,6 +401,64 @@ def mode_upload(proxy, admin_url):
     }
 
 
+def mode_callers(proxy, admin_url, proxy_ca, victim_cert, victim_key, victim_id,
+                 bystander_cert, bystander_key):
+    """Two callers, two SVIDs: the kill names the victim's SPIFFE ID only."""
+    port = start_origin()
+    victim, bystander = Flow(), Flow()
+    results = [{}, {}]
+
+    def curl(cert, key, n):
+        return ["curl", "-sS", "--max-time", str(int(DEADLINE)), "-x", proxy,
+                "--proxy-cacert", proxy_ca, "--proxy-cert", cert, "--proxy-key", key,
+                f"http://127.0.0.1:{port}/stream?n={n}&pace=0.01", "-o", "-"]
+
+    threads = [
+        threading.Thread(target=curl_read,
+                         args=(curl(victim_cert, victim_key, 200 * MB), victim, results[0])),
+        threading.Thread(target=curl_read,
+                         args=(curl(bystander_cert, bystander_key, 16 * MB), bystander,
+                               results[1])),
+    ]
+    for t in threads:
+        t.start()
+    wait_for(lambda: victim.received() >= MB and bystander.received() >= MB, "both callers' MB")
+    t_kill, answer = kill(admin_url, spiffe_id=victim_id)
+    join(threads)
+    return {
+        "answer": answer,
+        "victim": {**victim.summary(t_kill), **results[0]},
+        "bystander": {**bystander.summary(t_kill, 16 * MB), **results[1]},
+    }
+
+
+def mode_transparent(admin_url, ca, spiffe_id, agent_uid):
+    """Two redirected connections of the pod, plain HTTP and intercepted TLS, each reading a
+    slow 200 MB response with curl as the agent; the kill names the pod's SPIFFE ID."""
+    agent = [shutil.which("setpriv"), f"--reuid={agent_uid}", f"--regid={agent_uid}",
+             "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+             shutil.which("curl"), "-sS", "--max-time", str(int(DEADLINE)), "-o", "-"]
+    path = f"/public/stream?n={200 * MB}&pace=0.01"
+    runs = {
+        # One over IPv4, one over IPv6 (the pod's two transparent listeners).
+        "http": agent + ["-4", f"http://api.test{path}"],
+        "https": agent + ["-6", "--http2", "--cacert", ca, f"https://api.test{path}"],
+    }
+    flows = {name: Flow() for name in runs}
+    results = {name: {} for name in runs}
+    threads = [
+        threading.Thread(target=curl_read, args=(args, flows[name], results[name]))
+        for name, args in runs.items()
+    ]
+    for t in threads:
+        t.start()
+    wait_for(lambda: all(f.received() >= MB for f in flows.values()), "1 MB on each connection")
+    t_kill, answer = kill(admin_url, spiffe_id=spiffe_id)
+    join(threads)
+    out = {name: {**flows[name].summary(t_kill), **results[name]} for name in runs}
+    return {"answer": answer, **out}
+
+
 def main():
     mode, proxy, admin_url = sys.argv[1:4]
     if mode in ("slow", "sse"):
@@ -391,6 +471,12 @@ def main():
         out = mode_tunnel(proxy, admin_url)
     elif mode == "upload":
         out = mode_upload(proxy, admin_url)
+    elif mode == "callers":
+        out = mode_callers(proxy, admin_url, *sys.argv[4:10])
+    elif mode == "transparent":
+        global ADMIN_TLS
+        ADMIN_TLS = tuple(sys.argv[7:10])
+        out = mode_transparent(admin_url, *sys.argv[4:7])
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out), flush=True)

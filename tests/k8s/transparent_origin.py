@@ -4,7 +4,9 @@ namespace, on 0.0.0.0 and [::] (IPv6-only) each:
 
     transparent_origin.py --name N --cert C --key K
         port 80:   HTTP/1.1, answers every request with JSON
-                   {"via": N, "method", "path", "host", "tls": false, "local", "peer"}
+                   {"via": N, "method", "path", "host", "tls": false, "local", "peer"},
+                   except GET …/stream?n=BYTES&pace=SECONDS: BYTES bytes of "x", 64 KiB per
+                   write, SECONDS between writes (a large, slow response to cut with a kill)
         port 443:  the same over TLS with C/K (HTTP/1.1 only)
         port 2222: server speaks first: sends "BANNER N\\n", then echoes each line back
 
@@ -17,6 +19,7 @@ import socketserver
 import ssl
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -28,7 +31,30 @@ def make_handler(name, tls):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def stream(self):
+            query = dict(
+                p.split("=", 1) for p in self.path.partition("?")[2].split("&") if "=" in p
+            )
+            n, pace = int(query.get("n", "0")), float(query.get("pace", "0"))
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("content-length", str(n))
+            self.end_headers()
+            block, sent = b"x" * 65536, 0
+            try:
+                while sent < n:
+                    k = min(len(block), n - sent)
+                    self.wfile.write(block[:k])
+                    sent += k
+                    if pace:
+                        time.sleep(pace)
+            except OSError:
+                pass  # the reader went away (or tollgate cut it)
+
         def answer(self):
+            if self.command == "GET" and self.path.partition("?")[0].endswith("/stream"):
+                return self.stream()
             length = int(self.headers.get("content-length") or 0)
             if length:
                 self.rfile.read(length)

@@ -11,6 +11,8 @@
 //! - [`Squid`], [`Tinyproxy`]: reference forward proxies (baselines, and proof the agents'
 //!   proxy options work).
 //! - [`python_agent`], [`node_agent`], [`curl`]: real clients (httpx/requests, undici, curl).
+//! - [`start_workload_api_server`]: the stand-in for SPIRE's agent, a SPIFFE Workload API
+//!   server speaking the real protocol (`tests/origins/workload_api_server.py`).
 //! - [`AuthzServer`]: a real OAuth 2.0 authorization server (node-oidc-provider) for the
 //!   `oauth2` credentials, with counters and a failure switch; [`http_request`] talks to it.
 //!
@@ -30,6 +32,7 @@ mod origin;
 mod pki;
 mod proxies;
 mod tollgate;
+mod workload_api;
 
 pub use agents::*;
 pub use authz::*;
@@ -39,6 +42,7 @@ pub use origin::*;
 pub use pki::*;
 pub use proxies::*;
 pub use tollgate::*;
+pub use workload_api::*;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
