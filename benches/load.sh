@@ -22,6 +22,9 @@
 #   -l, --latency-duration S  measured time of the second pass, 1 connection (default 10; 0 skips)
 #       --targets LIST        comma-separated subset of direct,tollgate,tollgate-cred,squid,tinyproxy
 #       --tollgate-bin PATH   use this tollgate binary; do not build
+#       --policy DIR          tollgate (plain) decides with the policy in DIR instead of the
+#                             bundled one (benches/load/policies/: one-line, glob-regex); a
+#                             make-data.py in DIR writes its data.json into the run's temp dir
 #       --no-build            use target/release/tollgate as it is; do not build
 #       --output FILE         also write the results as TSV to FILE
 #       --pin                 pin each proxy (and nginx for direct) to CPU 0, nginx and wrk to CPU 1
@@ -42,6 +45,7 @@ LATENCY_DURATION=10
 TARGETS=direct,tollgate,tollgate-cred,squid,tinyproxy
 BENCH_TOKEN=bench-token-$RANDOM$RANDOM
 TOLLGATE_BIN=
+POLICY_DIR=
 BUILD=1
 OUTPUT=
 KEEP=0
@@ -59,6 +63,7 @@ while [[ $# -gt 0 ]]; do
     -b|--body-bytes) BODY_BYTES=$2; shift 2 ;;
     -l|--latency-duration) LATENCY_DURATION=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
+    --policy) POLICY_DIR=$2; shift 2 ;;
     --tollgate-bin) TOLLGATE_BIN=$2; BUILD=0; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --output) OUTPUT=$2; shift 2 ;;
@@ -234,6 +239,14 @@ credentials:
     kind: static
     source: { file: $d/token }
     inject: { header: Authorization, value: \"Bearer {token}\" }"
+  elif [[ -n $POLICY_DIR ]]; then
+    mkdir -p "$d/policy"
+    cp "$POLICY_DIR"/*.rego "$d/policy/"
+    if [[ -f $POLICY_DIR/make-data.py ]]; then
+      python3 "$POLICY_DIR/make-data.py" "$d/policy/data.json" || die "$POLICY_DIR/make-data.py failed"
+    fi
+    extra="policy:
+  path: $d/policy"
   fi
   # Config keys per SPEC §2. No policy.path: the bundled policy and data, where the
   # development caller may reach loopback on any port.
