@@ -86,6 +86,8 @@ tool() {  # tool NAME: path, looking in the sbin folders too (nginx, squid live 
   PATH="$PATH:/usr/sbin:/sbin:/usr/local/sbin" command -v "$1" \
     || die "$1 is not installed (bash .ci/run installs it, or: apt-get install nginx-light squid tinyproxy wrk)"
 }
+# shellcheck source=benches/common/nginx.sh
+. "$ROOT/benches/common/nginx.sh"
 NGINX=$(tool nginx); WRK=$(tool wrk); CURL=$(tool curl); tool python3 >/dev/null
 want squid && SQUID=$(tool squid)
 want tinyproxy && TINYPROXY=$(tool tinyproxy)
@@ -165,33 +167,15 @@ start_nginx() {
   ORIGIN_PORT=$(free_port)
   # BODY_BYTES bytes: 'x' * (n-1) and a newline (nginx turns the two characters \n into one).
   body="$(printf '%*s' $((BODY_BYTES - 1)) '' | tr ' ' x)\\n"
-  cat >"$d/nginx.conf" <<EOF
-$( [[ $(id -u) == 0 ]] && echo 'user root;' )
-daemon off;
-master_process off;
-worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log notice;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $d/tmp/client_body;
-    proxy_temp_path $d/tmp/proxy;
-    fastcgi_temp_path $d/tmp/fastcgi;
-    uwsgi_temp_path $d/tmp/uwsgi;
-    scgi_temp_path $d/tmp/scgi;
-    keepalive_requests 1000000;
-    server {
+  nginx_conf "$d" notice "    server {
         listen 127.0.0.1:$ORIGIN_PORT;
-        location = /hello { default_type text/plain; return 200 "$body"; }
+        location = /hello { default_type text/plain; return 200 \"$body\"; }
         # tollgate-cred's sanity check: 200 only with the injected credential.
         location = /auth-check {
-            if (\$http_authorization != "Bearer $BENCH_TOKEN") { return 401; }
-            return 200 "ok";
+            if (\$http_authorization != \"Bearer $BENCH_TOKEN\") { return 401; }
+            return 200 \"ok\";
         }
-    }
-}
-EOF
+    }" >"$d/nginx.conf"
   "${ON_CPU1[@]}" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/stdout.log" 2>&1 &
   PIDS+=("$!")
   SERVER_PID[direct]=$!
