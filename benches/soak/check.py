@@ -41,7 +41,10 @@ import sys
 VICTIM = "spiffe://tollgate.local/soak/victim"
 # Per client kind: the status every response must have (victim: depends on the kill state).
 EXPECTED = {"plain": 200, "cred": 200, "denied": 403, "tls_h1": 200, "tls_h2": 200}
+# The 5 %; SOAK_RSS_TOLERANCE loosens the RSS part only (tests/soak.rs: a 2-minute run
+# measures the allocator settling after start-up, not a trend — docs/TESTING.md "Soak").
 TOLERANCE = 0.05
+RSS_TOLERANCE = float(os.environ.get("SOAK_RSS_TOLERANCE", TOLERANCE))
 FD_SLACK = 2
 
 
@@ -84,7 +87,7 @@ def flatness(samples, duration):
                     "min": min(r[key] for r in samples), "max": max(r[key] for r in samples)}
         # FDs: 5 %, but never less than FD_SLACK descriptors (at ~40 open FDs 5 % is 2, and
         # the victim's one-connection-per-request curl alone makes one come and go).
-        allowed = TOLERANCE * b if key == "rss_kb" else max(TOLERANCE * b, FD_SLACK)
+        allowed = RSS_TOLERANCE * b if key == "rss_kb" else max(TOLERANCE * b, FD_SLACK)
         res[key]["allowed_change"] = allowed if key != "threads" else None
         if key in ("rss_kb", "fds") and abs(f - b) > allowed:
             ok = False
