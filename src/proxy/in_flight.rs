@@ -67,21 +67,24 @@ impl InFlight {
         caller: Option<&SpiffeId>,
     ) -> Result<InFlightGuard, TooManyRequests> {
         let shard = self.shard_of(caller);
+        // One clone of the caller per request (an atomic increment on a count every worker of
+        // that caller shares): the guard keeps it, and the lookup borrows it.
+        let key = caller.cloned();
         let mut counts = lock(&self.shards[shard]);
-        match counts.get_mut(&caller.cloned()) {
+        match counts.get_mut(&key) {
             Some(n) if *n >= self.limit => {
                 return Err(TooManyRequests { limit: self.limit });
             }
             Some(n) => *n += 1,
             None => {
-                counts.insert(caller.cloned(), 1);
+                counts.insert(key.clone(), 1);
             }
         }
         drop(counts);
         Ok(InFlightGuard {
             owner: self.clone(),
             shard,
-            caller: caller.cloned(),
+            caller: key,
         })
     }
 
