@@ -38,7 +38,7 @@ pub fn input(method: &str, path: &str, headers: &HeaderMap) -> PolicyInput {
         source: SourceFacts {
             caller: Caller::Authenticated(SpiffeId::parse(CALLER).unwrap()),
             listener: Arc::from("agents"),
-            address: "127.0.0.1:51234".parse().unwrap(),
+            address: "127.0.0.1:51234".into(),
         },
         intent: parse_intent(headers).unwrap(),
         request: Some(RequestFacts {

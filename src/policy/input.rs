@@ -20,7 +20,15 @@ use crate::intent::Intent;
 pub struct SourceFacts {
     pub caller: Caller,
     pub listener: Arc<str>,
-    pub address: SocketAddr,
+    /// The peer's `ip:port`, written once per connection ([`peer_text`]).
+    pub address: Arc<str>,
+}
+
+/// A connection's peer address as the policy input and the decision log write it (`ip:port`,
+/// an IPv6 address in brackets): formatted once when the connection is accepted, not per
+/// request.
+pub fn peer_text(peer: SocketAddr) -> Arc<str> {
+    Arc::from(peer.to_string())
 }
 
 /// The HTTP request, for per-request checks (`input.request`).
@@ -129,7 +137,7 @@ input_keys!(
 /// the input many times per evaluation, and a frozen object is searched by a field name
 /// without building a key value for it.
 fn obj<const N: usize>(fields: [(&Value, Value); N]) -> Value {
-    Object::from_iter(fields.into_iter().map(|(k, v)| (k.clone(), v))).into_value()
+    Object::from_entries(fields.into_iter().map(|(k, v)| (k.clone(), v)).collect()).into_value()
 }
 
 fn opt_str(value: Option<&str>) -> Value {
@@ -156,7 +164,7 @@ impl PolicyInput {
             (&k.path, opt_str(spiffe_id.map(|id| id.path()))),
             (&k.authenticated, Value::from(spiffe_id.is_some())),
             (&k.listener, Value::String(self.source.listener.clone())),
-            (&k.address, Value::from(self.source.address.to_string())),
+            (&k.address, Value::String(self.source.address.clone())),
         ]);
         let intent = obj([
             (&k.name, opt_str(self.intent.name.as_deref())),
@@ -179,10 +187,11 @@ impl PolicyInput {
         let request = match &self.request {
             None => Value::Null,
             Some(r) => {
-                let headers = Object::from_iter(
+                let headers = Object::from_entries(
                     r.headers
                         .iter()
-                        .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str()))),
+                        .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                        .collect(),
                 )
                 .into_value();
                 obj([
@@ -262,7 +271,7 @@ impl serde::Serialize for PolicyInput {
         map.serialize_entry(
             "source",
             &json!({
-                "address": self.source.address.to_string(),
+                "address": &*self.source.address,
                 "authenticated": spiffe_id.is_some(),
                 "listener": &*self.source.listener,
                 "path": spiffe_id.map(|id| id.path()),
@@ -375,7 +384,7 @@ mod tests {
             source: SourceFacts {
                 caller: Caller::Authenticated(SpiffeId::parse("spiffe://example.org/a").unwrap()),
                 listener: Arc::from("agents"),
-                address: "10.0.0.7:51234".parse().unwrap(),
+                address: "10.0.0.7:51234".into(),
             },
             intent: Intent {
                 name: Some("issues.read".into()),
@@ -515,5 +524,33 @@ mod tests {
         let list = policy_headers(&headers, &extra);
         assert!(list.contains(&("x-goog-api-key".to_string(), REDACTED.to_string())));
         assert!(list.contains(&("accept".to_string(), "a".to_string())));
+    }
+
+    /// The input's objects are built straight into the engine's frozen form (vendored regorus
+    /// patch #6): the same object, field for field and in order, as inserting the fields one
+    /// by one — a repeated key keeping its last value — and found by name as before.
+    #[test]
+    fn objects_built_from_entries_equal_objects_built_by_insertion() {
+        let entries = [
+            ("zeta", Value::from(1u64)),
+            ("alpha", Value::from("a")),
+            ("mid", Value::Null),
+            ("alpha", Value::from("again")),
+            ("beta", Value::from(true)),
+            ("zeta", Value::from(2u64)),
+        ];
+        let pairs = || entries.iter().map(|(k, v)| (Value::from(*k), v.clone()));
+        let frozen = Object::from_entries(pairs().collect());
+        let inserted = Object::from_iter(pairs());
+        assert_eq!(frozen, inserted);
+        assert_eq!(frozen.len(), 4);
+        let keys: Vec<_> = frozen.iter().map(|(k, _)| k.clone()).collect();
+        let sorted: Vec<_> = inserted.iter_sorted().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, sorted, "frozen entries are in key order");
+        assert_eq!(frozen.get_str("alpha"), Some(&Value::from("again")));
+        assert_eq!(frozen.get_str("zeta"), Some(&Value::from(2u64)));
+        assert_eq!(frozen.get(&Value::from("mid")), Some(&Value::Null));
+        assert_eq!(frozen.get_str("absent"), None);
+        assert!(Object::from_entries(Vec::new()).is_empty());
     }
 }

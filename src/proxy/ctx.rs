@@ -25,6 +25,8 @@ pub struct ConnCtx {
     /// Whether the listener terminates TLS inside CONNECT to authorize each request.
     pub intercept: bool,
     pub peer: SocketAddr,
+    /// `peer` as the policy input and the decision log write it, formatted once.
+    pub peer_text: Arc<str>,
     /// Established at connection time, never from a header.
     pub caller: Caller,
     /// True when `caller` is a verified SVID (not the configured workload identity).
@@ -68,6 +70,7 @@ impl ConnCtx {
             mode,
             intercept,
             peer,
+            peer_text: crate::policy::input::peer_text(peer),
             caller,
             caller_verified: false,
             tunnel: None,
@@ -92,7 +95,7 @@ impl ConnCtx {
             proxy.decision_log.clone(),
             proxy.metrics.clone(),
             self.listener.clone(),
-            self.peer,
+            self.peer_text.clone(),
             self.caller.spiffe_id().cloned(),
             method,
         )
@@ -128,7 +131,7 @@ impl ConnCtx {
         SourceFacts {
             caller: self.caller.clone(),
             listener: self.listener.clone(),
-            address: self.peer,
+            address: self.peer_text.clone(),
         }
     }
 

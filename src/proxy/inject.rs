@@ -17,6 +17,11 @@ use super::target::Target;
 /// `via` added in both directions (RFC 9110 §7.6.3).
 pub const VIA: HeaderValue = HeaderValue::from_static("1.1 tollgate");
 
+// Hop-by-hop headers `http` has no constant for, named once (a `&str` name is parsed on every
+// removal).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus
 /// the fixed list. `TE: trailers` survives (gRPC needs it end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -44,8 +49,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }

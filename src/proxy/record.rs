@@ -161,7 +161,7 @@ pub struct Recorder {
     time: SystemTime,
     decision_id: String,
     listener: Arc<str>,
-    peer: std::net::SocketAddr,
+    peer: Arc<str>,
     spiffe_id: Option<SpiffeId>,
     method: http::Method,
     intent: Option<Declared>,
@@ -191,7 +191,7 @@ impl Recorder {
         log: DecisionLog,
         metrics: Arc<Metrics>,
         listener: Arc<str>,
-        peer: std::net::SocketAddr,
+        peer: Arc<str>,
         spiffe_id: Option<SpiffeId>,
         method: http::Method,
     ) -> Recorder {
@@ -418,7 +418,7 @@ impl Drop for Recorder {
             listener: &self.listener,
             source: SourceRecord {
                 spiffe_id: self.spiffe_id.as_ref().map(|id| id.as_str()),
-                address: self.peer.to_string(),
+                address: &self.peer,
             },
             intent,
             request: RequestRecord {

@@ -74,7 +74,7 @@ pub struct FlowRecord<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceRecord<'a> {
     pub spiffe_id: Option<&'a str>,
-    pub address: String,
+    pub address: &'a str,
 }
 
 /// `intent` of a decision-log line.
