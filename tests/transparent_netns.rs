@@ -162,6 +162,7 @@ impl Scene {
             &tollgate(),
             &repo_root().join("tests/k8s/transparent_origin.py"),
             &repo_root().join("tests/agents/kill_flows.py"),
+            &repo_root().join("tests/agents/h2_attack.py"),
         ]);
         let dir = staged.path();
         for (from, to) in [
@@ -841,4 +842,74 @@ fn the_pod_is_the_spiffe_id_of_the_svid_from_the_workload_api() {
     });
     assert_eq!(connection["source"]["spiffe_id"], POD_ID, "{connection}");
     assert_eq!(connection["decision"]["reason"], "api.test intercepted");
+}
+
+/// HTTP/2 abuse by prior knowledge (h2c) on the transparent listener (issue 14 item 2): the
+/// same per-connection limits as inside interception, since both are served by the one
+/// connection builder. An attacker in the pod (root there: the redirect takes every UID but
+/// tollgate's, and the test's Python may live where the agent's UID cannot read) resets 25 streams a batch in a loop (CVE-2023-44487)
+/// over cleartext HTTP/2 to `api.test:80`, which the kernel redirects to tollgate: the
+/// connection ends with GOAWAY(ENHANCE_YOUR_CALM) within the first two batches, counted once in
+/// `tollgate_h2_connection_errors_total{reason="enhance_your_calm"}`, and the pod's next h2c
+/// request is served.
+#[test]
+fn rapid_reset_over_h2c_on_the_transparent_listener_ends_with_enhance_your_calm() {
+    let scene = Scene::new();
+    let attacker = scene.file("h2_attack.py");
+    let out = run_with_timeout(
+        scene
+            .net
+            .pod
+            .root(python())
+            .arg(&attacker)
+            .args([
+                "rapid_reset",
+                "--plain",
+                "--host",
+                "192.0.2.2",
+                "--port",
+                "80",
+            ])
+            .args(["--authority", "api.test", "--path", "/public/reset"])
+            .args(["--seconds", "10"]),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "h2_attack.py failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not a report ({e}): {stdout}"));
+    assert_eq!(report["last"]["goaway"], 0xb, "{report}");
+    let opened = report["streams_opened"].as_u64().expect("streams_opened");
+    assert!(opened <= 50, "{report}");
+
+    // Counted once, as the connection's task ends (just after the GOAWAY was written).
+    let series = "tollgate_h2_connection_errors_total{reason=\"enhance_your_calm\"} ";
+    let deadline = std::time::Instant::now() + LOG_TIMEOUT;
+    let counted = loop {
+        let (status, text) = scene.admin("GET", "/metrics");
+        assert_eq!(status, 200, "{text}");
+        let value: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if value >= 1 || std::time::Instant::now() >= deadline {
+            break value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(counted, 1);
+
+    let h2c = scene.curl(&[
+        "-4",
+        "--http2-prior-knowledge",
+        "http://api.test/public/after",
+    ]);
+    assert_eq!(h2c.origin_answer()["path"], "/public/after");
+    assert_eq!(h2c.version, "2", "{h2c:?}");
 }
