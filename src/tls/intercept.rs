@@ -3,12 +3,16 @@
 //!
 //! Minting costs ≈ 70 µs (STACK-NOTES), so each host's config is made once and reused until the
 //! leaf reaches half its lifetime. The cache is sharded and bounded; concurrent first requests
-//! for one host mint once (the cache's placeholder makes other callers wait for the first).
+//! for one host mint once (the cache's placeholder makes other callers wait for the first). A
+//! listener with `client_auth` gets a second config per host (asking for an SVID), built once
+//! per verifier.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use quick_cache::sync::Cache;
 use rustls::pki_types::PrivateKeyDer;
 
@@ -28,6 +32,17 @@ struct CachedConfig {
     leaf: rustls::pki_types::CertificateDer<'static>,
     key: Vec<u8>,
     minted: Instant,
+    /// The config that also asks for a client certificate, with the verifier it checks them
+    /// against: built on the first tunnel of a listener with `client_auth`, reused until the
+    /// listener's verifier is replaced (a trust bundle rotated).
+    with_client_auth: Arc<ArcSwapOption<ClientAuthConfig>>,
+}
+
+/// A host's server config that asks for a client certificate, and the verifier it was built
+/// with.
+struct ClientAuthConfig {
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    config: Arc<rustls::ServerConfig>,
 }
 
 /// Signs per-host leaves and hands out their TLS server configs.
@@ -36,6 +51,8 @@ pub struct InterceptAuthority {
     /// The CA certificate file agents must trust (for the startup banner).
     pub ca_cert_path: PathBuf,
     cache: Cache<String, CachedConfig>,
+    /// Leaves minted so far.
+    mints: AtomicU64,
 }
 
 /// Why a host's TLS config could not be made.
@@ -54,6 +71,7 @@ impl InterceptAuthority {
             ca,
             ca_cert_path,
             cache: Cache::new(CACHE_CAPACITY),
+            mints: AtomicU64::new(0),
         }
     }
 
@@ -79,14 +97,20 @@ impl InterceptAuthority {
     }
 
     /// Like [`Self::server_config`], also asking the agent for a client certificate checked by
-    /// `verifier` (for listeners with `tls.client_auth`). Built per tunnel from the cached leaf:
-    /// the verifier changes when trust bundles rotate.
+    /// `verifier` (for listeners with `tls.client_auth`). Built once per host and verifier from
+    /// the cached leaf, and built again when the verifier changes (trust bundles rotated): not
+    /// per tunnel, since building one parses the leaf's private key.
     pub fn server_config_with_client_auth(
         &self,
         host: &str,
         verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     ) -> Result<Arc<rustls::ServerConfig>, InterceptError> {
         let cached = self.cached(host)?;
+        if let Some(built) = &*cached.with_client_auth.load()
+            && Arc::ptr_eq(&built.verifier, &verifier)
+        {
+            return Ok(built.config.clone());
+        }
         let config_error = |message: String| InterceptError::Config {
             host: host.to_string(),
             message,
@@ -94,22 +118,45 @@ impl InterceptAuthority {
         let mut config = rustls::ServerConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| config_error(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![cached.leaf], PrivateKeyDer::Pkcs8(cached.key.into()))
+            .with_client_cert_verifier(verifier.clone())
+            .with_single_cert(
+                vec![cached.leaf.clone()],
+                PrivateKeyDer::Pkcs8(cached.key.clone().into()),
+            )
             .map_err(|e| config_error(e.to_string()))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        let config = Arc::new(config);
+        cached
+            .with_client_auth
+            .store(Some(Arc::new(ClientAuthConfig {
+                verifier,
+                config: config.clone(),
+            })));
+        Ok(config)
     }
 
+    /// The host's cached config, minted when absent or due for refresh. Single flight:
+    /// concurrent first CONNECTs to one host wait on the cache's placeholder for the one
+    /// minting, instead of each minting a leaf.
     fn cached(&self, host: &str) -> Result<CachedConfig, InterceptError> {
-        if let Some(cached) = self.cache.get(host)
-            && cached.minted.elapsed() < LEAF_REFRESH
-        {
-            return Ok(cached);
+        if let Some(cached) = self.cache.get(host) {
+            if cached.minted.elapsed() < LEAF_REFRESH {
+                return Ok(cached);
+            }
+            // Removed only while still the stale one: a fresh leaf another CONNECT just
+            // minted stays.
+            self.cache
+                .remove_if(host, |c| c.minted.elapsed() >= LEAF_REFRESH);
         }
-        let fresh = self.mint(host)?;
-        self.cache.insert(host.to_string(), fresh.clone());
-        Ok(fresh)
+        self.cache.get_or_insert_with(host, || {
+            self.mints.fetch_add(1, Ordering::Relaxed);
+            self.mint(host)
+        })
+    }
+
+    /// How many leaves this authority has minted (for tests of the single flight).
+    pub fn leaves_minted(&self) -> u64 {
+        self.mints.load(Ordering::Relaxed)
     }
 
     fn mint(&self, host: &str) -> Result<CachedConfig, InterceptError> {
@@ -137,6 +184,7 @@ impl InterceptAuthority {
             leaf,
             key,
             minted: Instant::now(),
+            with_client_auth: Arc::new(ArcSwapOption::empty()),
         })
     }
 }
@@ -156,6 +204,67 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(a.alpn_protocols[0], b"h2");
+    }
+
+    /// Concurrent first CONNECTs to one host mint one leaf between them (single flight), and
+    /// all get the same config.
+    #[test]
+    fn concurrent_first_requests_for_a_host_mint_once() {
+        crate::tls::install_crypto_provider();
+        let ca = SigningCa::generate("test").unwrap();
+        let authority = Arc::new(InterceptAuthority::new(ca, PathBuf::from("ca.pem")));
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let configs: Vec<_> = (0..8)
+            .map(|_| {
+                let (authority, start) = (authority.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    authority.server_config("api.example.test").unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(authority.leaves_minted(), 1);
+        assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
+    }
+
+    /// The config that asks for a client certificate is built once per host and verifier, and
+    /// again (from the same leaf) when the verifier is replaced.
+    #[test]
+    fn the_client_auth_config_is_reused_until_the_verifier_changes() {
+        crate::tls::install_crypto_provider();
+        let ca = SigningCa::generate("test").unwrap();
+        let authority = InterceptAuthority::new(ca, PathBuf::from("ca.pem"));
+        let verifier = || -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+            let client_ca = SigningCa::generate("clients").unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(client_ca.cert_der.clone()).unwrap();
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                crate::pki::provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .unwrap()
+        };
+        let (first_verifier, second_verifier) = (verifier(), verifier());
+        let a = authority
+            .server_config_with_client_auth("api.example.test", first_verifier.clone())
+            .unwrap();
+        let b = authority
+            .server_config_with_client_auth("api.example.test", first_verifier)
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = authority
+            .server_config_with_client_auth("api.example.test", second_verifier)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        let plain = authority.server_config("api.example.test").unwrap();
+        assert!(!Arc::ptr_eq(&a, &plain));
+        assert_eq!(authority.leaves_minted(), 1);
+        assert_eq!(c.alpn_protocols[0], b"h2");
     }
 
     #[test]
