@@ -2638,7 +2638,7 @@ impl Interpreter {
     /// tollgate patch (PATCHES.md #5): the call site's resolved name and target, from the
     /// cache or computed and cached. The entry holds the function expression and the module,
     /// so neither address can be reused by another node while the entry exists.
-    fn call_site(&mut self, span: &Span, fcn: &ExprRef) -> Result<CallSite> {
+    fn call_site(&mut self, span: &Span, fcn: &ExprRef) -> Result<(Rc<str>, CallTarget)> {
         let key = (
             core::ptr::from_ref::<Expr>(fcn.as_ref()) as usize,
             self.module
@@ -2646,7 +2646,7 @@ impl Interpreter {
                 .map_or(0, |m| core::ptr::from_ref::<Module>(m.as_ref()) as usize),
         );
         if let Some(site) = self.call_sites.get(&key) {
-            return Ok(site.clone());
+            return Ok((site.path.clone(), site.target.clone()));
         }
         let fcn_path = match get_path_string(fcn, None) {
             Ok(p) => p,
@@ -2659,13 +2659,14 @@ impl Interpreter {
             .resolve_fcn_path_through_imports(&fcn_path)
             .unwrap_or(fcn_path);
         let target = self.resolve_call_target(fcn, &fcn_path)?;
+        let path: Rc<str> = Rc::from(fcn_path.as_str());
         let site = CallSite {
             _pins: (fcn.clone(), self.module.clone()),
-            path: Rc::from(fcn_path.as_str()),
-            target,
+            path: path.clone(),
+            target: target.clone(),
         };
-        self.call_sites.insert(key, site.clone());
-        Ok(site)
+        self.call_sites.insert(key, site);
+        Ok((path, target))
     }
 
     /// What a call of `path` (written as `fcn` in the current module) reaches, in the order
@@ -2934,7 +2935,7 @@ impl Interpreter {
         // tollgate patch (PATCHES.md #5): what the call's name resolves to is computed once per
         // call site (the name, the module it is called from, and the tables prepared with the
         // modules decide it), not on every call.
-        let site = self.call_site(span, fcn)?;
+        let (site_path, site_target) = self.call_site(span, fcn)?;
 
         let mut param_values = Vec::with_capacity(params.len());
         for p in params {
@@ -2942,10 +2943,10 @@ impl Interpreter {
         }
 
         let mut with_functions_saved = None;
-        let mut selected_fcn_path = site.path.clone();
-        let mut target = site.target.clone();
+        let mut selected_fcn_path = site_path;
+        let mut target = site_target;
         if !self.with_functions.is_empty() {
-            match self.with_functions.get(site.path.as_ref()) {
+            match self.with_functions.get(selected_fcn_path.as_ref()) {
                 Some(FunctionModifier::Function(p)) => {
                     let p = p.clone();
                     with_functions_saved = Some(self.with_functions.clone());
