@@ -29,9 +29,13 @@ const FILE_VERSION: u64 = 1;
 /// Now, cut to whole milliseconds: the file stores milliseconds, and a kill read back must
 /// equal the kill written.
 pub(super) fn now_millis() -> SystemTime {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    whole_millis(SystemTime::now())
+}
+
+/// `time` truncated to the millisecond: the precision the file keeps, so that what is read
+/// is what would be written back.
+fn whole_millis(time: SystemTime) -> SystemTime {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     UNIX_EPOCH + Duration::new(since.as_secs(), since.subsec_millis() * 1_000_000)
 }
 
@@ -121,11 +125,15 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<Arc<Kill>>, KillError> {
         let id = uuid::Uuid::try_parse(&raw.id)
             .map(|u| u.hyphenated().to_string())
             .map_err(|_| corrupt(format!("kills[{index}].id is not a UUID")))?;
-        let created = humantime::parse_rfc3339(&raw.created).map_err(|e| {
-            corrupt(format!(
-                "kills[{index}].created is not an RFC 3339 UTC time: {e}"
-            ))
-        })?;
+        // A hand-written time finer than a millisecond is kept to the millisecond, as written
+        // back (fuzzing found `.1232Z` read as 123.2 ms and written as `.123Z`).
+        let created = humantime::parse_rfc3339(&raw.created)
+            .map(whole_millis)
+            .map_err(|e| {
+                corrupt(format!(
+                    "kills[{index}].created is not an RFC 3339 UTC time: {e}"
+                ))
+            })?;
         super::validate_reason(raw.reason.as_deref())
             .map_err(|e| corrupt(format!("kills[{index}].reason: {e}")))?;
         if let Some(other) = kills.iter().find(|k| k.id == id || k.target == raw.target) {

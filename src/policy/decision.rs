@@ -204,7 +204,12 @@ impl Decision {
             let set: serde_json::Map<String, serde_json::Value> = self
                 .set_headers
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                // A value the policy set is a JSON string, so its bytes are UTF-8 and come
+                // back whole; `to_str` would write "" for any non-ASCII one (found by fuzzing).
+                .map(|(k, v)| {
+                    let text = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (k.to_string(), text.into())
+                })
                 .collect();
             let remove: Vec<&str> = self.remove_headers.iter().map(|h| h.as_str()).collect();
             out["headers"] = serde_json::json!({ "set": set, "remove": remove });
