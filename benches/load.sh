@@ -4,10 +4,22 @@
 #   2. through tollgate (forward proxy, bundled policy, decision log to a file),
 #   2b. through tollgate injecting a static credential into every request (tollgate-cred:
 #      the bundled policy with a `credential` on the loopback rule; the agent sends none),
+#   2c. tollgate-nolog: tollgate (as 2, same policy) with the decision log off, so the log's
+#      cost per request is tollgate's CPU µs/req minus tollgate-nolog's (printed with --pin),
+#   2d. tollgate-glob: tollgate deciding with benches/load/policies/glob-regex (1,000 agents, a
+#      glob.match on the host and a regex.match on the path per rule),
+#   2e. tollgate-intercept: intercepted TLS keep-alive: examples/connect_load sends CONNECT to
+#      tollgate's forward listener (interception on, the bundled policy), TLS to the leaf
+#      tollgate mints (its CA made here with openssl), then keep-alive GETs; tollgate talks TLS
+#      to an HTTPS nginx origin (its own openssl CA),
+#   2f. tollgate-intercept-new: the same, but one request per new connection (CONNECT, two TLS
+#      handshakes, the leaf cached after the first CONNECT to the origin, one GET, close): its
+#      req/s are connections/s and its CPU µs/req is tollgate's CPU per new connection,
 #   3. through Debian's squid (forward proxy, no caching),
 #   4. through tinyproxy,
 # and a table of requests/s, p50, p99 and ratios. Everything listens on 127.0.0.1, lives in a
-# temp dir, is bounded in time and is stopped on exit. See docs/TESTING.md.
+# temp dir, is bounded in time and is stopped on exit. See docs/TESTING.md and
+# docs/BENCHMARKS.md §13.
 #
 # wrk has no proxy support: for the proxies, a Lua script (benches/load/proxy.lua) sets the
 # request target to the absolute-form URL http://127.0.0.1:ORIGIN/hello and wrk connects to the
@@ -20,19 +32,26 @@
 #   -w, --warmup SECONDS      unmeasured warm-up per target (default 2; 0 to skip)
 #   -b, --body-bytes N        size of the /hello body (default 100)
 #   -l, --latency-duration S  measured time of the second pass, 1 connection (default 10; 0 skips)
-#       --targets LIST        comma-separated subset of direct,tollgate,tollgate-cred,squid,tinyproxy
+#       --targets LIST        comma-separated subset of direct,tollgate,tollgate-cred,tollgate-nolog,
+#                             tollgate-glob,tollgate-intercept,tollgate-intercept-new,squid,tinyproxy
+#                             (default direct,tollgate,tollgate-cred,squid,tinyproxy; with --pin
+#                             direct,tollgate,tollgate-nolog,tollgate-glob,tollgate-intercept,squid,
+#                             tinyproxy)
 #       --tollgate-bin PATH   use this tollgate binary; do not build
+#       --client-bin PATH     use this connect_load (the tollgate-intercept* targets); do not build
 #       --policy DIR          tollgate (plain) decides with the policy in DIR instead of the
 #                             bundled one (benches/load/policies/: one-line, glob-regex); a
 #                             make-data.py in DIR writes its data.json into the run's temp dir
-#       --no-build            use target/release/tollgate as it is; do not build
+#       --no-build            use target/release/tollgate and target/release/examples/connect_load
+#                             as they are; do not build
 #       --output FILE         also write the results as TSV to FILE
 #       --pin                 pin each proxy (and nginx for direct) to CPU 0, nginx and wrk to CPU 1
 #                             (taskset), and report the server's CPU µs per request
 #                             (utime+stime from /proc/PID/stat over the measured run)
 #       --keep                keep the temp dir (configs and logs) and print its path
 #   -h, --help
-# Needs: nginx wrk squid tinyproxy curl python3 (bash .ci/run installs them); cargo to build.
+# Needs: nginx wrk squid tinyproxy curl python3 (bash .ci/run installs them), openssl for the
+# tollgate-intercept* targets, taskset for --pin; cargo to build.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,15 +61,17 @@ THREADS=2
 WARMUP=2
 BODY_BYTES=100
 LATENCY_DURATION=10
-TARGETS=direct,tollgate,tollgate-cred,squid,tinyproxy
+TARGETS=
+ALL_TARGETS=direct,tollgate,tollgate-cred,tollgate-nolog,tollgate-glob,tollgate-intercept,tollgate-intercept-new,squid,tinyproxy
 BENCH_TOKEN=bench-token-$RANDOM$RANDOM
 TOLLGATE_BIN=
+CLIENT_BIN=
+GLOB_POLICY_DIR=$ROOT/benches/load/policies/glob-regex
 POLICY_DIR=
 BUILD=1
 OUTPUT=
 KEEP=0
 START_TIMEOUT=30                        # seconds for any server to accept
-BUILD_TIMEOUT=${LOAD_BUILD_TIMEOUT:-3600}
 
 PIN=0
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -65,6 +86,7 @@ while [[ $# -gt 0 ]]; do
     --targets) TARGETS=$2; shift 2 ;;
     --policy) POLICY_DIR=$2; shift 2 ;;
     --tollgate-bin) TOLLGATE_BIN=$2; BUILD=0; shift 2 ;;
+    --client-bin) CLIENT_BIN=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --output) OUTPUT=$2; shift 2 ;;
     --pin) PIN=1; shift ;;
@@ -77,7 +99,25 @@ for n in "$DURATION" "$CONNECTIONS" "$THREADS" "$WARMUP" "$BODY_BYTES"; do
   [[ $n =~ ^[0-9]+$ ]] || { echo "load.sh: expected a whole number, got '$n'" >&2; exit 2; }
 done
 (( BODY_BYTES >= 1 )) || { echo "load.sh: --body-bytes must be at least 1" >&2; exit 2; }
+[[ $LATENCY_DURATION =~ ^[0-9]+$ ]] || { echo "load.sh: -l expects a whole number, got '$LATENCY_DURATION'" >&2; exit 2; }
+if [[ -z $TARGETS ]]; then
+  if (( PIN )); then
+    TARGETS=direct,tollgate,tollgate-nolog,tollgate-glob,tollgate-intercept,squid,tinyproxy
+  else
+    TARGETS=direct,tollgate,tollgate-cred,squid,tinyproxy
+  fi
+fi
+IFS=, read -r -a _asked <<<"$TARGETS"
+for t in "${_asked[@]}"; do
+  [[ ",$ALL_TARGETS," == *",$t,"* ]] || { echo "load.sh: unknown target '$t' (known: $ALL_TARGETS)" >&2; exit 2; }
+done
 want() { [[ ",$TARGETS," == *",$1,"* ]]; }
+want_intercept() { want tollgate-intercept || want tollgate-intercept-new; }
+want_tollgate() {
+  local t
+  for t in tollgate tollgate-cred tollgate-nolog tollgate-glob; do want "$t" && return 0; done
+  want_intercept
+}
 
 log() { printf '[load] %s\n' "$*" >&2; }
 die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
@@ -88,59 +128,21 @@ tool() {  # tool NAME: path, looking in the sbin folders too (nginx, squid live 
 }
 # shellcheck source=benches/common/nginx.sh
 . "$ROOT/benches/common/nginx.sh"
+# shellcheck source=benches/common/pki.sh
+. "$ROOT/benches/common/pki.sh"
 NGINX=$(tool nginx); WRK=$(tool wrk); CURL=$(tool curl); tool python3 >/dev/null
 want squid && SQUID=$(tool squid)
 want tinyproxy && TINYPROXY=$(tool tinyproxy)
+want_intercept && OPENSSL=$(tool openssl)
+(( PIN )) && tool taskset >/dev/null
 
 # --- processes and cleanup ---------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-load.XXXXXX")
 chmod 755 "$WORK"
-PIDS=()
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup() {
-  set +e   # best effort: one failed kill or wait must not skip the rest
-  local pid
-  if [[ -n ${FG_PID:-} ]]; then kill -TERM "$FG_PID" 2>/dev/null; wait "$FG_PID" 2>/dev/null; fi
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  if (( KEEP )); then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+# shellcheck source=benches/common/run.sh
+. "$ROOT/benches/common/run.sh"
+trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
-
-# run_fg CMD…: run a long command (build, wrk) in the background and wait for it, so that a
-# TERM/INT reaches the trap at once instead of after the command ends; the trap stops it.
-FG_PID=
-run_fg() {
-  "$@" &
-  FG_PID=$!
-  local rc=0
-  wait "$FG_PID" || rc=$?
-  FG_PID=
-  return "$rc"
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_port NAME PORT PID LOG: poll a connect every 50 ms until it succeeds (bounded);
-# fail early, with the log, if the process died.
-wait_port() {
-  local name=$1 port=$2 pid=$3 logf=$4 deadline=$((SECONDS + START_TIMEOUT))
-  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 30 "$logf" >&2 || true
-      die "$name exited before 127.0.0.1:$port accepted"
-    fi
-    (( SECONDS < deadline )) || { tail -n 30 "$logf" >&2 || true; die "$name: 127.0.0.1:$port not accepting after ${START_TIMEOUT}s"; }
-    sleep 0.05
-  done
-}
 
 machine() {
   log "$1: nproc=$(nproc) uptime:$(uptime)"
@@ -162,11 +164,22 @@ declare -A SERVER_PID CPU_US
 
 # --- origin: nginx ---------------------------------------------------------------------------
 start_nginx() {
-  local d=$WORK/nginx body
+  local d=$WORK/nginx body tls_server=
   mkdir -p "$d/tmp"
   ORIGIN_PORT=$(free_port)
   # BODY_BYTES bytes: 'x' * (n-1) and a newline (nginx turns the two characters \n into one).
   body="$(printf '%*s' $((BODY_BYTES - 1)) '' | tr ' ' x)\\n"
+  if want_intercept; then
+    # The same /hello over TLS, for the tollgate-intercept* targets.
+    ORIGIN_TLS_PORT=$(free_port)
+    tls_server="
+    server {
+        listen 127.0.0.1:$ORIGIN_TLS_PORT ssl;
+        ssl_certificate $WORK/pki/origin.pem;
+        ssl_certificate_key $WORK/pki/origin-key.pem;
+        location = /hello { default_type text/plain; return 200 \"$body\"; }
+    }"
+  fi
   nginx_conf "$d" notice "    server {
         listen 127.0.0.1:$ORIGIN_PORT;
         location = /hello { default_type text/plain; return 200 \"$body\"; }
@@ -175,12 +188,14 @@ start_nginx() {
             if (\$http_authorization != \"Bearer $BENCH_TOKEN\") { return 401; }
             return 200 \"ok\";
         }
-    }" >"$d/nginx.conf"
+    }$tls_server" >"$d/nginx.conf"
   "${ON_CPU1[@]}" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/stdout.log" 2>&1 &
   PIDS+=("$!")
   SERVER_PID[direct]=$!
   wait_port nginx "$ORIGIN_PORT" $! "$d/error.log"
+  [[ -n ${ORIGIN_TLS_PORT:-} ]] && wait_port nginx "$ORIGIN_TLS_PORT" "${SERVER_PID[direct]}" "$d/error.log"
   ORIGIN_URL="http://127.0.0.1:$ORIGIN_PORT/hello"
+  ORIGIN_TLS_URL="https://127.0.0.1:${ORIGIN_TLS_PORT:-}/hello"
   log "nginx origin on 127.0.0.1:$ORIGIN_PORT ($BODY_BYTES-byte /hello)"
 }
 
@@ -188,20 +203,50 @@ start_nginx() {
 build_tollgate() {
   if [[ -z $TOLLGATE_BIN ]]; then
     TOLLGATE_BIN=$ROOT/target/release/tollgate
-    if (( BUILD )); then
-      log "building tollgate (release; bounded ${BUILD_TIMEOUT}s)"
-      run_fg timeout "$BUILD_TIMEOUT" cargo build --manifest-path "$ROOT/Cargo.toml" --release --locked \
-        --bin tollgate >&2 || die "cargo build --release failed"
-    fi
+    (( BUILD )) && release_build tollgate --bin tollgate
   fi
   [[ -x $TOLLGATE_BIN ]] || die "no tollgate binary at $TOLLGATE_BIN (drop --no-build, or pass --tollgate-bin)"
 }
 
-# start_tollgate [cred]: the plain variant, or (cred) one that injects a static credential.
-# Sets TOLLGATE_PORT (plain) or TOLLGATE_CRED_PORT (cred).
+# The intercepted-TLS load client (wrk cannot send CONNECT): examples/connect_load.rs.
+build_client() {
+  if [[ -z $CLIENT_BIN ]]; then
+    CLIENT_BIN=$ROOT/target/release/examples/connect_load
+    (( BUILD )) && release_build connect_load --example connect_load
+  fi
+  [[ -x $CLIENT_BIN ]] || die "no connect_load at $CLIENT_BIN (cargo build --release --example connect_load, or pass --client-bin)"
+}
+
+# policy_from DIR D: copies the .rego files of DIR to D/policy (and runs DIR/make-data.py to
+# write D/policy/data.json); prints the config's policy block.
+policy_from() {
+  local dir=$1 d=$2
+  mkdir -p "$d/policy"
+  cp "$dir"/*.rego "$d/policy/" || die "no .rego files in $dir"
+  if [[ -f $dir/make-data.py ]]; then
+    python3 "$dir/make-data.py" "$d/policy/data.json" || die "$dir/make-data.py failed"
+  fi
+  printf 'policy:\n  path: %s\n' "$d/policy"
+}
+
+# start_tollgate [VARIANT]: one tollgate process, pinned to CPU 0 with --pin.
+#   plain      the bundled policy (or --policy DIR), decision log to a file   → target tollgate
+#   cred       the bundled policy injecting a static credential               → tollgate-cred
+#   nolog      as plain, with telemetry.decision_log: off                     → tollgate-nolog
+#   glob       benches/load/policies/glob-regex, decision log to a file       → tollgate-glob
+#   intercept  the bundled policy (loopback rule: intercept), the openssl interception CA and
+#              the origin's CA as upstream.ca, decision log to a file → tollgate-intercept and
+#              tollgate-intercept-new (one process for both)
+# Sets TG_PORT[target] and SERVER_PID[target].
+declare -A TG_PORT
 start_tollgate() {
-  local variant=${1:-plain} d=$WORK/tollgate deadline line extra=
-  [[ $variant == cred ]] && d=$WORK/tollgate-cred
+  local variant=${1:-plain} d extra= key decision_log upstream_ca=
+  case $variant in
+    plain) key=tollgate; d=$WORK/tollgate ;;
+    *) key=tollgate-$variant; d=$WORK/tollgate-$variant ;;
+  esac
+  decision_log=$d/decisions.log
+  [[ $variant == nolog ]] && decision_log=off
   mkdir -p "$d/state"
   if [[ $variant == cred ]]; then
     # The bundled policy and data, with the loopback rule asking for credential `bench`.
@@ -223,63 +268,35 @@ credentials:
     kind: static
     source: { file: $d/token }
     inject: { header: Authorization, value: \"Bearer {token}\" }"
+  elif [[ $variant == glob ]]; then
+    extra=$(policy_from "$GLOB_POLICY_DIR" "$d")
+  elif [[ $variant == intercept ]]; then
+    # The bundled policy: its loopback rule allows the dev caller on 127.0.0.1, any port, and
+    # intercepts (a rule's mode defaults to intercept).
+    extra=$(intercept_ca_yaml "$WORK/pki")
+    upstream_ca=$WORK/pki/origin-ca.pem
   elif [[ -n $POLICY_DIR ]]; then
-    mkdir -p "$d/policy"
-    cp "$POLICY_DIR"/*.rego "$d/policy/"
-    if [[ -f $POLICY_DIR/make-data.py ]]; then
-      python3 "$POLICY_DIR/make-data.py" "$d/policy/data.json" || die "$POLICY_DIR/make-data.py failed"
-    fi
-    extra="policy:
-  path: $d/policy"
+    extra=$(policy_from "$POLICY_DIR" "$d")
   fi
-  # Config keys per SPEC §2. No policy.path: the bundled policy and data, where the
-  # development caller may reach loopback on any port.
-  cat >"$d/config.yaml" <<EOF
-listeners:
-  - name: bench
-    address: 127.0.0.1:0
-    mode: forward
-admin:
-  address: 127.0.0.1:0
-identity:
-  workload_spiffe_id: spiffe://tollgate.local/dev/agent
-upstream:
-  allow_private: ["127.0.0.0/8"]
-telemetry:
-  decision_log: $d/decisions.log
-  log_format: json
-$extra
-EOF
+  tollgate_config "$decision_log" "$upstream_ca" "$extra" >"$d/config.yaml"
   TOLLGATE_STATE_DIR=$d/state "${ON_CPU0[@]}" "$TOLLGATE_BIN" run -c "$d/config.yaml" >"$d/stdout.log" 2>"$d/stderr.log" &
   local pid=$!
   PIDS+=("$pid")
-  if [[ $variant == cred ]]; then SERVER_PID[tollgate-cred]=$pid; else SERVER_PID[tollgate]=$pid; fi
-  # Readiness per docs/INTERFACES.md: the "listener ready" line carries the bound address.
-  deadline=$((SECONDS + START_TIMEOUT))
-  local port=
-  while [[ -z $port ]]; do
-    line=$(grep -m1 '"message":"listener ready"' "$d/stderr.log" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      port=$(sed -E 's/.*"address":"127\.0\.0\.1:([0-9]+)".*/\1/' <<<"$line")
-      [[ $port =~ ^[0-9]+$ ]] || die "cannot read the port from: $line"
-      break
-    fi
-    kill -0 "$pid" 2>/dev/null || { tail -n 30 "$d/stderr.log" >&2; die "tollgate exited before it was ready"; }
-    (( SECONDS < deadline )) || { tail -n 30 "$d/stderr.log" >&2; die "tollgate not ready after ${START_TIMEOUT}s"; }
-    sleep 0.05
-  done
-  wait_port "tollgate-$variant" "$port" "$pid" "$d/stderr.log"
+  SERVER_PID[$key]=$pid
+  [[ $variant == intercept ]] && SERVER_PID[tollgate-intercept-new]=$pid
+  local port
+  port=$(tollgate_port "$pid" "$d/stderr.log")
+  wait_port "$key" "$port" "$pid" "$d/stderr.log"
+  TG_PORT[$key]=$port
+  [[ $variant == intercept ]] && TG_PORT[tollgate-intercept-new]=$port
   if [[ $variant == cred ]]; then
-    TOLLGATE_CRED_PORT=$port
     # The credential really reaches the origin (and the agent sends none).
     local status
     status=$("$CURL" -s -o /dev/null -w '%{http_code}' --max-time 10 -x "http://127.0.0.1:$port" \
       "http://127.0.0.1:$ORIGIN_PORT/auth-check" || true)
     [[ $status == 200 ]] || die "tollgate-cred: the origin did not receive the injected credential (HTTP $status)"
-  else
-    TOLLGATE_PORT=$port
   fi
-  log "tollgate-$variant ($("$TOLLGATE_BIN" version 2>/dev/null | head -n1 || echo '?')) on 127.0.0.1:$port"
+  log "$key, decision log $decision_log ($("$TOLLGATE_BIN" version 2>/dev/null | head -n1 || echo '?')) on 127.0.0.1:$port"
 }
 
 # --- squid -----------------------------------------------------------------------------------
@@ -396,6 +413,62 @@ measure() {
   SOCKERR[$key]=$(awk '/Socket errors:/ {gsub(/,/, ""); e += $4 + $6 + $8 + $10} END {print e + 0}' "$out")
 }
 
+# measure_client TARGET PORT [CONNECTIONS DURATION KEY]: the tollgate-intercept* targets, with
+# examples/connect_load (on CPU 1 with --pin) through tollgate's forward listener at PORT:
+# a sanity request (curl through the proxy, verifying the leaf against the interception CA,
+# which also mints and caches the leaf), warm-up, then the measured run; results under KEY.
+# tollgate-intercept-new opens a new connection per request (--new-connections).
+measure_client() {
+  local target=$1 port=$2 conns=${3:-$CONNECTIONS} duration=${4:-$DURATION} key=${5:-$1}
+  local out=$WORK/client-$key.txt status line requests mode=()
+  local client=("${ON_CPU1[@]}" "$CLIENT_BIN" --url "$ORIGIN_TLS_URL" --cacert "$WORK/pki/intercept-ca.pem"
+    --proxy "127.0.0.1:$port" -c "$conns")
+  [[ $target == tollgate-intercept-new ]] && mode=(--new-connections)
+  status=$("$CURL" -s -o "$WORK/check-$target.body" -w '%{http_code}' --max-time 10 \
+    --cacert "$WORK/pki/intercept-ca.pem" -x "http://127.0.0.1:$port" "$ORIGIN_TLS_URL" || true)
+  if [[ $status != 200 ]] || (( $(wc -c <"$WORK/check-$target.body") != BODY_BYTES )); then
+    log "$target: a single intercepted request got HTTP $status, not 200 with the $BODY_BYTES-byte body; skipped. Body:"
+    head -c 600 "$WORK/check-$target.body" >&2 || true; echo >&2
+    RPS[$key]=FAILED
+    return 0
+  fi
+  if (( WARMUP > 0 )); then
+    run_fg timeout $((WARMUP + 30)) "${client[@]}" -d "$WARMUP" "${mode[@]}" >/dev/null \
+      || die "connect_load warm-up against $target failed"
+  fi
+  log "$target: connect_load -c$conns -d${duration} ${mode[*]}"
+  local server=${SERVER_PID[$target]} ticks0 ticks1
+  ticks0=$(cpu_ticks "$server")
+  run_fg timeout $((duration + 60)) "${client[@]}" -d "$duration" "${mode[@]}" >"$out" \
+    || die "connect_load against $target failed: $(cat "$out")"
+  ticks1=$(cpu_ticks "$server")
+  line=$(tail -n1 "$out")
+  sed 's/^/    /' "$out" >&2
+  requests=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$line")
+  [[ $requests =~ ^[0-9]+$ ]] && (( requests > 0 )) || die "$target: connect_load completed no request: $line"
+  CPU_US[$key]=$(awk -v t=$((ticks1 - ticks0)) -v hz="$CLK_TCK" -v n="$requests" \
+    'BEGIN { printf "%.1f", t * 1000000 / hz / n }')
+  RPS[$key]=$(sed -n 's/.*rps=\([0-9.]*\).*/\1/p' <<<"$line")
+  P50[$key]=$(sed -n 's/.*p50_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+  P99[$key]=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+  # connect_load counts a non-200 answer and a failed connection alike, as one error each.
+  NON2XX[$key]=-
+  SOCKERR[$key]=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$line")
+}
+
+# measure_any TARGET CONNECTIONS THREADS DURATION KEY: wrk, or connect_load for the
+# tollgate-intercept* targets, against TARGET's port.
+measure_any() {
+  local target=$1
+  case $target in
+    direct) measure direct "$ORIGIN_PORT" "${@:2}" ;;
+    squid) measure squid "$SQUID_PORT" "${@:2}" ;;
+    tinyproxy) measure tinyproxy "$TINYPROXY_PORT" "${@:2}" ;;
+    tollgate-intercept|tollgate-intercept-new) measure_client "$target" "${TG_PORT[$target]}" "$2" "$4" "$5" ;;
+    *) measure "$target" "${TG_PORT[$target]}" "${@:2}" ;;
+  esac
+}
+
 ratio() {  # ratio A B: A/B with 2 decimals, "-" when either is missing
   local a=${1:-} b=${2:-}
   [[ $a =~ ^[0-9.]+$ && $b =~ ^[0-9.]+$ ]] || { echo "-"; return; }
@@ -403,79 +476,87 @@ ratio() {  # ratio A B: A/B with 2 decimals, "-" when either is missing
 }
 
 # --- run ------------------------------------------------------------------------------------
-{ want tollgate || want tollgate-cred; } && build_tollgate
+want_tollgate && build_tollgate
+want_intercept && { build_client; bench_pki "$WORK/pki" "$OPENSSL" || die "openssl failed: $(cat "$WORK/pki/openssl.log")"; }
 start_nginx
 want tollgate && start_tollgate
 want tollgate-cred && start_tollgate cred
+want tollgate-nolog && start_tollgate nolog
+want tollgate-glob && start_tollgate glob
+want_intercept && start_tollgate intercept
 want squid && start_squid
 want tinyproxy && start_tinyproxy
 
 ORDER=()
-for t in direct tollgate tollgate-cred squid tinyproxy; do want "$t" && ORDER+=("$t"); done
+IFS=, read -r -a _all <<<"$ALL_TARGETS"
+for t in "${_all[@]}"; do want "$t" && ORDER+=("$t"); done
 machine before
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for t in "${ORDER[@]}"; do
-  case $t in
-    direct) measure direct "$ORIGIN_PORT" ;;
-    tollgate) measure tollgate "$TOLLGATE_PORT" ;;
-    tollgate-cred) measure tollgate-cred "$TOLLGATE_CRED_PORT" ;;
-    squid) measure squid "$SQUID_PORT" ;;
-    tinyproxy) measure tinyproxy "$TINYPROXY_PORT" ;;
-  esac
+  measure_any "$t" "$CONNECTIONS" "$THREADS" "$DURATION" "$t"
 done
 if (( LATENCY_DURATION > 0 )); then
   for t in "${ORDER[@]}"; do
     [[ ${RPS[$t]} == FAILED ]] && continue
-    case $t in
-      direct) port=$ORIGIN_PORT ;;
-      tollgate) port=$TOLLGATE_PORT ;;
-      tollgate-cred) port=$TOLLGATE_CRED_PORT ;;
-      squid) port=$SQUID_PORT ;;
-      tinyproxy) port=$TINYPROXY_PORT ;;
-    esac
-    measure "$t" "$port" 1 1 "$LATENCY_DURATION" "$t@1"
+    measure_any "$t" 1 1 "$LATENCY_DURATION" "$t@1"
   done
 fi
 machine after
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 {
   echo
   echo "Loopback load: wrk $THREADS threads, $CONNECTIONS connections, ${DURATION}s per target (warm-up ${WARMUP}s),"
   echo "GET of a $BODY_BYTES-byte body from nginx; $(nproc) CPUs shared by wrk, the proxy and nginx."
-  (( PIN )) && echo "Pinned: each proxy on CPU 0, nginx and wrk on CPU 1; CPU µs/req is the server's utime+stime over the measured run (nginx's for direct)."
-  printf '%-13s %11s %9s %9s %9s %9s %10s %9s %8s %8s %10s\n' \
+  (( PIN )) && echo "Pinned: each proxy on CPU 0, nginx, wrk and connect_load on CPU 1; CPU µs/req is the server's utime+stime over the measured run ÷ requests (nginx's for direct)."
+  echo "Load average (1, 5, 15 min): $LOAD_BEFORE before, $LOAD_AFTER after."
+  printf '%-22s %11s %9s %9s %9s %9s %10s %9s %8s %8s %10s\n' \
     target 'req/s' 'p50 ms' 'p99 ms' 'vs direct' 'vs squid' 'vs tinyprx' '+p50 ms' non-2xx 'sock err' 'CPU µs/req'
   for t in "${ORDER[@]}"; do
     if [[ ${RPS[$t]} == FAILED ]]; then
-      printf '%-13s %12s\n' "$t" FAILED
+      printf '%-22s %12s\n' "$t" FAILED
       continue
     fi
     added=$(awk -v a="${P50[$t]}" -v b="${P50[direct]:-}" 'BEGIN { if (b == "") print "-"; else printf "%+.3f", a - b }')
-    printf '%-13s %11s %9s %9s %9s %9s %10s %9s %8s %8s %10s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
+    printf '%-22s %11s %9s %9s %9s %9s %10s %9s %8s %8s %10s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" \
       "$(ratio "${RPS[$t]}" "${RPS[direct]:-}")" "$(ratio "${RPS[$t]}" "${RPS[squid]:-}")" \
       "$(ratio "${RPS[$t]}" "${RPS[tinyproxy]:-}")" "$added" "${NON2XX[$t]}" "${SOCKERR[$t]}" "${CPU_US[$t]:--}"
   done
   echo "(ratios are requests/s of the row over the column's target; +p50 is the row's p50 minus direct's)"
+  if want_intercept; then
+    echo "(tollgate-intercept*: connect_load, not wrk, over intercepted TLS; direct is plain HTTP; sock err counts"
+    echo " connect_load's errors, failed connections and non-200 answers alike)"
+  fi
+  if want tollgate-intercept-new && [[ ${RPS[tollgate-intercept-new]} != FAILED ]]; then
+    echo "(tollgate-intercept-new: one request per new connection: req/s are new connections/s, p50/p99 a whole"
+    echo " connection's time, CPU µs/req tollgate's CPU per new connection: ${CPU_US[tollgate-intercept-new]:--} µs)"
+  fi
+  if (( PIN )) && [[ ${CPU_US[tollgate]:-} =~ ^[0-9.]+$ && ${CPU_US[tollgate-nolog]:-} =~ ^[0-9.]+$ ]]; then
+    echo "Decision log's cost: tollgate − tollgate-nolog = ${CPU_US[tollgate]} − ${CPU_US[tollgate-nolog]} =" \
+      "$(awk -v a="${CPU_US[tollgate]}" -v b="${CPU_US[tollgate-nolog]}" 'BEGIN { printf "%+.1f", a - b }') CPU µs/req"
+  fi
   if (( LATENCY_DURATION > 0 )); then
     echo
     echo "Latency without queueing: wrk 1 thread, 1 connection, ${LATENCY_DURATION}s per target."
-    printf '%-13s %11s %9s %9s %9s\n' target 'req/s' 'p50 ms' 'p99 ms' '+p50 ms'
+    printf '%-22s %11s %9s %9s %9s %10s\n' target 'req/s' 'p50 ms' 'p99 ms' '+p50 ms' 'CPU µs/req'
     for t in "${ORDER[@]}"; do
       k="$t@1"
       if [[ ${RPS[$k]:-FAILED} == FAILED ]]; then
-        printf '%-13s %12s\n' "$t" FAILED
+        printf '%-22s %12s\n' "$t" FAILED
         continue
       fi
       added=$(awk -v a="${P50[$k]}" -v b="${P50[direct@1]:-}" 'BEGIN { if (b == "") print "-"; else printf "%+.3f", a - b }')
-      printf '%-13s %11s %9s %9s %9s\n' "$t" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "$added"
+      printf '%-22s %11s %9s %9s %9s %10s\n' "$t" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "$added" "${CPU_US[$k]:--}"
     done
   fi
 }
 
 if [[ -n $OUTPUT ]]; then
   {
-    printf 'target\trps\tp50_ms\tp99_ms\tnon_2xx\tsocket_errors\n'
+    printf 'target\trps\tp50_ms\tp99_ms\tnon_2xx\tsocket_errors\tcpu_us_per_req\n'
     for t in "${ORDER[@]}"; do
-      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${RPS[$t]}" "${P50[$t]:-}" "${P99[$t]:-}" "${NON2XX[$t]:-}" "${SOCKERR[$t]:-}"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${RPS[$t]}" "${P50[$t]:-}" "${P99[$t]:-}" "${NON2XX[$t]:-}" \
+        "${SOCKERR[$t]:-}" "${CPU_US[$t]:-}"
     done
   } >"$OUTPUT"
   log "results written to $OUTPUT"

@@ -3,10 +3,11 @@
 //! listener (CONNECT, then TLS to the leaf tollgate mints) with intercepted TLS through its
 //! transparent listener (TLS straight to the origin's name, redirected by the kernel). wrk
 //! cannot send CONNECT, and one client for both paths keeps the comparison fair.
+//! `benches/load.sh` uses it too (targets `tollgate-intercept` and `tollgate-intercept-new`).
 //!
 //! ```text
 //! connect_load --url https://api.test/hello --cacert CA.pem [--proxy 127.0.0.1:15002]
-//!              [-c 64] [-d 10]
+//!              [-c 64] [-d 10] [--new-connections]
 //! ```
 //!
 //! Opens `-c` connections (each: TCP, `CONNECT host:port` when `--proxy` is given, a TLS
@@ -15,6 +16,12 @@
 //! `requests=N errors=N seconds=S rps=R p50_ms=X p99_ms=Y`. A connection that fails is counted
 //! as one error and not reopened; any non-200 answer is an error. Every wait is bounded by the
 //! run's deadline plus 10 s.
+//!
+//! `--new-connections` measures what a new connection costs instead of a request: each of the
+//! `-c` tasks opens a connection (TCP, `CONNECT`, TLS), sends one `GET` with
+//! `Connection: close`, reads the answer, closes, and starts over until the deadline. Then
+//! `requests` counts completed connections (one request each) and the latencies are whole
+//! connections, from the TCP connect to the end of the response.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +45,8 @@ struct Args {
     proxy: Option<SocketAddr>,
     connections: usize,
     duration: Duration,
+    /// One request per connection (`--new-connections`) rather than keep-alive.
+    new_connections: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -46,6 +55,7 @@ fn parse_args() -> Result<Args> {
     let mut proxy = None;
     let mut connections = 64;
     let mut duration = Duration::from_secs(10);
+    let mut new_connections = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| anyhow!("{arg} needs a value"));
@@ -55,6 +65,7 @@ fn parse_args() -> Result<Args> {
             "--proxy" => proxy = Some(value()?.parse().context("--proxy IP:PORT")?),
             "-c" => connections = value()?.parse().context("-c N")?,
             "-d" => duration = Duration::from_secs(value()?.parse().context("-d SECONDS")?),
+            "--new-connections" => new_connections = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -79,6 +90,7 @@ fn parse_args() -> Result<Args> {
         proxy,
         connections,
         duration,
+        new_connections,
     })
 }
 
@@ -179,6 +191,30 @@ struct Tally {
     errors: u64,
 }
 
+impl Tally {
+    /// Records one request (or new connection) that began at `start`: its latency if it was
+    /// answered 200, else an error. False when the task must stop (after an error).
+    fn record(&mut self, outcome: Result<u16>, start: Instant) -> bool {
+        match outcome {
+            Ok(200) => {
+                let us = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
+                self.latencies_us.push(us);
+                true
+            }
+            Ok(status) => {
+                eprintln!("connect_load: status {status}");
+                self.errors += 1;
+                false
+            }
+            Err(e) => {
+                eprintln!("connect_load: request failed: {e:#}");
+                self.errors += 1;
+                false
+            }
+        }
+    }
+}
+
 async fn connection(args: Arc<Args>, tls: TlsConnector, until: Instant) -> Tally {
     let mut tally = Tally::default();
     let mut io = match open(&args, &tls).await {
@@ -198,24 +234,39 @@ async fn connection(args: Arc<Args>, tls: TlsConnector, until: Instant) -> Tally
             read_response(&mut io, &mut buf).await
         }
         .await;
-        match outcome {
-            Ok(200) => {
-                let us = u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX);
-                tally.latencies_us.push(us);
-            }
-            Ok(status) => {
-                eprintln!("connect_load: status {status}");
-                tally.errors += 1;
-                return tally;
-            }
-            Err(e) => {
-                eprintln!("connect_load: request failed: {e:#}");
-                tally.errors += 1;
-                return tally;
-            }
+        if !tally.record(outcome, start) {
+            return tally;
         }
     }
     let _ = io.shutdown().await;
+    tally
+}
+
+/// `--new-connections`: a new connection per request (TCP, `CONNECT`, TLS, one `GET`, close)
+/// until `until`; each latency is a whole connection's. The first failure ends the task, as in
+/// [`connection`].
+async fn new_connections(args: Arc<Args>, tls: TlsConnector, until: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        args.path, args.host
+    );
+    let mut buf = Vec::with_capacity(4096);
+    while Instant::now() < until {
+        let start = Instant::now();
+        let outcome = async {
+            let mut io = open(&args, &tls).await?;
+            io.write_all(request.as_bytes()).await?;
+            buf.clear();
+            let status = read_response(&mut io, &mut buf).await?;
+            let _ = io.shutdown().await;
+            anyhow::Ok(status)
+        }
+        .await;
+        if !tally.record(outcome, start) {
+            return tally;
+        }
+    }
     tally
 }
 
@@ -234,7 +285,13 @@ async fn run(args: Args) -> Result<()> {
     let start = Instant::now();
     let until = start + args.duration;
     let tasks: Vec<_> = (0..args.connections)
-        .map(|_| tokio::spawn(connection(args.clone(), tls.clone(), until)))
+        .map(|_| {
+            if args.new_connections {
+                tokio::spawn(new_connections(args.clone(), tls.clone(), until))
+            } else {
+                tokio::spawn(connection(args.clone(), tls.clone(), until))
+            }
+        })
         .collect();
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -251,7 +308,7 @@ async fn run(args: Args) -> Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
     println!(
-        "requests={} errors={errors} seconds={seconds:.2} rps={:.2} p50_ms={:.2} p99_ms={:.2}",
+        "requests={} errors={errors} seconds={seconds:.2} rps={:.2} p50_ms={:.3} p99_ms={:.3}",
         latencies.len(),
         latencies.len() as f64 / seconds,
         percentile_ms(&latencies, 50.0),
