@@ -17,7 +17,8 @@ use tollgate::tls::ca::{DevPkiLayout, svid_file_stem};
 
 /// mimalloc instead of glibc's allocator: regorus' interpreter allocates and frees many small
 /// values per decision, and glibc's malloc/free were a quarter of the proxy's CPU under load
-/// (docs/BENCHMARKS.md §11).
+/// (docs/BENCHMARKS.md §11). Built without transparent huge pages (`no_thp`, Cargo.toml): they
+/// made most of an idle proxy's resident memory (§16).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
