@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
-use common::{bundled_data as data, headers, input, percentiles};
+use common::{bundled_data as data, headers, input, percentiles, spin_rate};
 
 use tollgate::policy::{BUNDLED_MODULES, PolicyRevision};
 
@@ -58,37 +58,6 @@ fn rate(revision: &Arc<PolicyRevision>, threads: usize, for_: Duration) -> f64 {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     black_box(revision.evaluate(&input));
-                    n += 1;
-                }
-                count.fetch_add(n, Ordering::Relaxed);
-            })
-        })
-        .collect();
-    std::thread::sleep(for_);
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
-}
-
-/// Rounds per second of a loop that shares nothing: what two threads can get on this machine now.
-fn spin_rate(threads: usize, for_: Duration) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let (stop, count) = (stop.clone(), count.clone());
-            std::thread::spawn(move || {
-                let mut x = 0x2545_f491_4f6c_dd1du64;
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    for _ in 0..1_000 {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                    }
-                    black_box(x);
                     n += 1;
                 }
                 count.fetch_add(n, Ordering::Relaxed);

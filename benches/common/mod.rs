@@ -4,7 +4,8 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
 
@@ -116,4 +117,36 @@ pub fn percentiles_and_cpu(revision: &PolicyRevision, input: &PolicyInput) -> (f
     times.sort_unstable();
     let at = |q: f64| times[((times.len() as f64) * q) as usize] as f64 / 1000.0;
     (at(0.50), at(0.99), cpu)
+}
+
+/// Rounds per second of a loop that shares nothing, on `threads` threads for `for_`: what two
+/// threads can get on this machine now, the yardstick of the benches' 1-vs-2-thread reports.
+pub fn spin_rate(threads: usize, for_: Duration) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (stop, count) = (stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let mut x = 0x2545_f491_4f6c_dd1du64;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..1_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                    }
+                    black_box(x);
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    std::thread::sleep(for_);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
 }

@@ -52,24 +52,39 @@ pub fn request<B>(
     intent: Intent,
     record: &mut Recorder,
 ) -> Result<Permit, ProxyError> {
+    let input = request_input(
+        conn,
+        request,
+        destination,
+        intent,
+        live.credentials.agent_secrets().names(),
+    );
+    decide(proxy, live, input, record)
+}
+
+/// The policy input of an HTTP request on `conn`, its secret headers (`secret_headers`, the
+/// agent-secret names in force) redacted. Public so that `benches/request_path.rs` measures
+/// the input the proxy builds, not a copy of this code.
+pub fn request_input<B>(
+    conn: &ConnCtx,
+    request: &Request<B>,
+    destination: &Destination,
+    intent: Intent,
+    secret_headers: &[http::HeaderName],
+) -> PolicyInput {
     let target = &destination.target;
-    let input = PolicyInput {
+    PolicyInput {
         time: SystemTime::now(),
         source: conn.source(),
         intent,
-        request: Some(request_facts(
-            request,
-            target,
-            live.credentials.agent_secrets().names(),
-        )),
+        request: Some(request_facts(request, target, secret_headers)),
         destination: DestinationFacts {
             host: target.host.clone(),
             port: target.port,
             ip: destination.resolution.first(),
         },
         connection: conn.connection(conn.tunnel.is_some()),
-    };
-    decide(proxy, live, input, record)
+    }
 }
 
 /// Decides a CONNECT at connection level (`input.request` is null).
