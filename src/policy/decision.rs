@@ -57,6 +57,10 @@ pub enum DecisionError {
     BadMode,
     #[error("decision.credential.ttl: {0}")]
     BadTtl(String),
+    /// Two keys of `headers.set` that name one header (they differ only in case): which value
+    /// would win is not the policy's to leave to key order.
+    #[error("decision.headers.set names the header {0} twice")]
+    DuplicateHeader(String),
 }
 
 /// Headers a policy may not touch: framing, hop-by-hop and routing are the proxy's, and the
@@ -143,6 +147,8 @@ impl Decision {
                 match field(h, "set") {
                     None => {}
                     Some(Value::Object(map)) => {
+                        // The object's keys in their own order; a header name is
+                        // case-insensitive, so two keys can name one header.
                         for (k, v) in map.iter() {
                             let name = string(k, "headers.set")?;
                             let text = string(v, "headers.set")?;
@@ -154,6 +160,12 @@ impl Decision {
                             let value = HeaderValue::from_str(&text)
                                 .map_err(|_| DecisionError::BadHeader(name))?;
                             set_headers.push((header, value));
+                        }
+                        // In the header's own (lower-case) name order, so the decision is the
+                        // same whatever case the policy wrote its keys in.
+                        set_headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+                        if let Some(pair) = set_headers.windows(2).find(|p| p[0].0 == p[1].0) {
+                            return Err(DecisionError::DuplicateHeader(pair[0].0.to_string()));
                         }
                     }
                     Some(_) => return Err(DecisionError::WrongType("headers.set")),
@@ -272,6 +284,23 @@ mod tests {
             parse(r#"{"allow": true, "credential": {"name": "a", "ttl": "5 minutes"}}"#),
             Err(DecisionError::BadTtl(_))
         ));
+    }
+
+    /// Header keys differ in case from the names they set: the set is in name order whatever
+    /// the keys' case (fuzzing found a decision that changed order when written back), and two
+    /// keys naming one header are an error, not a race decided by key order.
+    #[test]
+    fn orders_set_headers_by_name_and_refuses_one_header_set_twice() {
+        let d = parse(
+            r#"{"allow": true, "headers": {"set": {"X-Zeta": "z", "x-alpha": "a", "X-Mid": "m"}}}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = d.set_headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-alpha", "x-mid", "x-zeta"]);
+        assert_eq!(
+            parse(r#"{"allow": true, "headers": {"set": {"X-Team": "a", "x-team": "b"}}}"#),
+            Err(DecisionError::DuplicateHeader("x-team".into()))
+        );
     }
 
     #[test]
