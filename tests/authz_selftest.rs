@@ -377,7 +377,7 @@ fn token_log_names_grant_client_and_scope_but_never_secrets_or_tokens() {
     let t2 = access_token(&authz.client_credentials(POST_ID, POST_SECRET, Some("repo:read")));
     authz.fail_next_token_requests(1);
     authz.try_client_credentials(POST_ID, POST_SECRET, None, None);
-    let lines = authz.token_log_lines();
+    let lines = authz.wait_token_log_lines(3);
     assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(
         lines[0],

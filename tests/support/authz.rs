@@ -518,6 +518,19 @@ impl AuthzServer {
             .filter(|l| l.starts_with("token "))
             .collect()
     }
+    /// The token log once it has at least `count` lines (or after 10 s, whatever it has): the
+    /// server writes a line as it answers, and the reader thread may not have it yet when the
+    /// client has its answer.
+    pub fn wait_token_log_lines(&self, count: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let lines = self.token_log_lines();
+            if lines.len() >= count || std::time::Instant::now() >= deadline {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     pub fn stderr_text(&self) -> String {
         self.stderr.text()
     }
