@@ -15,12 +15,11 @@ mod common;
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
-use common::{bundled_data as data, headers, input, percentiles, spin_rate};
+use common::{bundled_data as data, headers, input, per_second, percentiles, spin_rate};
 
 use tollgate::policy::{BUNDLED_MODULES, PolicyRevision};
 
@@ -45,31 +44,20 @@ fn wasm(agents: usize) -> PolicyRevision {
 
 /// Evaluations per second with `threads` threads evaluating for `for_`.
 fn rate(revision: &Arc<PolicyRevision>, threads: usize, for_: Duration) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let (revision, stop, count) = (revision.clone(), stop.clone(), count.clone());
-            std::thread::spawn(move || {
-                let headers = headers();
-                let input = input("GET", "/repos/acme/app/issues", &headers);
-                // What an idle tokio worker does through the park hook (policy::on_worker_park).
-                revision.prepare_thread();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    black_box(revision.evaluate(&input));
-                    n += 1;
-                }
-                count.fetch_add(n, Ordering::Relaxed);
-            })
-        })
-        .collect();
-    std::thread::sleep(for_);
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
+    let (prepared, evaluated) = (revision.clone(), revision.clone());
+    per_second(
+        threads,
+        for_,
+        move || {
+            // What an idle tokio worker does through the park hook (policy::on_worker_park).
+            prepared.prepare_thread();
+            let headers = headers();
+            input("GET", "/repos/acme/app/issues", &headers)
+        },
+        move |input| {
+            black_box(evaluated.evaluate(input));
+        },
+    )
 }
 
 fn report() {

@@ -42,14 +42,14 @@ use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderName, HeaderValue, Request, Version};
 
-use common::{CALLER, spin_rate};
+use common::{CALLER, per_second, spin_rate};
 
 use tollgate::config::ListenerMode;
 use tollgate::credentials::inject::AgentSecrets;
@@ -291,54 +291,33 @@ fn rate(
     threads: usize,
     for_: Duration,
 ) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
     let wrong = Arc::new(AtomicU64::new(0));
-    let ready = Arc::new(std::sync::Barrier::new(threads + 1));
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let (shared, stop, count, wrong, ready) = (
-                shared.clone(),
-                stop.clone(),
-                count.clone(),
-                wrong.clone(),
-                ready.clone(),
-            );
-            let expected = match expected {
-                Verdict::Allowed(n) => Verdict::Allowed(*n),
-                Verdict::Denied(reason) => Verdict::Denied(reason.clone()),
-            };
-            std::thread::spawn(move || {
-                let conn = shared.connection();
-                // What an idle tokio worker does through the park hook (policy::on_worker_park).
-                shared.policy.current().prepare_thread();
-                ready.wait();
-                let (mut n, mut bad) = (0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) {
-                    match per_request(head, &shared, &conn) {
-                        Ok(verdict) if verdict == expected => {}
-                        _ => bad += 1,
-                    }
-                    n += 1;
-                }
-                count.fetch_add(n, Ordering::Relaxed);
-                wrong.fetch_add(bad, Ordering::Relaxed);
-            })
-        })
-        .collect();
-    // Timed from when every thread has its copy: the copies are idle-time work.
-    ready.wait();
-    std::thread::sleep(for_);
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("a bench thread panicked");
-    }
+    let expected = Arc::new(match expected {
+        Verdict::Allowed(n) => Verdict::Allowed(*n),
+        Verdict::Denied(reason) => Verdict::Denied(reason.clone()),
+    });
+    let (prepared, served, counted) = (shared.clone(), shared.clone(), wrong.clone());
+    let rate = per_second(
+        threads,
+        for_,
+        move || {
+            // What an idle tokio worker does through the park hook (policy::on_worker_park).
+            prepared.policy.current().prepare_thread();
+            prepared.connection()
+        },
+        move |conn| match per_request(head, &served, conn) {
+            Ok(verdict) if verdict == *expected => {}
+            _ => {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    );
     assert_eq!(
         wrong.load(Ordering::Relaxed),
         0,
         "iterations with another verdict"
     );
-    count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
+    rate
 }
 
 fn load_average() -> String {

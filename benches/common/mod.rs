@@ -119,34 +119,58 @@ pub fn percentiles_and_cpu(revision: &PolicyRevision, input: &PolicyInput) -> (f
     (at(0.50), at(0.99), cpu)
 }
 
-/// Rounds per second of a loop that shares nothing, on `threads` threads for `for_`: what two
-/// threads can get on this machine now, the yardstick of the benches' 1-vs-2-thread reports.
-pub fn spin_rate(threads: usize, for_: Duration) -> f64 {
+/// Steps per second on `threads` threads for `for_`: each thread runs `prepare` (its own
+/// state, outside the timed window: an idle tokio worker makes its engine copy before it
+/// serves), then `step` until the time is up. The one scaffold of the benches' 1-vs-2-thread
+/// reports.
+pub fn per_second<S, P, F>(threads: usize, for_: Duration, prepare: P, step: F) -> f64
+where
+    P: Fn() -> S + Send + Sync + 'static,
+    F: Fn(&mut S) + Send + Sync + 'static,
+{
+    let (prepare, step) = (Arc::new(prepare), Arc::new(step));
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(std::sync::Barrier::new(threads + 1));
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (stop, count) = (stop.clone(), count.clone());
+            let (prepare, step) = (prepare.clone(), step.clone());
+            let (stop, count, ready) = (stop.clone(), count.clone(), ready.clone());
             std::thread::spawn(move || {
-                let mut x = 0x2545_f491_4f6c_dd1du64;
+                let mut state = prepare();
+                ready.wait();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    for _ in 0..1_000 {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                    }
-                    black_box(x);
+                    step(&mut state);
                     n += 1;
                 }
                 count.fetch_add(n, Ordering::Relaxed);
             })
         })
         .collect();
+    ready.wait();
     std::thread::sleep(for_);
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        w.join().unwrap();
+        w.join().expect("a bench thread panicked");
     }
     count.load(Ordering::Relaxed) as f64 / for_.as_secs_f64()
+}
+
+/// Rounds per second of a loop that shares nothing, on `threads` threads for `for_`: what two
+/// threads can get on this machine now, the yardstick of the benches' 1-vs-2-thread reports.
+pub fn spin_rate(threads: usize, for_: Duration) -> f64 {
+    per_second(
+        threads,
+        for_,
+        || 0x2545_f491_4f6c_dd1du64,
+        |x: &mut u64| {
+            for _ in 0..1_000 {
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+            }
+            black_box(*x);
+        },
+    )
 }
