@@ -142,8 +142,12 @@ impl Recent {
         }
     }
 
-    /// Keeps one line (the writer thread; tests).
-    pub(crate) fn push(&self, line: &[u8]) {
+    /// Keeps one line (the writer thread, once the line is written; tests): the line itself,
+    /// not a copy of it.
+    pub(crate) fn push(&self, mut line: Vec<u8>) {
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
         let mut lines = match self.lines.lock() {
             Ok(lines) => lines,
             Err(poisoned) => poisoned.into_inner(),
@@ -151,7 +155,7 @@ impl Recent {
         if lines.len() == RECENT_CAPACITY {
             lines.pop_front();
         }
-        lines.push_back(line.strip_suffix(b"\n").unwrap_or(line).to_vec());
+        lines.push_back(line);
     }
 }
 
@@ -409,10 +413,10 @@ fn write_loop(sink: Box<dyn Write + Send>, mut receiver: mpsc::Receiver<Message>
         while let Some(message) = next {
             match message {
                 Message::Line(line) => {
-                    recent.push(&line);
                     if result.is_ok() {
                         result = out.write_all(&line);
                     }
+                    recent.push(line);
                 }
                 Message::Flush(ack) => acks.push(ack),
             }
