@@ -27,6 +27,7 @@
 //! - [`telemetry`]: metrics, decision log and operational log
 //! - [`admin`]: the admin API, one file per resource
 //! - [`watch`]: `Watched<T>`, one way to keep a value built from files current
+//! - [`rebuild_thread`]: the one thread every reload and rebuild runs on
 //! - [`reason`]: the closed set of reasons (responses, decision log, metric labels)
 //! - [`error`]: `ProxyError`, every way a request fails
 //! - [`net`]: socket facts from the kernel (the original destination of a redirected connection)
@@ -50,6 +51,7 @@ pub mod pki;
 pub mod policy;
 pub mod proxy;
 pub mod reason;
+pub mod rebuild_thread;
 pub mod redirect;
 pub mod server;
 pub mod telemetry;

@@ -447,3 +447,68 @@ fn reloads_on_policy_and_data_file_changes_when_watching() {
     reloaded(2);
     assert_eq!(reason(), "fixed");
 }
+
+/// The threads of the process, by name, sorted.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every reload runs on the one `rebuild` thread: overlapping `POST /v1/reload`s and SIGHUPs,
+/// with the polling loop running meanwhile, start no thread. (On tokio's blocking pool, each
+/// overlapping reload started a thread, and the pool kept them: the 30-minute soak's step in
+/// resident memory, docs/TESTING.md.)
+#[test]
+fn reloads_run_on_the_one_rebuild_thread_and_start_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let tg = tollgate(dir.path());
+    let before = thread_names(tg.pid());
+    assert_eq!(
+        before.iter().filter(|n| *n == "rebuild").count(),
+        1,
+        "{before:?}"
+    );
+    std::thread::scope(|s| {
+        let reloads: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..3)
+                        .map(|_| tg.admin("POST", "/v1/reload", None).0)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for _ in 0..3 {
+            tg.signal("HUP");
+        }
+        for reload in reloads {
+            assert_eq!(reload.join().unwrap(), [200, 200, 200]);
+        }
+    });
+    // Signals sent close together may arrive as one: count the reloads they started.
+    let hups = || {
+        tg.logs()
+            .iter()
+            .filter(|l| l["message"] == "SIGHUP: reloading")
+            .count()
+    };
+    let reloads = || {
+        let metrics = curl(&["-s", &tg.admin_url("/metrics")]).stdout;
+        String::from_utf8_lossy(&metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_policy_reloads_total{result=\"success\"} "))
+            .and_then(|n| n.parse::<usize>().ok())
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while reloads() != Some(12 + hups()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(hups() >= 1);
+    assert_eq!(reloads(), Some(12 + hups()), "every reload counted");
+    assert_eq!(thread_names(tg.pid()), before);
+}

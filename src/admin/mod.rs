@@ -36,7 +36,7 @@ use crate::telemetry::decision_log::Recent;
 use crate::telemetry::metrics::{AdminRefusal, Metrics};
 use crate::watch::Watched;
 pub use health::Health;
-pub use reload::{Reload, Reloaded};
+pub use reload::{Reload, ReloadOutcome, Reloaded};
 
 /// Largest admin request body read (kill requests are tiny).
 const MAX_BODY: usize = 64 * 1024;

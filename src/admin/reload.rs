@@ -4,12 +4,15 @@
 //! names changed keys only a restart applies; or 422 `reload_failed` with why the running
 //! configuration stays in force.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::StatusCode;
 use serde_json::json;
 
 use super::Reply;
+use crate::rebuild_thread::Unfinished;
 
 /// What a reload put in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,15 +23,21 @@ pub struct Reloaded {
     pub pending_restart: Vec<String>,
 }
 
+/// What a reload resolves to: `Ok(what is in force)` or `Err(why the running state was kept)`;
+/// [`Unfinished`] when the rebuild panicked (the running state stays in force too).
+pub type ReloadOutcome =
+    Pin<Box<dyn Future<Output = Result<Result<Reloaded, String>, Unfinished>> + Send>>;
+
 /// Reloads configuration and policy (`POST /v1/reload`, SIGHUP).
 pub trait Reload: Send + Sync {
-    /// Reloads; `Ok(what is in force)` or `Err(why the running state was kept)`.
-    fn reload(&self) -> Result<Reloaded, String>;
+    /// Starts a reload off the async workers (it reads files and compiles the policy) and
+    /// resolves when it is done.
+    fn reload(&self) -> ReloadOutcome;
 }
 
-/// Runs the reload off the async workers (it reads files and compiles the policy).
+/// `POST /v1/reload`: the reload's outcome as the admin API answers it.
 pub async fn reload(reloader: Arc<dyn Reload>) -> Reply {
-    match tokio::task::spawn_blocking(move || reloader.reload()).await {
+    match reloader.reload().await {
         Ok(Ok(reloaded)) => {
             let result = if reloaded.pending_restart.is_empty() {
                 "success"
@@ -45,7 +54,7 @@ pub async fn reload(reloader: Arc<dyn Reload>) -> Reply {
             )
         }
         Ok(Err(why)) => Reply::error(StatusCode::UNPROCESSABLE_ENTITY, "reload_failed", &why),
-        Err(_) => Reply::error(
+        Err(Unfinished) => Reply::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
             "reload panicked",

@@ -23,6 +23,7 @@ use crate::identity::svid::TrustBundles;
 use crate::identity::workload_api::WorkloadApiSource;
 use crate::intent_token::IntentIssuers;
 use crate::proxy::Live;
+use crate::rebuild_thread::RebuildThread;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
@@ -221,10 +222,12 @@ pub struct Watchers {
     pub live: Arc<Watched<Live>>,
     /// `policy.watch`: poll the policy files too.
     pub policy_watch: bool,
+    /// Where every poll (and every reload) runs.
+    pub rebuilds: RebuildThread,
 }
 
 impl Watchers {
-    /// One pass over every watched value. Blocking: runs off the async workers.
+    /// One pass over every watched value. Blocking: runs on the rebuild thread.
     fn poll(&self) -> (Vec<Reloaded<()>>, Option<Reloaded<Live>>) {
         let mut changes = Vec::new();
         if let Some(bundles) = &self.bundles {
@@ -267,8 +270,8 @@ pub async fn run(
             } => if !pushed { pushes = None; },
         }
         let polled = {
-            let watchers = watchers.clone();
-            tokio::task::spawn_blocking(move || watchers.poll()).await
+            let polling = watchers.clone();
+            watchers.rebuilds.run(move || polling.poll()).await
         };
         // Counted and logged after the whole pass: when "trust bundles reloaded" is logged,
         // the TLS configs built on them are in force too.
@@ -336,20 +339,24 @@ fn report_policy(metrics: &Metrics, reloaded: &Reloaded<Live>) {
     }
 }
 
-/// `POST /v1/reload` and SIGHUP: rebuild the policy and credentials now.
+/// `POST /v1/reload` and SIGHUP: rebuild the policy and credentials now, on the rebuild thread.
 pub struct ConfigReloader {
     pub live: Arc<Watched<Live>>,
     pub metrics: Arc<Metrics>,
+    pub rebuilds: RebuildThread,
 }
 
 impl crate::admin::Reload for ConfigReloader {
-    fn reload(&self) -> Result<crate::admin::Reloaded, String> {
-        let reloaded = self.live.reload();
-        report_policy(&self.metrics, &reloaded);
-        reloaded.outcome.map(|live| crate::admin::Reloaded {
-            revision: live.policy.revision.to_string(),
-            pending_restart: live.pending_restart.clone(),
-        })
+    fn reload(&self) -> crate::admin::ReloadOutcome {
+        let (live, metrics) = (self.live.clone(), self.metrics.clone());
+        Box::pin(self.rebuilds.run(move || {
+            let reloaded = live.reload();
+            report_policy(&metrics, &reloaded);
+            reloaded.outcome.map(|live| crate::admin::Reloaded {
+                revision: live.policy.revision.to_string(),
+                pending_restart: live.pending_restart.clone(),
+            })
+        }))
     }
 }
 
@@ -369,7 +376,7 @@ pub async fn wait_for_shutdown(reloader: &dyn crate::admin::Reload) {
             _ = tokio::signal::ctrl_c() => return,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                let _ = tokio::task::block_in_place(|| reloader.reload());
+                let _ = reloader.reload().await;
             }
         }
     }

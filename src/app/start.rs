@@ -17,6 +17,7 @@ use crate::intent_token::IntentIssuers;
 use crate::kill::KillSwitch;
 use crate::policy::PolicyRevision;
 use crate::proxy::{Live, Proxy};
+use crate::rebuild_thread::RebuildThread;
 use crate::server::lifecycle::Drain;
 use crate::server::{BoundListener, ConnLimits, Server};
 use crate::telemetry::decision_log::DecisionLog;
@@ -217,9 +218,12 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
     if let Some(admin) = &admin_tls {
         tls.push(admin.config.clone());
     }
+    let rebuilds = RebuildThread::start()
+        .map_err(|e| StartError::Runtime(format!("the rebuild thread: {e}")))?;
     let reloader: Arc<dyn Reload> = Arc::new(ConfigReloader {
         live: live.clone(),
         metrics: metrics.clone(),
+        rebuilds: rebuilds.clone(),
     });
     let health = Arc::new(Health::default());
     let admin_state = Arc::new(AdminState {
@@ -240,6 +244,7 @@ pub async fn start(config: &Config, options: &RunOptions) -> Result<Started, Sta
         issuers: intent_issuers,
         live,
         policy_watch: config.policy.watch,
+        rebuilds,
     };
     Ok(Started {
         listeners,
