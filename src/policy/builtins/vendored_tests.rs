@@ -55,6 +55,14 @@ fn range_step_works_on_big_integers_as_opa_does() {
         ),
         json("true")
     );
+    // 64-bit bounds and step are counted in 128 bits: no overflow at the ends.
+    assert_eq!(
+        eval(
+            "numbers.range_step(-9223372036854775808, 9223372036854775807, \
+             9223372036854775807) == [-9223372036854775808, -1, 9223372036854775806]"
+        ),
+        json("true")
+    );
     // A step of 0 or below, or a non-integer operand, is an error: undefined (regorus 0.14.1
     // panicked on the first two).
     assert_eq!(eval("numbers.range_step(0, 10, 0)"), None);

@@ -122,13 +122,34 @@ fn integer_operand(
 
 /// OPA's `generateRange`: from `x` to `y` (down when `x > y`) by `step` (positive), both ends
 /// included when reached. Bounded by `|y - x| / step + 1` elements; the memory limit guards
-/// every push.
+/// every push. Bounds and step that fit in 64 bits are counted in 128-bit integers (no big
+/// integer per element, as OPA's `generateCheapRange`); others in big integers.
 fn generate_range(
     x: num_bigint::BigInt,
     y: &num_bigint::BigInt,
     step: &num_bigint::BigInt,
 ) -> Result<Value> {
+    use num_traits::ToPrimitive;
     let descending = x > *y;
+    if let (Some(x), Some(y), Some(step)) = (x.to_i64(), y.to_i64(), step.to_i64()) {
+        let (x, y, step) = (i128::from(x), i128::from(y), i128::from(step));
+        // At most 2^64 / step + 1 elements; reserve no more than a bounded first block.
+        let count = (y - x).unsigned_abs() / step.unsigned_abs() + 1;
+        let mut values = Vec::with_capacity(usize::try_from(count.min(1 << 16)).unwrap_or(0));
+        let mut i = x;
+        while (descending && i >= y) || (!descending && i <= y) {
+            // In range: `i` is between `x` and `y`, both 64-bit.
+            values.push(Value::from(i64::try_from(i).unwrap_or_default()));
+            // Guard vector growth while we enumerate the range.
+            enforce_limit()?;
+            if descending {
+                i -= step;
+            } else {
+                i += step;
+            }
+        }
+        return Ok(Value::from_array(values));
+    }
     let mut values = Vec::new();
     let mut i = x;
     while (descending && i >= *y) || (!descending && i <= *y) {
