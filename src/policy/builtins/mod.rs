@@ -20,6 +20,8 @@ pub mod net;
 mod opa_strings;
 pub mod patterns;
 pub mod sprintf;
+#[cfg(test)]
+mod vendored_tests;
 
 use regorus::{Engine, Value};
 

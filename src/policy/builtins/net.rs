@@ -53,8 +53,12 @@ pub fn cidr_intersects(args: &[Value]) -> Result<Value, BuiltinError> {
     ))
 }
 
-/// `net.cidr_merge(addrs)`: the smallest set of CIDRs covering exactly the given addresses and
-/// ranges (an array or set of strings), IPv4 and IPv6 merged separately.
+/// `net.cidr_merge(addrs)`: the smallest set of CIDRs covering the given addresses and ranges
+/// (an array or set of strings), as OPA's `builtinNetCIDRMerge` (`v1/topdown/cidr.go`, with
+/// Cilium's merge in `internal/cidr/merge`) computes it. OPA merges IPv4 and IPv6 in one
+/// 128-bit space, IPv4 as `::ffff:a.b.c.d`, so `::/0` absorbs any IPv4 range; a block that is
+/// merged with no other is printed as it was given (a bare IPv4 address with its classful
+/// mask, unmasked: `10.0.0.1` alone gives `10.0.0.1/8`), a merged range as its CIDRs.
 pub fn cidr_merge(args: &[Value]) -> Result<Value, BuiltinError> {
     const NAME: &str = "net.cidr_merge";
     let items: Vec<&Value> = match args {
@@ -66,34 +70,133 @@ pub fn cidr_merge(args: &[Value]) -> Result<Value, BuiltinError> {
             )));
         }
     };
-    let mut nets = Vec::with_capacity(items.len());
+    let mut blocks = Vec::with_capacity(items.len());
     for item in items {
-        nets.push(merge_element(text(NAME, item, 1)?)?);
+        blocks.push(merge_element(text(NAME, item, 1)?)?);
     }
-    let merged = IpNet::aggregate(&nets);
-    let merged: std::collections::BTreeSet<Value> = merged
-        .into_iter()
-        .map(|net| Value::from(net.to_string()))
-        .collect();
+    let mut merged = std::collections::BTreeSet::new();
+    for block in merge_blocks(blocks) {
+        match block.text {
+            Some(text) => {
+                merged.insert(Value::from(text));
+            }
+            None => merged.extend(range_to_cidrs(block.first, block.last).map(Value::from)),
+        }
+    }
     Ok(Value::from(merged))
 }
 
-/// One element of `net.cidr_merge`'s operand. A bare IPv6 address has no prefix length, which
-/// OPA refuses ("IPv6 invalid: needs prefix length"; OPA's conformance cases
-/// `netcidrmerge/cidr ipv6 without prefix*`), so the call is undefined. A bare IPv4 address is
-/// taken as /32; OPA gives it the classful default mask instead (docs/POLICY.md,
-/// "Conformance").
-fn merge_element(text: &str) -> Result<IpNet, BuiltinError> {
+/// Where OPA's merge puts IPv4 addresses in its one 128-bit space: `::ffff:0:0/96`.
+const V4_MAPPED: u128 = 0xffff_0000_0000;
+
+/// One range of `net.cidr_merge`: its first and last address in the 128-bit space, and how
+/// OPA prints it if it is merged with no other (`None` once merged).
+struct Block {
+    first: u128,
+    last: u128,
+    text: Option<String>,
+}
+
+/// One element of `net.cidr_merge`'s operand, as OPA's `generateIPNet` reads it: an address
+/// first, a CIDR second. A bare IPv4 address (or an IPv4-mapped IPv6 one, which Go's
+/// `To4` takes as IPv4) gets Go's classful default mask (`IP.DefaultMask`: /8 below
+/// 128.0.0.0, /16 below 192.0.0.0, /24 for every other, classes D and E included), kept
+/// unmasked as OPA keeps it. A bare IPv6 address has no prefix length, which OPA refuses
+/// ("IPv6 invalid: needs prefix length"), so the call is undefined.
+fn merge_element(text: &str) -> Result<Block, BuiltinError> {
     const NAME: &str = "net.cidr_merge";
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net);
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        let v4 = match ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().ok_or_else(|| {
+                undefined(format!(
+                    "{NAME}: IPv6 invalid: needs prefix length: {text:?}"
+                ))
+            })?,
+        };
+        let prefix: u32 = match v4.octets()[0] {
+            0..0x80 => 8,
+            0x80..0xc0 => 16,
+            _ => 24,
+        };
+        let host_bits = u32::MAX >> prefix;
+        let first = V4_MAPPED | u128::from(u32::from(v4) & !host_bits);
+        return Ok(Block {
+            first,
+            last: first | u128::from(host_bits),
+            text: Some(format!("{v4}/{prefix}")),
+        });
     }
-    match text.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => Ok(IpNet::from(IpAddr::V4(ip))),
-        Ok(IpAddr::V6(_)) => Err(undefined(format!(
-            "{NAME}: IPv6 invalid: needs prefix length: {text:?}"
-        ))),
-        Err(_) => Err(undefined(format!("{NAME}: invalid CIDR or IP {text:?}"))),
+    let net = cidr(NAME, text)?.trunc();
+    let (first, last) = match net {
+        IpNet::V4(n) => (
+            V4_MAPPED | u128::from(u32::from(n.network())),
+            V4_MAPPED | u128::from(u32::from(n.broadcast())),
+        ),
+        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+    };
+    Ok(Block {
+        first,
+        last,
+        text: Some(net.to_string()),
+    })
+}
+
+/// OPA's `mergeCIDRs`: sorted by last then first address, each range merged into the one
+/// before it when the address before its first (OPA's `GetPreviousIP`, which stays at `::`
+/// and at `0.0.0.0`) is within that one.
+fn merge_blocks(mut blocks: Vec<Block>) -> Vec<Block> {
+    blocks.sort_by_key(|b| (b.last, b.first));
+    let previous = |ip: u128| {
+        if ip == 0 || ip == V4_MAPPED {
+            ip
+        } else {
+            ip - 1
+        }
+    };
+    let mut i = blocks.len();
+    while i > 1 {
+        i -= 1;
+        if previous(blocks[i].first) <= blocks[i - 1].last {
+            let block = blocks.remove(i);
+            let before = &mut blocks[i - 1];
+            before.first = before.first.min(block.first);
+            before.last = block.last;
+            before.text = None;
+        }
+    }
+    blocks
+}
+
+/// The fewest CIDRs that cover `first..=last` exactly (OPA's `RangeToCIDRs`), a block inside
+/// `::ffff:0:0/96` printed as IPv4, as Go prints it. At most 2 × 128 blocks.
+fn range_to_cidrs(first: u128, last: u128) -> impl Iterator<Item = String> {
+    let mut start = Some(first);
+    std::iter::from_fn(move || {
+        let at = start?;
+        // The largest aligned block at `at` that does not pass `last`.
+        let mut size_bits = if at == 0 { 128 } else { at.trailing_zeros() };
+        while size_bits > 0 && block_end(at, size_bits) > last {
+            size_bits -= 1;
+        }
+        let end = block_end(at, size_bits);
+        start = if end >= last { None } else { Some(end + 1) };
+        let prefix = 128 - size_bits;
+        Some(if prefix >= 96 && at & !0xffff_ffff == V4_MAPPED {
+            let v4 = std::net::Ipv4Addr::from(u32::try_from(at & 0xffff_ffff).unwrap_or(0));
+            format!("{v4}/{}", prefix - 96)
+        } else {
+            format!("{}/{prefix}", std::net::Ipv6Addr::from(at))
+        })
+    })
+}
+
+/// The last address of the block of `2^size_bits` addresses starting at `at`.
+fn block_end(at: u128, size_bits: u32) -> u128 {
+    if size_bits >= 128 {
+        u128::MAX
+    } else {
+        at | ((1u128 << size_bits) - 1)
     }
 }
 
@@ -195,12 +298,13 @@ mod tests {
             Value::from(one)
         );
         let merged = cidr_merge(&[json(
-            r#"["10.0.0.1", "10.0.0.0/24", "2001:db8::1/128", "2001:db8::/127"]"#,
+            r#"["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24", "2001:db8::1/128", "2001:db8::/127"]"#,
         )])
         .unwrap();
-        let expected: std::collections::BTreeSet<Value> = [s("10.0.0.0/24"), s("2001:db8::/127")]
-            .into_iter()
-            .collect();
+        let expected: std::collections::BTreeSet<Value> =
+            [s("10.0.0.0/23"), s("10.0.2.0/24"), s("2001:db8::/127")]
+                .into_iter()
+                .collect();
         assert_eq!(merged, Value::from(expected));
         assert!(matches!(
             cidr_merge(&[json(r#"["nope"]"#)]),
@@ -237,6 +341,59 @@ mod tests {
                 Err(BuiltinError::Undefined(_))
             ));
         }
+    }
+
+    fn merged(items: &str) -> Vec<String> {
+        match cidr_merge(&[json(items)]).unwrap() {
+            Value::Set(set) => set
+                .iter()
+                .map(|v| v.as_string().unwrap().to_string())
+                .collect(),
+            other => panic!("not a set: {other}"),
+        }
+    }
+
+    #[test]
+    fn merge_gives_a_bare_ipv4_address_its_classful_mask_as_opa_does() {
+        // Each answer was checked against OPA v1.20.2 (tests/traps/builtins.yaml holds the
+        // first as a trap case).
+        assert_eq!(merged(r#"["10.0.0.1", "10.0.0.0/24"]"#), ["10.0.0.0/8"]);
+        // Alone, the address keeps its host bits, as Go prints the IPNet OPA builds.
+        assert_eq!(merged(r#"["10.0.0.1"]"#), ["10.0.0.1/8"]);
+        assert_eq!(merged(r#"["172.16.5.4"]"#), ["172.16.5.4/16"]);
+        assert_eq!(merged(r#"["192.168.1.7"]"#), ["192.168.1.7/24"]);
+        // Classes D and E get Go's class C mask.
+        assert_eq!(merged(r#"["224.1.2.3"]"#), ["224.1.2.3/24"]);
+        assert_eq!(merged(r#"["255.255.255.255"]"#), ["255.255.255.255/24"]);
+        // An IPv4-mapped IPv6 address is IPv4 to Go.
+        assert_eq!(merged(r#"["::ffff:10.0.0.1"]"#), ["10.0.0.1/8"]);
+        // Two equal blocks merge into a range, printed masked.
+        assert_eq!(merged(r#"["10.1.2.3", "10.1.2.3"]"#), ["10.0.0.0/8"]);
+        assert_eq!(merged(r#"["10.0.0.1", "11.0.0.0/8"]"#), ["10.0.0.0/7"]);
+        assert_eq!(
+            merged(r#"["127.0.0.1", "128.0.0.1"]"#),
+            ["127.0.0.0/8", "128.0.0.0/16"]
+        );
+    }
+
+    #[test]
+    fn merge_puts_ipv4_and_ipv6_in_one_space_as_opa_does() {
+        // OPA maps IPv4 to ::ffff:a.b.c.d before merging: ::/0 absorbs IPv4 ranges.
+        assert_eq!(merged(r#"["10.0.0.0/8", "::/0"]"#), ["::/0"]);
+        assert_eq!(merged(r#"["10.0.0.1", "::/0"]"#), ["::/0"]);
+        // The address before ::ffff:0.0.0.0 is not looked at (OPA's GetPreviousIP).
+        assert_eq!(
+            merged(r#"["::fffe:ffff:ffff/128", "0.0.0.0/0"]"#),
+            ["0.0.0.0/0", "::fffe:ffff:ffff/128"]
+        );
+        assert_eq!(
+            merged(
+                r#"["1.2.3.5/32", "1.2.3.6/32", "1.2.3.7/32", "1.2.3.8/32", "1.2.3.9/32", "1.2.3.10/32"]"#
+            ),
+            ["1.2.3.10/32", "1.2.3.5/32", "1.2.3.6/31", "1.2.3.8/31"]
+        );
+        assert_eq!(merged(r#"["0.0.0.0/1", "128.0.0.0/1"]"#), ["0.0.0.0/0"]);
+        assert_eq!(merged(r#"["::/1", "8000::/1"]"#), ["::/0"]);
     }
 
     #[test]

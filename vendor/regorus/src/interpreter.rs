@@ -1690,12 +1690,17 @@ impl Interpreter {
             let (saved_state, _) = self.apply_with_modifiers(first_stmt)?;
 
             let collection_expr = Self::loop_collection_expr(loop_info).clone();
+            // tollgate patch (PATCHES.md #8): whether the call has an output argument
+            // (`walk(x, [p, v])`); without one (`[p, v] := walk(x)`) each pair is the call's
+            // value and there is nothing to destructure it into.
+            let mut has_output_arg = false;
             let loop_value = if let Expr::Call {
                 span, fcn, params, ..
             } = collection_expr.as_ref()
             {
                 // Handle walk(obj, output_param)
                 let extra_arg = self.cached_extra_arg(&collection_expr);
+                has_output_arg = extra_arg.is_some();
                 // If there is an extra arg, ignore it while computing the loop value.
                 let params_slice: &[ExprRef] = if extra_arg.is_some() {
                     let (_, prefix) = params
@@ -1730,8 +1735,13 @@ impl Interpreter {
                             self.memory_check()?;
                             self.set_loop_var_value(loop_target_expr, item.clone())?;
 
-                            if self.execute_destructuring_plan(&walk_plan, item)?
-                                == Value::from(true)
+                            // tollgate patch (PATCHES.md #8): regorus 0.14.1 matched every
+                            // pair against the plan of the call's last parameter even without
+                            // an output argument, i.e. against the walked value itself, so
+                            // `[p, v] := walk(x)` yielded nothing.
+                            if !has_output_arg
+                                || self.execute_destructuring_plan(&walk_plan, item)?
+                                    == Value::from(true)
                             {
                                 walk_result =
                                     self.eval_stmts_in_loop(stmts, loop_tail)? || walk_result;

@@ -82,85 +82,107 @@ fn floor(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
     ))
 }
 
-fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
-    let name = "numbers.range";
-    ensure_args_count(span, name, params, args, 2)?;
-    let v1 = ensure_numeric(name, &params[0], &args[0].clone())?;
-    let v2 = ensure_numeric(name, &params[1], &args[1].clone())?;
+// tollgate patch (PATCHES.md #7): `numbers.range` and `numbers.range_step` work on
+// arbitrary-precision integers, as OPA's (`v1/topdown/numbers.go`, `generateRange` on
+// `big.Int`). regorus 0.14.1 took the bounds' difference and the step as 64-bit integers: a
+// step beyond 64 bits gave undefined where OPA gives `[start]`, a step of 0 divided by zero
+// and a negative step overflowed a capacity (both panics). As in OPA, an operand that is not
+// an integer is an error (undefined in the default non-strict mode), a step that is not
+// positive is an error, the range runs down from `a` to `b` when `a > b`, and it includes
+// `b` when a step lands on it.
 
-    match v1.is_integer() {
-        false if strict => bail!(params[0].span().error("operand must be integer")),
-        false => return Ok(Value::Undefined),
-        _ => (),
+/// The exact integer value of a number: integers as they are, a float only when it holds an
+/// integer (`2.0`, `1e20`), as OPA's `BigIntOperand` takes them.
+fn exact_integer(n: &Number) -> Option<num_bigint::BigInt> {
+    use num_traits::FromPrimitive;
+    if let Some(big) = n.as_big() {
+        return Some((*big).clone());
     }
-
-    match v2.is_integer() {
-        false if strict => bail!(params[1].span().error("operand must be integer")),
-        false => return Ok(Value::Undefined),
-        _ => (),
+    match n {
+        Number::Float(f) if f.is_finite() && f.fract() == 0.0 => num_bigint::BigInt::from_f64(*f),
+        _ => None,
     }
+}
 
-    let (incr, num_elements) = match v2.sub(&v1)?.as_i64() {
-        Some(v) if v >= 0 => (1i64, v as usize + 1),
-        Some(v) => (-1i64, (-v + 1) as usize),
-        _ => bail!(span.error("could not determine number of elements")),
-    };
+/// The operand at `index` as an exact integer, or OPA's error for it.
+fn integer_operand(
+    name: &str,
+    params: &[Ref<Expr>],
+    args: &[Value],
+    index: usize,
+) -> Result<num_bigint::BigInt> {
+    let n = ensure_numeric(name, &params[index], &args[index])?;
+    match exact_integer(&n) {
+        Some(i) => Ok(i),
+        None => bail!(params[index]
+            .span()
+            .error(format!("{name}: operand {} must be integer number", index + 1).as_str())),
+    }
+}
 
-    let mut values = Vec::with_capacity(num_elements);
-    let mut v = v1;
-    let incr = Number::from(incr);
-    while v != v2 {
-        values.push(Value::from(v.clone()));
-        v.add_assign(&incr)?;
+/// OPA's `generateRange`: from `x` to `y` (down when `x > y`) by `step` (positive), both ends
+/// included when reached. Bounded by `|y - x| / step + 1` elements; the memory limit guards
+/// every push. Bounds and step that fit in 64 bits are counted in 128-bit integers (no big
+/// integer per element, as OPA's `generateCheapRange`); others in big integers.
+fn generate_range(
+    x: num_bigint::BigInt,
+    y: &num_bigint::BigInt,
+    step: &num_bigint::BigInt,
+) -> Result<Value> {
+    use num_traits::ToPrimitive;
+    let descending = x > *y;
+    if let (Some(x), Some(y), Some(step)) = (x.to_i64(), y.to_i64(), step.to_i64()) {
+        let (x, y, step) = (i128::from(x), i128::from(y), i128::from(step));
+        // At most 2^64 / step + 1 elements; reserve no more than a bounded first block.
+        let count = (y - x).unsigned_abs() / step.unsigned_abs() + 1;
+        let mut values = Vec::with_capacity(usize::try_from(count.min(1 << 16)).unwrap_or(0));
+        let mut i = x;
+        while (descending && i >= y) || (!descending && i <= y) {
+            // In range: `i` is between `x` and `y`, both 64-bit.
+            values.push(Value::from(i64::try_from(i).unwrap_or_default()));
+            // Guard vector growth while we enumerate the range.
+            enforce_limit()?;
+            if descending {
+                i -= step;
+            } else {
+                i += step;
+            }
+        }
+        return Ok(Value::from_array(values));
+    }
+    let mut values = Vec::new();
+    let mut i = x;
+    while (descending && i >= *y) || (!descending && i <= *y) {
+        values.push(Value::from(Number::from(i.clone())));
         // Guard vector growth while we enumerate the range.
         enforce_limit()?;
+        if descending {
+            i -= step;
+        } else {
+            i += step;
+        }
     }
-    values.push(Value::from(v));
-    // Guard the last push before materializing the array.
-    enforce_limit()?;
     Ok(Value::from_array(values))
 }
 
-fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
+fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
+    let name = "numbers.range";
+    ensure_args_count(span, name, params, args, 2)?;
+    let x = integer_operand(name, params, args, 0)?;
+    let y = integer_operand(name, params, args, 1)?;
+    generate_range(x, &y, &num_bigint::BigInt::from(1u8))
+}
+
+fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
     let name = "numbers.range_step";
     ensure_args_count(span, name, params, args, 3)?;
-    let v1 = ensure_numeric(name, &params[0], &args[0].clone())?;
-    let v2 = ensure_numeric(name, &params[1], &args[1].clone())?;
-    let incr = ensure_numeric(name, &params[2], &args[2].clone())?;
-
-    match v1.is_integer() {
-        false if strict => bail!(params[0].span().error("operand must be integer")),
-        false => return Ok(Value::Undefined),
-        _ => (),
-    }
-
-    match v2.is_integer() {
-        false if strict => bail!(params[1].span().error("operand must be integer")),
-        false => return Ok(Value::Undefined),
-        _ => (),
-    }
-
-    if strict && (!incr.is_integer() || incr <= Number::from(0u64)) {
+    let x = integer_operand(name, params, args, 0)?;
+    let y = integer_operand(name, params, args, 1)?;
+    let step = integer_operand(name, params, args, 2)?;
+    if step <= num_bigint::BigInt::from(0u8) {
         bail!(params[2].span().error("step must be a positive integer"))
     }
-
-    let (incr, num_elements) = match (v2.sub(&v1)?.as_i64(), incr.as_i64()) {
-        (Some(v), Some(incr)) if v >= 0 => (incr, v / incr + 1),
-        (Some(v), Some(incr)) => (-incr, -v / incr + 1),
-        _ => bail!(span.error("could not determine number of elements")),
-    };
-
-    let mut values = Vec::with_capacity(num_elements as usize);
-    let incr = Number::from(incr);
-    let mut v = v1;
-    while (v <= v2 && incr.is_positive()) || (v >= v2 && !incr.is_positive()) {
-        values.push(Value::from(v.clone()));
-        v.add_assign(&incr)?;
-        // Guard vector growth as the stepped range accumulates.
-        enforce_limit()?;
-    }
-
-    Ok(Value::from_array(values))
+    generate_range(x, &y, &step)
 }
 
 fn round(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
