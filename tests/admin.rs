@@ -467,7 +467,13 @@ fn thread_names(pid: u32) -> Vec<String> {
 fn reloads_run_on_the_one_rebuild_thread_and_start_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let tg = tollgate(dir.path());
-    let before = thread_names(tg.pid());
+    // A new thread takes its name when it first runs; until then it shows its parent's.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut before = thread_names(tg.pid());
+    while !before.iter().any(|n| n == "rebuild") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        before = thread_names(tg.pid());
+    }
     assert_eq!(
         before.iter().filter(|n| *n == "rebuild").count(),
         1,

@@ -43,6 +43,8 @@ fn intercepting(listeners: &[crate::server::BoundListener], ca: &std::path::Path
 /// Runs the proxy until SIGINT or SIGTERM.
 pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> {
     crate::tls::install_crypto_provider();
+    // Before anything is announced: a signal sent once a listener is ready must find its handler.
+    let signals = reload::Signals::take();
     let started = start::start(&config, &options).await?;
     let (revision, engine) = start::revision(&started.watchers.live);
     if options.banner {
@@ -108,7 +110,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<(), StartError> 
     tracing::info!(address = %started.admin_addr, "admin ready");
     started.health.set_ready(true);
 
-    reload::wait_for_shutdown(started.reloader.as_ref()).await;
+    signals.wait_for_shutdown(started.reloader.as_ref()).await;
     started.health.set_ready(false);
     let deadline = config.limits.drain_timeout;
     tracing::info!(

@@ -360,23 +360,44 @@ impl crate::admin::Reload for ConfigReloader {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP reloads meanwhile.
-pub async fn wait_for_shutdown(reloader: &dyn crate::admin::Reload) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = tokio::signal::ctrl_c() => return,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                let _ = reloader.reload().await;
+/// SIGTERM, SIGINT and SIGHUP, taken from their default action (which ends the process) before
+/// tollgate says it is ready: a SIGHUP sent as soon as `/readyz` answers reloads, and a SIGTERM
+/// drains, instead of killing the process.
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Takes the three signals (one that cannot be taken keeps its default action).
+    pub fn take() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT; SIGHUP reloads meanwhile.
+    pub async fn wait_for_shutdown(mut self, reloader: &dyn crate::admin::Reload) {
+        async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = next(&mut self.term) => return,
+                _ = next(&mut self.int) => return,
+                _ = next(&mut self.hup) => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = reloader.reload().await;
+                }
             }
         }
     }
