@@ -144,7 +144,8 @@ fn merge_element(text: &str) -> Result<Block, BuiltinError> {
 
 /// OPA's `mergeCIDRs`: sorted by last then first address, each range merged into the one
 /// before it when the address before its first (OPA's `GetPreviousIP`, which stays at `::`
-/// and at `0.0.0.0`) is within that one.
+/// and at `0.0.0.0`) is within that one. One pass from the end (OPA's order), linear in the
+/// count: the operand can come from the input.
 fn merge_blocks(mut blocks: Vec<Block>) -> Vec<Block> {
     blocks.sort_by_key(|b| (b.last, b.first));
     let previous = |ip: u128| {
@@ -154,18 +155,18 @@ fn merge_blocks(mut blocks: Vec<Block>) -> Vec<Block> {
             ip - 1
         }
     };
-    let mut i = blocks.len();
-    while i > 1 {
-        i -= 1;
-        if previous(blocks[i].first) <= blocks[i - 1].last {
-            let block = blocks.remove(i);
-            let before = &mut blocks[i - 1];
-            before.first = before.first.min(block.first);
-            before.last = block.last;
-            before.text = None;
+    let mut kept: Vec<Block> = Vec::with_capacity(blocks.len());
+    for before in blocks.into_iter().rev() {
+        match kept.last_mut() {
+            Some(after) if previous(after.first) <= before.last => {
+                after.first = after.first.min(before.first);
+                after.text = None;
+            }
+            _ => kept.push(before),
         }
     }
-    blocks
+    kept.reverse();
+    kept
 }
 
 /// The fewest CIDRs that cover `first..=last` exactly (OPA's `RangeToCIDRs`), a block inside
