@@ -332,7 +332,7 @@ fn lists_recent_decisions_as_written_newest_first() {
     let (status, body) = answer(super::decisions::recent(&recent, None));
     assert_eq!((status, body), (StatusCode::OK, json!({"decisions": []})));
     for line in [br#"{"n":1}"#.as_slice(), br#"{"n":2}"#, br#"{"n":3}"#] {
-        recent.push(line.to_vec());
+        recent.push(line);
     }
     let (status, body) = answer(super::decisions::recent(&recent, Some("limit=2")));
     assert_eq!(
