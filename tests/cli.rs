@@ -390,6 +390,54 @@ fn evaluates_one_input_with_policy_eval() {
     );
 }
 
+/// OPA keeps an integer of any size exact (a `*big.Int`): in the input, in the policy's
+/// arithmetic and in what `opa eval` prints. tollgate read such an input number as a double
+/// and printed big results as doubles (`1.975308642197531e+20`).
+#[test]
+fn policy_eval_keeps_integers_beyond_64_bits_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("big.rego"),
+        r#"package tollgate
+
+import rego.v1
+
+decision := {
+	"allow": false,
+	"reason": "big numbers",
+	"same": input.big == 98765432109876543210,
+	"next": input.big + 1,
+	"twice": input.big * 2,
+	"literal": 123456789012345678901234567890,
+	"text": sprintf("%d", [input.big]),
+	"half": input.half,
+}
+"#,
+    )
+    .unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"big": 98765432109876543210, "half": 0.5}"#).unwrap();
+    let out = Tollgate::run_cli(&[
+        "policy",
+        "eval",
+        "-p",
+        dir.path().join("big.rego").to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    for want in [
+        r#""same":true"#,
+        r#""next":98765432109876543211"#,
+        r#""twice":197530864219753086420"#,
+        r#""literal":123456789012345678901234567890"#,
+        r#""text":"98765432109876543210""#,
+        r#""half":0.5"#,
+    ] {
+        assert!(printed.contains(want), "{want} not in {printed}");
+    }
+}
 #[test]
 fn answers_health_and_readiness_and_exits_0_on_sigterm() {
     let tg = Tollgate::start("listeners: [{name: agents, address: '127.0.0.1:0'}]\n");

@@ -160,3 +160,31 @@ fn walk_without_an_output_argument_yields_every_pair() {
     );
     assert_eq!(eval(r#"[true | walk({"a": 1}, [["a"], 2])]"#), json("[]"));
 }
+
+/// Patch #10: a JSON number token is read as OPA reads it. An integer token stays exact at any
+/// size (OPA keeps a `*big.Int`); any other token is a float, as without `arbitrary_precision`
+/// (OPA's `sprintf` hands `2e3` and `1.0` to Go as `float64`).
+#[test]
+fn json_numbers_keep_integers_exact_and_floats_floats() {
+    let big = Value::from_json_str("98765432109876543210").unwrap();
+    assert_eq!(big.to_json_str().unwrap(), "98765432109876543210");
+    assert_eq!(
+        big,
+        eval("98765432109876543210").unwrap(),
+        "the input's integer equals the policy's literal"
+    );
+    assert!(
+        crate::policy::builtins::sprintf::is_float(&Value::from_json_str("2e3").unwrap()),
+        "2e3 stays a float"
+    );
+    assert!(!crate::policy::builtins::sprintf::is_float(&big));
+    assert!(
+        Value::from_json_str("1e400").is_err(),
+        "beyond a double is refused"
+    );
+    assert_eq!(
+        serde_json::to_string(&Value::from_json_str("[-0, 5, 18446744073709551616]").unwrap())
+            .unwrap(),
+        "[0,5,18446744073709551616]"
+    );
+}

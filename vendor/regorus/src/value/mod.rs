@@ -206,6 +206,21 @@ impl Serialize for Value {
     }
 }
 
+/// tollgate patch (PATCHES.md #10): a JSON number token, read as OPA reads it — an integer
+/// token (no fraction, no exponent) exactly, at any size; any other token as the double
+/// serde_json gives without `arbitrary_precision` (`2e3` and `1.0` stay floats; `1e400` is
+/// refused). `Number::from_str` would turn `2e3` into the integer 2000.
+fn json_number(text: &str) -> Option<Number> {
+    if text.contains(['.', 'e', 'E']) {
+        match text.parse::<f64>() {
+            Ok(value) if value.is_finite() => Some(Number::from(value)),
+            _ => None,
+        }
+    } else {
+        Number::from_str(text).ok()
+    }
+}
+
 struct ValueVisitor;
 
 impl<'de> Visitor<'de> for ValueVisitor {
@@ -321,9 +336,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
         if let Some((key, value)) = visitor.next_entry()? {
             if let (Value::String(k), Value::String(v)) = (&key, &value) {
                 if k.as_ref() == "$serde_json::private::Number" {
-                    match Number::from_str(v) {
-                        Ok(n) => return Ok(Value::from(n)),
-                        _ => return Err(de::Error::custom("failed to read big number")),
+                    match json_number(v) {
+                        Some(n) => return Ok(Value::from(n)),
+                        None => return Err(de::Error::custom("failed to read big number")),
                     }
                 }
             }
