@@ -8,6 +8,7 @@
 pub mod ast_walk;
 pub mod builtins;
 pub mod decision;
+pub mod document_entrypoint;
 pub mod input;
 pub mod opa_rewrite;
 pub mod rego;

@@ -31,7 +31,9 @@ use std::time::Duration;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, LimitError, Value};
 
-use super::{PolicyLoadError, builtins, opa_rewrite, rules_check, source_limits};
+use super::{
+    PolicyLoadError, builtins, document_entrypoint, opa_rewrite, rules_check, source_limits,
+};
 
 /// Wall-clock bound on one decision: a runaway policy becomes a deny, not a stuck worker.
 pub const DECISION_TIME_LIMIT: Duration = Duration::from_millis(100);
@@ -138,37 +140,67 @@ impl RegoPolicy {
         data: Value,
         entrypoint: &str,
     ) -> Result<RegoPolicy, PolicyLoadError> {
-        let data_json = data
+        let data_json: Arc<str> = data
             .to_json_str()
-            .map_err(|e| PolicyLoadError::Data(e.to_string()))?;
-        let mut template = build_engine(modules, Some(data))?;
+            .map_err(|e| PolicyLoadError::Data(e.to_string()))?
+            .into();
         let rule = format!("data.{}", entrypoint.replace('/', "."));
+        let mut template = build_engine(modules, Some(data.clone()))?;
         // Refuses an entrypoint no rule defines, and prepares the engine (rule analysis and
         // scheduling), so that every clone starts prepared.
+        let Err(error) = template.compile_with_entrypoint(&rule.as_str().into()) else {
+            return Ok(RegoPolicy::prepared(
+                template,
+                rule,
+                modules.into(),
+                data_json,
+            ));
+        };
+        let message = error.to_string();
+        if !message.contains("not a valid rule path") {
+            return Err(PolicyLoadError::Compile(format!(
+                "entrypoint {rule}: {message}"
+            )));
+        }
+        if !document_entrypoint::built_by_ref_heads(&mut template, &rule) {
+            return Err(PolicyLoadError::EntrypointMissing {
+                entrypoint: entrypoint.to_string(),
+                rule,
+                packages: packages_found(&template),
+            });
+        }
+        // A document that rules with ref heads build: evaluated through one added rule.
+        let mut with_rule = modules.to_vec();
+        with_rule.push(document_entrypoint::module(&rule));
+        let mut template = build_engine(&with_rule, Some(data))?;
         template
-            .compile_with_entrypoint(&rule.as_str().into())
-            .map_err(|e| {
-                let message = e.to_string();
-                if message.contains("not a valid rule path") {
-                    PolicyLoadError::EntrypointMissing {
-                        entrypoint: entrypoint.to_string(),
-                        rule: rule.clone(),
-                        packages: packages_found(&template),
-                    }
-                } else {
-                    PolicyLoadError::Compile(format!("entrypoint {rule}: {message}"))
-                }
-            })?;
+            .compile_with_entrypoint(&document_entrypoint::RULE.into())
+            .map_err(|e| PolicyLoadError::Compile(format!("entrypoint {rule}: {e}")))?;
+        Ok(RegoPolicy::prepared(
+            template,
+            document_entrypoint::RULE.to_string(),
+            with_rule.into(),
+            data_json,
+        ))
+    }
+
+    /// A revision around a compiled `template`, evaluated once on an empty input: the result
+    /// does not matter (an empty input may well be an error); the preparation does.
+    fn prepared(
+        mut template: Engine,
+        entrypoint: String,
+        modules: Arc<[(String, String)]>,
+        data_json: Arc<str>,
+    ) -> RegoPolicy {
         template.set_input(Value::new_object());
-        // The result does not matter (an empty input may well be an error); the preparation does.
-        let _ = template.eval_rule(rule.clone());
-        Ok(RegoPolicy {
+        let _ = template.eval_rule(entrypoint.clone());
+        RegoPolicy {
             id: NEXT_POLICY_ID.fetch_add(1, Ordering::Relaxed),
             template,
-            entrypoint: rule,
-            modules: modules.into(),
-            data_json: data_json.into(),
-        })
+            entrypoint,
+            modules,
+            data_json,
+        }
     }
 
     /// The rule path evaluated, e.g. `data.tollgate.decision`.
