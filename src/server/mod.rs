@@ -183,7 +183,7 @@ async fn agent_connection(
             return;
         }
     };
-    let mut ctx = ConnCtx::new(
+    let ctx = ConnCtx::new(
         name,
         listener.config.mode,
         listener.config.intercept,
@@ -191,8 +191,13 @@ async fn agent_connection(
         listener.default_caller.clone(),
         abort,
     );
+    // The transparent and the TLS ways are boxed: a task's future is as large as its largest
+    // state, and each of those is more than twice the plain one (13,312 bytes for the whole task
+    // against 4,096 for plain HTTP's serve, release build); boxed, a plain connection keeps
+    // only what it uses — about 9 KiB less per open connection — for one allocation on the
+    // other ways, beside a handshake.
     if listener.config.mode == ListenerMode::Transparent {
-        transparent::connection(server, listener, ctx, stream).await;
+        Box::pin(transparent::connection(server, listener, ctx, stream)).await;
         return;
     }
     let Some(tls) = &listener.tls else {
@@ -200,11 +205,22 @@ async fn agent_connection(
         serve(server, stream, conn, Protocol::Http1).await;
         return;
     };
+    Box::pin(tls_connection(server, tls, ctx, stream)).await;
+}
+
+/// An agent connection on a listener with TLS: the handshake, the caller its SVID names, then
+/// HTTP inside.
+async fn tls_connection(
+    server: &Arc<Server>,
+    tls: &Arc<Watched<ListenerTls>>,
+    mut ctx: ConnCtx,
+    stream: TcpStream,
+) {
     let config = tls.load().server.clone();
     let handshake = crate::tls::accept_agent(
         stream,
         server.limits.header_read_timeout,
-        &proxy.metrics,
+        &server.proxy.metrics,
         None,
         None,
         move |_| Ok(config),
