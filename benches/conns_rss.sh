@@ -26,6 +26,7 @@
 #       --tollgate-bin PATH  use this tollgate binary; do not build
 #       --no-build        use target/release/tollgate as it is; do not build
 #       --keep            keep the temp dir (configs and logs) and print its path
+#       --max-hwm-mib N   exit 1 if tollgate's peak RSS (VmHWM) passed N MiB (issue 13: 48)
 #   -h, --help
 # Needs: nginx curl python3 (bash .ci/run installs them), openssl for --tls, taskset for
 # --pin; cargo to build. See docs/BENCHMARKS.md §13.
@@ -39,6 +40,7 @@ PIN=0
 TOLLGATE_BIN=
 BUILD=1
 KEEP=0
+MAX_HWM_MIB=
 START_TIMEOUT=30                        # seconds for any server to accept
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
@@ -50,11 +52,12 @@ while [[ $# -gt 0 ]]; do
     --tollgate-bin) TOLLGATE_BIN=$2; BUILD=0; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
+    --max-hwm-mib) MAX_HWM_MIB=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "conns_rss.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-for n in "$CONNS" "$HOLD"; do
+for n in "$CONNS" "$HOLD" ${MAX_HWM_MIB:+"$MAX_HWM_MIB"}; do
   [[ $n =~ ^[0-9]+$ ]] || { echo "conns_rss.sh: expected a whole number, got '$n'" >&2; exit 2; }
 done
 (( CONNS >= 1 && CONNS <= 20000 )) || { echo "conns_rss.sh: -n must be 1 ..= 20000" >&2; exit 2; }
@@ -163,3 +166,9 @@ run_fg timeout "$IDLE_LIMIT" "${client[@]}" || rc=$?
 kill -0 "$TG_PID" 2>/dev/null || { tail -n 30 "$t/stderr.log" >&2; die "tollgate died during the run"; }
 log "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 (( rc == 0 )) || die "the client failed (exit $rc): a connection failed or closed early"
+if [[ -n $MAX_HWM_MIB ]]; then
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$TG_PID/status")
+  (( hwm <= MAX_HWM_MIB * 1024 )) ||
+    die "tollgate's peak RSS was $hwm KiB, over --max-hwm-mib $MAX_HWM_MIB ($((MAX_HWM_MIB * 1024)) KiB)"
+  log "peak RSS $hwm KiB, within --max-hwm-mib $MAX_HWM_MIB"
+fi
