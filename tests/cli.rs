@@ -336,6 +336,18 @@ fn reports_failing_rego_tests_with_exit_1() {
     assert!(stdout.contains("FAIL: 1/2"), "{stdout}");
 }
 
+/// `tollgate policy eval -p POLICY -i INPUT`.
+fn policy_eval(policy: &Path, input: &Path) -> std::process::Output {
+    Tollgate::run_cli(&[
+        "policy",
+        "eval",
+        "-p",
+        policy.to_str().unwrap(),
+        "-i",
+        input.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn evaluates_one_input_with_policy_eval() {
     let dir = tempfile::tempdir().unwrap();
@@ -351,14 +363,7 @@ fn evaluates_one_input_with_policy_eval() {
     )
     .unwrap();
     let policy = repo_root().join("policy-wasm");
-    let out = Tollgate::run_cli(&[
-        "policy",
-        "eval",
-        "-p",
-        policy.to_str().unwrap(),
-        "-i",
-        input.to_str().unwrap(),
-    ]);
+    let out = policy_eval(&policy, &input);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decision["allow"], false);
@@ -370,14 +375,7 @@ fn evaluates_one_input_with_policy_eval() {
         "package tollgate\ndecision := {\"allow\": \"yes\"}\n",
     )
     .unwrap();
-    let out = Tollgate::run_cli(&[
-        "policy",
-        "eval",
-        "-p",
-        dir.path().join("bad.rego").to_str().unwrap(),
-        "-i",
-        input.to_str().unwrap(),
-    ]);
+    let out = policy_eval(&dir.path().join("bad.rego"), &input);
     assert_eq!(out.status.code(), Some(1));
     // stdout is the policy's own value; stderr says what tollgate would apply.
     let own: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -417,14 +415,7 @@ decision := {
     .unwrap();
     let input = dir.path().join("input.json");
     std::fs::write(&input, r#"{"big": 98765432109876543210, "half": 0.5}"#).unwrap();
-    let out = Tollgate::run_cli(&[
-        "policy",
-        "eval",
-        "-p",
-        dir.path().join("big.rego").to_str().unwrap(),
-        "-i",
-        input.to_str().unwrap(),
-    ]);
+    let out = policy_eval(&dir.path().join("big.rego"), &input);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = text(&out.stdout);
     for want in [
@@ -438,6 +429,7 @@ decision := {
         assert!(printed.contains(want), "{want} not in {printed}");
     }
 }
+
 #[test]
 fn answers_health_and_readiness_and_exits_0_on_sigterm() {
     let tg = Tollgate::start("listeners: [{name: agents, address: '127.0.0.1:0'}]\n");

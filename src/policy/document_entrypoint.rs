@@ -30,6 +30,10 @@ pub fn built_by_ref_heads(engine: &mut Engine, rule: &str) -> bool {
         let Some(package) = ast_walk::path(&module.package.refr) else {
             return false;
         };
+        // Inside the package: an entrypoint naming a package is a mistake, not a document.
+        if !rule.starts_with(&format!("data.{package}.")) {
+            return false;
+        }
         module.policy.iter().any(|r| {
             let refr = match r.as_ref() {
                 Rule::Spec {
@@ -38,12 +42,10 @@ pub fn built_by_ref_heads(engine: &mut Engine, rule: &str) -> bool {
                 } => refr,
                 _ => return false,
             };
-            // Inside the package: an entrypoint naming a package is a mistake, not a document.
-            rule.starts_with(&format!("data.{package}."))
-                && constant_prefix(refr).is_some_and(|(prefix, _)| {
-                    let path = format!("data.{package}.{prefix}");
-                    path == rule || path.starts_with(&below)
-                })
+            constant_prefix(refr).is_some_and(|(prefix, _)| {
+                let path = format!("data.{package}.{prefix}");
+                path == rule || path.starts_with(&below)
+            })
         })
     })
 }

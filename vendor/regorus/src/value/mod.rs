@@ -216,6 +216,11 @@ fn json_number(text: &str) -> Option<Number> {
             Ok(value) if value.is_finite() => Some(Number::from(value)),
             _ => None,
         }
+    } else if let Ok(small) = text.parse::<u64>() {
+        // Most tokens: no big integer, no allocation (as `visit_u64` / `visit_i64`).
+        Some(Number::from(small))
+    } else if let Ok(small) = text.parse::<i64>() {
+        Some(Number::from(small))
     } else {
         Number::from_str(text).ok()
     }
