@@ -16,11 +16,21 @@
 //! evaluation), whatever the default engine is. Also the one-off cost of loading each revision (the bundled policy's data check,
 //! `data.tollgate.data_errors`, runs then).
 //!
+//! A last table splits the bundled policy's cost by rule: each rule the decision consults,
+//! evaluated alone (with what it depends on) on regorus' interpreter, with the heap
+//! allocations each evaluation makes — where the time goes when a decision costs more than a
+//! one-line policy.
+//!
+//! With the proxy's allocator (mimalloc, as src/main.rs sets it): the figures are what the proxy
+//! pays, not what glibc's allocator would.
+//!
 //! Run: `cargo bench --bench policy_scale` (`POLICY_SCALE_AGENTS=1000` runs one agent count). Under `cargo test --all-targets` (no `--bench`)
 //! only the 10-agent rows run, once each.
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -33,6 +43,66 @@ use tollgate::policy::input::PolicyInput;
 use tollgate::policy::{BUNDLED_MODULES, PolicyRevision};
 
 const AGENTS: [usize; 3] = [10, 1_000, 10_000];
+
+/// The proxy's allocator, counting allocations for the per-rule table.
+struct CountingMimalloc;
+
+thread_local! {
+    /// Allocations made by this thread: a plain per-thread count, so that counting adds no
+    /// atomic instruction to the timed rows.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts one allocation on the calling thread (not at all while the thread is being torn down).
+fn count_allocation() {
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+/// Allocations this thread has made so far.
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: every call is passed on unchanged to mimalloc, which upholds GlobalAlloc's contract.
+unsafe impl GlobalAlloc for CountingMimalloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingMimalloc = CountingMimalloc;
+
+/// The rules of the bundled policy that an allow decision consults, in the order the decision
+/// reaches them; each row includes the rules it depends on.
+const BUNDLED_RULES: [&str; 14] = [
+    "has_spiffe_id",
+    "valid_input",
+    "host",
+    "port",
+    "agent",
+    "rules",
+    "authentication_required",
+    "default_ports",
+    "naming_host",
+    "progress",
+    "first_match",
+    "closest",
+    "allowed",
+    "decision",
+];
 
 /// The glob+regex policy: first rule (in list order) whose host glob and path regex match.
 const GLOB_REGEX_POLICY: &str = r#"package tollgate
@@ -128,6 +198,39 @@ fn interpreter_percentiles(engine: &mut regorus::Engine, input: &PolicyInput) ->
     (at(0.50), at(0.99), cpu)
 }
 
+/// Mean µs and heap allocations per evaluation of each of [`BUNDLED_RULES`] alone, on one
+/// interpreter engine (input set per evaluation, as the proxy does), 20,000 after 2,000 warm-up.
+fn bundled_rule_costs(agents: usize, input: &PolicyInput) {
+    let data = regorus::Value::from_json_str(&bundled_data(agents).to_string())
+        .expect("the bundled data is JSON");
+    let mut engine = tollgate::policy::rego::build_engine(&bundled_modules(), Some(data))
+        .expect("the bundled policy loads");
+    let input = input.to_value();
+    println!(
+        "\n# bundled policy, each rule alone ({agents} agents; its dependencies included): mean µs and allocations per evaluation"
+    );
+    println!("rule                         µs  allocations");
+    for rule in BUNDLED_RULES {
+        let path = format!("data.tollgate.{rule}");
+        let mut evaluate = || {
+            engine.set_input(input.clone());
+            black_box(engine.eval_rule(path.clone()))
+        };
+        for _ in 0..2_000 {
+            let _ = evaluate();
+        }
+        let n = 20_000;
+        let before = allocations();
+        let started = Instant::now();
+        for _ in 0..n {
+            let _ = evaluate();
+        }
+        let micros = started.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+        let allocations = (allocations() - before) as f64 / f64::from(n);
+        println!("{rule:24} {micros:8.2} {allocations:12.1}");
+    }
+}
+
 fn bundled_modules() -> Vec<(String, String)> {
     BUNDLED_MODULES
         .iter()
@@ -198,6 +301,8 @@ fn report() {
             "interpreter glob+regex  allow   {agents:6} {p50:8.2} {p99:8.2} {cpu:8.2}        -"
         );
     }
+    let breakdown_agents = agent_counts().contains(&1_000).then_some(1_000);
+    bundled_rule_costs(breakdown_agents.unwrap_or(AGENTS[0]), &allow);
 }
 
 fn bench(c: &mut Criterion) {
