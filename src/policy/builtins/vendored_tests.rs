@@ -188,3 +188,59 @@ fn json_numbers_keep_integers_exact_and_floats_floats() {
         "[0,5,18446744073709551616]"
     );
 }
+
+/// Patch #11 looks string keys up in an object without building a `Value` for them: on both
+/// storage forms (built by insertion: a B-tree; built from entries: a sorted slice), `get_str`
+/// must find exactly what `get` with a built string key finds, among keys of every type (which
+/// sort around the strings).
+#[test]
+fn string_key_lookups_agree_with_value_key_lookups() {
+    use regorus::value::Object;
+
+    let keys = [
+        Value::Null,
+        Value::from(false),
+        Value::from(true),
+        Value::from(-3),
+        Value::from(7),
+        Value::from(""),
+        Value::from("a"),
+        Value::from("ab"),
+        Value::from("b"),
+        Value::from("zz"),
+        Value::from_json_str("[\"a\"]").unwrap(),
+        Value::from_json_str("{\"a\": 1}").unwrap(),
+        Value::from_json_str("[]").unwrap(),
+    ];
+    let entries: Vec<(Value, Value)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| (key.clone(), Value::from(i as u64)))
+        .collect();
+    let mut inserted = Value::new_object();
+    let map = inserted.as_object_mut().unwrap();
+    for (key, value) in &entries {
+        map.insert(key.clone(), value.clone());
+    }
+    let from_entries = Object::from_entries(entries);
+    for object in [inserted.as_object().unwrap(), &from_entries] {
+        for probe in [
+            "", "a", "ab", "b", "zz", "aa", "c", "zzz", "null", "true", "7",
+        ] {
+            assert_eq!(
+                object.get_str(probe),
+                object.get(&Value::from(probe)),
+                "get_str({probe:?})"
+            );
+        }
+        assert_eq!(object.get_str("ab"), Some(&Value::from(7u64)));
+        assert_eq!(object.get_str("7"), None);
+    }
+    // Through a policy: an object the policy builds, looked up by field and by string key.
+    assert_eq!(
+        eval(
+            r#"[o.ab, o[""], object.get(o, "b", "none"), object.get(o, "c", "none")] if { o := object.union({k: 0 | some k in ["x", "ab"]}, {"ab": 1, "": 2, "b": 3, 7: 4, true: 5}) }"#
+        ),
+        json(r#"[1, 2, 3, "none"]"#)
+    );
+}

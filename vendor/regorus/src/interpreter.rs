@@ -2978,16 +2978,20 @@ impl Interpreter {
         }
 
         let mut extension = None;
-        let (fcns_rules, fcn_module) = match target {
-            CallTarget::User(key) => match self.compiled_policy.functions.get(key.as_ref()) {
-                Some((fcns, _, m)) => (fcns.clone(), Some(m.clone())),
+        // tollgate patch (PATCHES.md #11): the function's definitions and its parameters'
+        // binding plans are read through a second handle on the compiled policy (which
+        // evaluation never changes) instead of being copied on every call.
+        let policy = self.compiled_policy.clone();
+        let (fcns_rules, fcn_module): (&[Ref<Rule>], _) = match target {
+            CallTarget::User(key) => match policy.functions.get(key.as_ref()) {
+                Some((fcns, _, m)) => (fcns.as_slice(), Some(m.clone())),
                 None => bail!("internal error: function {key} vanished"),
             },
             // process default functions later.
-            CallTarget::Default => (vec![], self.module.clone()),
+            CallTarget::Default => (&[], self.module.clone()),
             CallTarget::Extension => {
                 extension = self.extensions.get_mut(selected_fcn_path.as_ref());
-                (vec![], None)
+                (&[], None)
             }
             CallTarget::Print => return self.eval_print(span, params, param_values),
             CallTarget::Builtin(builtin) => {
@@ -3080,17 +3084,27 @@ impl Interpreter {
                     .get(idx)
                     .ok_or_else(|| anyhow!("internal error: missing param value"))?;
 
+                let plan = if usize::try_from(module_idx).ok() == Some(policy.modules.len()) {
+                    // A function of the query module: its plans are not in the policy's table.
+                    self.query_loop_hoisting
+                        .get_expr_binding_plan(module_idx, expr_idx)
+                        .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
+                        .cloned()
+                        .map(alloc::borrow::Cow::Owned)
+                } else {
+                    policy
+                        .loop_hoisting_table
+                        .get_expr_binding_plan(module_idx, expr_idx)
+                        .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
+                        .map(alloc::borrow::Cow::Borrowed)
+                };
                 let binding_success = if let Some(BindingPlan::Parameter {
                     destructuring_plan,
                     ..
-                }) = self
-                    .loop_hoisting_table(module_idx)
-                    .get_expr_binding_plan(module_idx, expr_idx)
-                    .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
-                    .cloned()
+                }) = plan.as_deref()
                 {
                     // Execute the destructuring plan with the parameter value
-                    self.execute_destructuring_plan(&destructuring_plan, param_value)?
+                    self.execute_destructuring_plan(destructuring_plan, param_value)?
                         == Value::from(true)
                 } else {
                     // Raise error if binding plan is not found
@@ -3375,36 +3389,38 @@ impl Interpreter {
 
     fn ensure_rule_evaluated(&mut self, path: String) -> Result<()> {
         self.check_execution_time()?;
+        // tollgate patch (PATCHES.md #11): the rules and path components are read through a
+        // second handle on the compiled policy (which evaluation never changes) instead of
+        // being copied out on every reference.
+        let policy = self.compiled_policy.clone();
         let mut matched = false;
-        if let Some(rules) = self.compiled_policy.rules.get(&path) {
+        if let Some(rules) = policy.rules.get(&path) {
             matched = true;
-            for r in rules.clone() {
-                if !self.processed.contains(&r) {
-                    let module = self.get_rule_module(&r)?;
-                    self.eval_rule(&module, &r)?;
+            for r in rules {
+                if !self.processed.contains(r) {
+                    let module = self.get_rule_module(r)?;
+                    self.eval_rule(&module, r)?;
                 }
             }
         }
 
         // Evaluate the associated default rules after non-default rules
-        if let Some(rules) = self.compiled_policy.default_rules.get(&path) {
+        if let Some(rules) = policy.default_rules.get(&path) {
             matched = true;
-            for (r, _) in rules.clone() {
-                if !self.processed.contains(&r) {
-                    let module = self.get_rule_module(&r)?;
+            for (r, _) in rules {
+                if !self.processed.contains(r) {
+                    let module = self.get_rule_module(r)?;
                     let prev_module = self.set_current_module(Some(module))?;
-                    self.eval_default_rule(&r)?;
+                    self.eval_default_rule(r)?;
                     self.set_current_module(prev_module)?;
                 }
             }
         }
 
         if matched {
-            let components = self
-                .compiled_policy
+            let components = policy
                 .rule_path_components
                 .get(&path)
-                .cloned()
                 .ok_or_else(|| anyhow!("missing components for registered rule path {path}"))?;
             let comps: Vec<&str> = components.iter().map(String::as_str).collect();
             let (_, tail) = comps
@@ -3423,10 +3439,12 @@ impl Interpreter {
                 return Ok(true);
             }
 
-            match &obj[*p] {
+            // tollgate patch (PATCHES.md #11): the component looked up as a string, no key
+            // built.
+            match object_field(obj, p) {
                 // Prefix and its suffixes including path have not been processed.
-                Value::Undefined => return Ok(false),
-                v => obj = v,
+                None | Some(Value::Undefined) => return Ok(false),
+                Some(v) => obj = v,
             }
         }
 
@@ -3461,9 +3479,10 @@ impl Interpreter {
         }
 
         for component in path {
-            match &obj[*component] {
-                Value::Undefined => return Ok(false),
-                value => obj = value,
+            // tollgate patch (PATCHES.md #11): looked up as a string, no key built.
+            match object_field(obj, component) {
+                None | Some(Value::Undefined) => return Ok(false),
+                Some(value) => obj = value,
             }
 
             if obj
@@ -3930,18 +3949,18 @@ impl Interpreter {
             None => return Ok(obj),
         };
 
-        let key = Value::String((*first).into());
+        // tollgate patch (PATCHES.md #11): a key is built only when the field is new.
         if obj == &Value::Undefined {
             *obj = Value::new_object();
         }
         if let Value::Object(map) = obj {
-            if map.get(&key).is_none() {
-                Rc::make_mut(map).insert(key.clone(), Value::Undefined);
+            if map.get_str(first).is_none() {
+                Rc::make_mut(map).insert(Value::String((*first).into()), Value::Undefined);
             }
         }
 
         match obj {
-            Value::Object(map) => match Rc::make_mut(map).get_mut(&key) {
+            Value::Object(map) => match Rc::make_mut(map).get_str_mut(first) {
                 Some(v) if tail.is_empty() => Ok(v),
                 Some(v) => Self::make_or_get_value_mut(v, tail),
                 _ => bail!("internal error: unexpected"),
@@ -5071,5 +5090,14 @@ impl Interpreter {
 
         crate::utils::limits::enforce_memory_limit().map_err(|err| anyhow!(err))?;
         Ok(self.compiled_policy.clone())
+    }
+}
+
+/// tollgate patch (PATCHES.md #11): the field `key` of `value` when it is an object, found
+/// without building a key (what `value[key]` gives, `None` for undefined).
+fn object_field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    match value {
+        Value::Object(o) => o.get_str(key),
+        _ => None,
     }
 }

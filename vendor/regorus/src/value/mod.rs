@@ -1553,20 +1553,21 @@ impl Value {
             return Ok(self);
         }
 
-        let key = Value::String(paths[0].into());
+        // tollgate patch (PATCHES.md #11): a key is built only when the field is new.
+        let first = paths[0];
         if self == &Value::Undefined {
             *self = Value::new_object();
         }
         if let Value::Object(map) = self {
-            if map.get(&key).is_none() {
-                Rc::make_mut(map).insert(key.clone(), Value::Undefined);
+            if map.get_str(first).is_none() {
+                Rc::make_mut(map).insert(Value::String(first.into()), Value::Undefined);
                 // Enforce allocator limit while creating nested object entries.
                 enforce_limit_anyhow()?;
             }
         }
 
         match self {
-            Value::Object(map) => match Rc::make_mut(map).get_mut(&key) {
+            Value::Object(map) => match Rc::make_mut(map).get_str_mut(first) {
                 Some(v) if paths.len() == 1 => Ok(v),
                 Some(v) => Self::make_or_get_value_mut(v, &paths[1..]),
                 _ => bail!("internal error: unexpected"),

@@ -108,15 +108,26 @@ impl Object {
     pub fn get_str(&self, key: &str) -> Option<&Value> {
         match &self.repr {
             Repr::Empty => None,
-            Repr::Frozen(v) => match v.binary_search_by(|(k, _)| match k {
-                Value::Null | Value::Bool(_) | Value::Number(_) => Ordering::Less,
-                Value::String(k) => k.as_ref().cmp(key),
-                _ => Ordering::Greater,
-            }) {
+            Repr::Frozen(v) => match v.binary_search_by(|(k, _)| str_key_order(k, key)) {
                 Ok(i) => Some(&v[i].1),
                 Err(_) => None,
             },
-            Repr::BTree(m) => m.get(&Value::from(key)),
+            // tollgate patch (PATCHES.md #11): the B-tree form too is searched by the string
+            // itself (a key view ordered as `Value` orders strings), not by a built `Value`.
+            Repr::BTree(m) => m.get(StrKey(key).as_view()),
+        }
+    }
+
+    /// tollgate patch (PATCHES.md #11): `get_mut` with a string key, without building a
+    /// `Value` for it (either storage form).
+    pub fn get_str_mut(&mut self, key: &str) -> Option<&mut Value> {
+        match &mut self.repr {
+            Repr::Empty => None,
+            Repr::Frozen(v) => match v.binary_search_by(|(k, _)| str_key_order(k, key)) {
+                Ok(i) => Some(&mut v[i].1),
+                Err(_) => None,
+            },
+            Repr::BTree(m) => m.get_mut(StrKey(key).as_view()),
         }
     }
 
@@ -293,3 +304,81 @@ impl From<Object> for Value {
         o.into_value()
     }
 }
+
+/// tollgate patch (PATCHES.md #11): where `key` sorts against the string `probe` in `Value`'s
+/// order, in which every string sorts after null, booleans and numbers and before arrays,
+/// objects, sets and undefined.
+fn str_key_order(key: &Value, probe: &str) -> Ordering {
+    match key {
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ordering::Less,
+        Value::String(k) => k.as_ref().cmp(probe),
+        _ => Ordering::Greater,
+    }
+}
+
+/// tollgate patch (PATCHES.md #11): a key of an object's B-tree seen either as a `Value` or as
+/// a bare string, so that a `BTreeMap<Value, Value>` can be searched with a `&str` (through
+/// `Borrow<dyn KeyView>`) without allocating a `Value::String` for it. Both views order exactly
+/// as `Value` orders its keys.
+pub(crate) trait KeyView {
+    /// The key as a `Value` or as a string.
+    fn view(&self) -> KeyRef<'_>;
+}
+
+/// What a [`KeyView`] shows.
+pub(crate) enum KeyRef<'a> {
+    Value(&'a Value),
+    Str(&'a str),
+}
+
+impl KeyView for Value {
+    fn view(&self) -> KeyRef<'_> {
+        KeyRef::Value(self)
+    }
+}
+
+/// A bare string searched for among `Value` keys.
+struct StrKey<'a>(&'a str);
+
+impl<'a> StrKey<'a> {
+    fn as_view(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+impl KeyView for StrKey<'_> {
+    fn view(&self) -> KeyRef<'_> {
+        KeyRef::Str(self.0)
+    }
+}
+
+impl<'a> core::borrow::Borrow<dyn KeyView + 'a> for Value {
+    fn borrow(&self) -> &(dyn KeyView + 'a) {
+        self
+    }
+}
+
+impl Ord for dyn KeyView + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self.view(), other.view()) {
+            (KeyRef::Value(a), KeyRef::Value(b)) => a.cmp(b),
+            (KeyRef::Str(a), KeyRef::Str(b)) => a.cmp(b),
+            (KeyRef::Value(a), KeyRef::Str(b)) => str_key_order(a, b),
+            (KeyRef::Str(a), KeyRef::Value(b)) => str_key_order(b, a).reverse(),
+        }
+    }
+}
+
+impl PartialOrd for dyn KeyView + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for dyn KeyView + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for dyn KeyView + '_ {}

@@ -187,9 +187,10 @@ impl Set {
             || self.inner.iter().next(),
             |prev| {
                 // `(Bound<&T>, Bound<&T>)` impls `RangeBounds<T>` — no clone
-                // needed to build the resume bound.
+                // needed to build the resume bound. (tollgate patch (PATCHES.md #11): the key
+                // type named, as `Value` now borrows as a key view too.)
                 self.inner
-                    .range((Bound::Excluded(prev), Bound::Unbounded))
+                    .range::<Value, _>((Bound::Excluded(prev), Bound::Unbounded))
                     .next()
             },
         );
