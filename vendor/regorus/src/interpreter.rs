@@ -252,7 +252,8 @@ impl Default for Context {
             results: QueryResults::default(),
             is_compr: false,
             rule_ref: None,
-            rule_value: Value::new_object(),
+            // tollgate patch (PATCHES.md #11): a shared empty object, copied on first write.
+            rule_value: empty_object(),
             is_set: false,
             is_old_style_set: false,
             output_constness_determined: false,
@@ -1102,16 +1103,17 @@ impl Interpreter {
         let module_idx = self.current_module_index;
         let expr_idx = collection.as_ref().eidx();
 
-        let binding_plan = self
-            .loop_hoisting_table(module_idx)
-            .get_expr_binding_plan(module_idx, expr_idx)
-            .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?;
+        // tollgate patch (PATCHES.md #11): the plan is read through a second handle on the
+        // compiled policy, not copied on every evaluation of the loop.
+        let policy = self.compiled_policy.clone();
+        let binding_plan =
+            binding_plan_in(&policy, &self.query_loop_hoisting, module_idx, expr_idx)?;
 
         let Some(BindingPlan::SomeIn {
             key_plan,
             value_plan,
             ..
-        }) = binding_plan.cloned()
+        }) = binding_plan.as_deref()
         else {
             bail!("internal error: missing binding plan for some..in expression");
         };
@@ -1119,7 +1121,11 @@ impl Interpreter {
         match self.eval_expr(collection)? {
             Value::Array(a) => {
                 for (idx, value) in a.iter().enumerate() {
-                    *self.current_scope_mut()? = scope_saved.clone();
+                    // tollgate patch (PATCHES.md #11): every iteration leaves the scope as it
+                    // was saved, so only the first needs it set.
+                    if idx == 0 {
+                        *self.current_scope_mut()? = scope_saved.clone();
+                    }
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, &Value::from(idx))?
@@ -1155,8 +1161,11 @@ impl Interpreter {
                 }
             }
             Value::Set(s) => {
-                for value in s.iter() {
-                    *self.current_scope_mut()? = scope_saved.clone();
+                for (n, value) in s.iter().enumerate() {
+                    // tollgate patch (PATCHES.md #11): as for arrays.
+                    if n == 0 {
+                        *self.current_scope_mut()? = scope_saved.clone();
+                    }
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, value)? == Value::from(true)
@@ -1192,8 +1201,11 @@ impl Interpreter {
             }
 
             Value::Object(o) => {
-                for (key, value) in o.iter() {
-                    *self.current_scope_mut()? = scope_saved.clone();
+                for (n, (key, value)) in o.iter().enumerate() {
+                    // tollgate patch (PATCHES.md #11): as for arrays.
+                    if n == 0 {
+                        *self.current_scope_mut()? = scope_saved.clone();
+                    }
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, key)? == Value::from(true)
@@ -3084,20 +3096,8 @@ impl Interpreter {
                     .get(idx)
                     .ok_or_else(|| anyhow!("internal error: missing param value"))?;
 
-                let plan = if usize::try_from(module_idx).ok() == Some(policy.modules.len()) {
-                    // A function of the query module: its plans are not in the policy's table.
-                    self.query_loop_hoisting
-                        .get_expr_binding_plan(module_idx, expr_idx)
-                        .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
-                        .cloned()
-                        .map(alloc::borrow::Cow::Owned)
-                } else {
-                    policy
-                        .loop_hoisting_table
-                        .get_expr_binding_plan(module_idx, expr_idx)
-                        .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
-                        .map(alloc::borrow::Cow::Borrowed)
-                };
+                let plan =
+                    binding_plan_in(&policy, &self.query_loop_hoisting, module_idx, expr_idx)?;
                 let binding_success = if let Some(BindingPlan::Parameter {
                     destructuring_plan,
                     ..
@@ -3122,7 +3122,8 @@ impl Interpreter {
 
             let ctx = Context {
                 output_expr: output_expr.clone(),
-                value: Value::new_set(),
+                // tollgate patch (PATCHES.md #11): a shared empty set, copied on first write.
+                value: empty_set(),
                 ..Context::default()
             };
 
@@ -5099,5 +5100,62 @@ fn object_field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     match value {
         Value::Object(o) => o.get_str(key),
         _ => None,
+    }
+}
+
+/// tollgate patch (PATCHES.md #11): the binding plan of expression `expr_idx` of module
+/// `module_idx`, borrowed from `policy` (a handle the caller holds, so that the interpreter stays
+/// free to change) or, for the query module, copied from `query_table`.
+fn binding_plan_in<'a>(
+    policy: &'a CompiledPolicyData,
+    query_table: &HoistedLoopsLookup,
+    module_idx: u32,
+    expr_idx: u32,
+) -> Result<Option<alloc::borrow::Cow<'a, BindingPlan>>> {
+    if usize::try_from(module_idx).ok() == Some(policy.modules.len()) {
+        Ok(query_table
+            .get_expr_binding_plan(module_idx, expr_idx)
+            .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
+            .cloned()
+            .map(alloc::borrow::Cow::Owned))
+    } else {
+        Ok(policy
+            .loop_hoisting_table
+            .get_expr_binding_plan(module_idx, expr_idx)
+            .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
+            .map(alloc::borrow::Cow::Borrowed))
+    }
+}
+
+#[cfg(feature = "std")]
+std::thread_local! {
+    /// tollgate patch (PATCHES.md #11): an empty object and an empty set per thread, handed out
+    /// as shared handles where an evaluation context starts empty: every write goes through
+    /// `Rc::make_mut`, which copies a shared value first, so sharing them changes nothing but
+    /// the allocations made for contexts that are never written.
+    static EMPTY_VALUES: (Value, Value) = (Value::new_object(), Value::new_set());
+}
+
+/// tollgate patch (PATCHES.md #11): see `EMPTY_VALUES`.
+fn empty_object() -> Value {
+    #[cfg(feature = "std")]
+    {
+        EMPTY_VALUES.with(|(object, _)| object.clone())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        Value::new_object()
+    }
+}
+
+/// tollgate patch (PATCHES.md #11): see `EMPTY_VALUES`.
+fn empty_set() -> Value {
+    #[cfg(feature = "std")]
+    {
+        EMPTY_VALUES.with(|(_, set)| set.clone())
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        Value::new_set()
     }
 }
