@@ -42,7 +42,7 @@ impl CompiledPolicy {
     }
 
     /// Get access to the rules in the compiled policy for downstream consumers like the RVM compiler.
-    pub fn get_rules(&self) -> &Map<String, Vec<Ref<Rule>>> {
+    pub fn get_rules(&self) -> &PathMap<String, Vec<Ref<Rule>>> {
         &self.inner.rules
     }
 
@@ -210,14 +210,20 @@ pub(crate) struct TargetInfo {
     pub(crate) effect_path: Rc<str>,
 }
 
+/// tollgate patch (PATCHES.md #11): the tables keyed by rule path (paths come from the policy's
+/// text, never from input) hash with FxHash, not SipHash: they are looked up on every rule
+/// reference.
+pub type PathMap<K, V> =
+    std::collections::HashMap<K, V, core::hash::BuildHasherDefault<rustc_hash::FxHasher>>;
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CompiledPolicyData {
     pub(crate) modules: Rc<Vec<Ref<Module>>>,
     pub(crate) parser_contexts: Rc<Vec<ParserContext>>,
     pub(crate) schedule: Option<Rc<Schedule>>,
-    pub(crate) rules: Map<String, Vec<Ref<Rule>>>,
-    pub(crate) default_rules: Map<String, Vec<DefaultRuleInfo>>,
-    pub(crate) rule_path_components: Map<String, Vec<String>>,
+    pub(crate) rules: PathMap<String, Vec<Ref<Rule>>>,
+    pub(crate) default_rules: PathMap<String, Vec<DefaultRuleInfo>>,
+    pub(crate) rule_path_components: PathMap<String, Vec<String>>,
     pub(crate) imports: BTreeMap<String, Ref<Expr>>,
     pub(crate) functions: FunctionTable,
     pub(crate) rule_paths: MapSet<String>,

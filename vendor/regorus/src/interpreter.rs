@@ -114,6 +114,9 @@ pub struct Interpreter {
     with_document: Value,
     with_functions: BTreeMap<String, FunctionModifier>,
     scopes: Vec<Scope>,
+    /// tollgate patch (PATCHES.md #11): emptied scope stacks of finished calls, reused by the
+    /// next call instead of allocating a new stack.
+    spare_scopes: Vec<Vec<Scope>>,
     // TODO: handle recursive calls where same expr could have different values.
     loop_var_values: ExprLookup,
     contexts: Vec<Context>,
@@ -205,6 +208,7 @@ impl Clone for Interpreter {
             processed_paths: Value::new_object(),
             loop_var_values: ExprLookup::new(),
             scopes: Vec::default(),
+            spare_scopes: Vec::new(),
             rule_values: BTreeMap::default(),
 
             builtins_cache: BTreeMap::default(),
@@ -285,6 +289,7 @@ impl Interpreter {
             with_document: Value::new_object(),
             with_functions: BTreeMap::default(),
             scopes: Vec::default(),
+            spare_scopes: Vec::new(),
             contexts: Vec::default(),
             loop_var_values: Lookup::default(),
 
@@ -329,6 +334,7 @@ impl Interpreter {
             with_document: Value::new_object(),
             with_functions: BTreeMap::default(),
             scopes: Vec::default(),
+            spare_scopes: Vec::new(),
             contexts: Vec::default(),
             loop_var_values: Lookup::default(),
 
@@ -610,6 +616,23 @@ impl Interpreter {
             if let Ok(idx_u32) = u32::try_from(query_module_idx) {
                 self.loop_var_values.ensure_capacity(idx_u32, eidx);
             }
+        }
+    }
+
+    /// tollgate patch (PATCHES.md #11): the caller's scope stack, replaced by an empty one (a
+    /// spare when there is one).
+    fn take_scopes(&mut self) -> Vec<Scope> {
+        let fresh = self.spare_scopes.pop().unwrap_or_default();
+        core::mem::replace(&mut self.scopes, fresh)
+    }
+
+    /// tollgate patch (PATCHES.md #11): puts the caller's scope stack back and keeps the
+    /// callee's, emptied, for the next call.
+    fn restore_scopes(&mut self, saved: Vec<Scope>) {
+        let mut used = core::mem::replace(&mut self.scopes, saved);
+        used.clear();
+        if self.spare_scopes.len() < 64 {
+            self.spare_scopes.push(used);
         }
     }
 
@@ -3075,7 +3098,7 @@ impl Interpreter {
 
             // Back up local variables of current function and empty
             // the local variables of callee function.
-            let scopes = core::mem::take(&mut self.scopes);
+            let scopes = self.take_scopes();
 
             // Set the arguments scope.
             let args_scope = Scope::new();
@@ -3115,7 +3138,7 @@ impl Interpreter {
                 };
 
                 if !binding_success {
-                    self.scopes = scopes;
+                    self.restore_scopes(scopes);
                     continue 'outer;
                 }
             }
@@ -3138,7 +3161,7 @@ impl Interpreter {
                     // the error is swallowed below in non-strict mode.
                     self.set_current_module(prev_module)?;
                     errors.push(e);
-                    self.scopes = scopes;
+                    self.restore_scopes(scopes);
                     continue;
                 }
             };
@@ -3171,7 +3194,7 @@ impl Interpreter {
             };
 
             // Restore local variables for current context.
-            self.scopes = scopes;
+            self.restore_scopes(scopes);
 
             if result != Value::Undefined {
                 results.push(result);
@@ -3188,7 +3211,7 @@ impl Interpreter {
         if results.is_empty() {
             // Back up local variables of current function and empty
             // the local variables of callee function.
-            let scopes = core::mem::take(&mut self.scopes);
+            let scopes = self.take_scopes();
             if errors.is_empty() {
                 // Check if any default rules can be evaluated.
                 // TODO: with mod
@@ -3219,7 +3242,7 @@ impl Interpreter {
                     }
                 }
             }
-            self.scopes = scopes;
+            self.restore_scopes(scopes);
         }
 
         if let Some(with_functions) = with_functions_saved {
@@ -4131,7 +4154,7 @@ impl Interpreter {
                 return Ok(());
             }
 
-            let scopes = core::mem::take(&mut self.scopes);
+            let scopes = self.take_scopes();
 
             let module = self.current_module()?;
             let mut path = get_rule_path_components(&module.package.refr)?;
@@ -4176,7 +4199,7 @@ impl Interpreter {
                 }
             };
 
-            self.scopes = scopes;
+            self.restore_scopes(scopes);
             self.processed.insert(rule.clone());
         }
 
@@ -4441,13 +4464,13 @@ impl Interpreter {
 
         // Back up local variables of current function and empty
         // the local variables of callee function.
-        let scopes = core::mem::take(&mut self.scopes);
+        let scopes = self.take_scopes();
         let prev_module = self.set_current_module(Some(module.clone()))?;
 
         let res = self.eval_rule_impl(module, rule);
 
         self.set_current_module(prev_module)?;
-        self.scopes = scopes;
+        self.restore_scopes(scopes);
         match self.active_rules.pop() {
             Some(ref r) if r == rule => res,
             _ => bail!("internal error: current rule not active"),
