@@ -201,10 +201,8 @@ fn interpreter_percentiles(engine: &mut regorus::Engine, input: &PolicyInput) ->
 /// Mean µs and heap allocations per evaluation of each of [`BUNDLED_RULES`] alone, on one
 /// interpreter engine (input set per evaluation, as the proxy does), 20,000 after 2,000 warm-up.
 fn bundled_rule_costs(agents: usize, input: &PolicyInput) {
-    let data = regorus::Value::from_json_str(&bundled_data(agents).to_string())
-        .expect("the bundled data is JSON");
-    let mut engine = tollgate::policy::rego::build_engine(&bundled_modules(), Some(data))
-        .expect("the bundled policy loads");
+    // The same engine as the `interpreter` rows.
+    let mut engine = interpreter(&bundled_modules(), &bundled_data(agents));
     let input = input.to_value();
     println!(
         "\n# bundled policy, each rule alone ({agents} agents; its dependencies included): mean µs and allocations per evaluation"

@@ -213,8 +213,13 @@ pub(crate) struct TargetInfo {
 /// tollgate patch (PATCHES.md #11): the tables keyed by rule path (paths come from the policy's
 /// text, never from input) hash with FxHash, not SipHash: they are looked up on every rule
 /// reference.
+#[cfg(feature = "std")]
 pub type PathMap<K, V> =
     std::collections::HashMap<K, V, core::hash::BuildHasherDefault<rustc_hash::FxHasher>>;
+
+/// Without `std`, the crate's own map (a B-tree), as before the patch.
+#[cfg(not(feature = "std"))]
+pub type PathMap<K, V> = Map<K, V>;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CompiledPolicyData {
@@ -245,5 +250,7 @@ pub(crate) struct CompiledPolicyData {
     pub(crate) extensions: Map<String, (u8, Rc<Box<dyn Extension>>)>,
 
     // Pre-computed loop hoisting information
-    pub(crate) loop_hoisting_table: HoistedLoopsLookup,
+    // tollgate patch (PATCHES.md #11): behind `Rc`, so that evaluation holds a handle on it
+    // while the interpreter changes (`Interpreter::loop_hoisting_handle`).
+    pub(crate) loop_hoisting_table: Rc<HoistedLoopsLookup>,
 }

@@ -106,7 +106,8 @@ pub struct Interpreter {
     current_module_path: String,
     current_module_index: u32,
     query_schedule: Option<Schedule>,
-    query_loop_hoisting: HoistedLoopsLookup,
+    // tollgate patch (PATCHES.md #11): behind `Rc`, as the policy's table is.
+    query_loop_hoisting: Rc<HoistedLoopsLookup>,
     query_module: Option<NodeRef<Module>>,
     input: Value,
 
@@ -221,7 +222,7 @@ impl Clone for Interpreter {
             current_module_path: String::default(),
             current_module_index: 0,
             query_schedule: None,
-            query_loop_hoisting: HoistedLoopsLookup::new(),
+            query_loop_hoisting: Rc::default(),
             query_module: None,
             module: None,
             no_rules_lookup: false,
@@ -281,7 +282,7 @@ impl Interpreter {
             current_module_path: String::default(),
             current_module_index: 0,
             query_schedule: None,
-            query_loop_hoisting: HoistedLoopsLookup::new(),
+            query_loop_hoisting: Rc::default(),
             query_module: None,
             input: Value::Undefined,
 
@@ -328,7 +329,7 @@ impl Interpreter {
             current_module_index: 0,
             query_module: None,
             query_schedule: None,
-            query_loop_hoisting: HoistedLoopsLookup::new(),
+            query_loop_hoisting: Rc::default(),
             input: Value::Undefined,
 
             with_document: Value::new_object(),
@@ -431,11 +432,11 @@ impl Interpreter {
     }
 
     pub fn set_loop_hoisting_table(&mut self, table: crate::compiler::hoist::HoistedLoopsLookup) {
-        self.compiled_policy_mut().loop_hoisting_table = table;
+        self.compiled_policy_mut().loop_hoisting_table = Rc::new(table);
     }
 
     pub fn set_query_loop_hoisting(&mut self, table: HoistedLoopsLookup) {
-        self.query_loop_hoisting = table;
+        self.query_loop_hoisting = Rc::new(table);
     }
 
     /// The query snippet is module `modules.len()`; its loops stay out of the shared policy.
@@ -444,6 +445,17 @@ impl Interpreter {
             &self.query_loop_hoisting
         } else {
             &self.compiled_policy.loop_hoisting_table
+        }
+    }
+
+    /// tollgate patch (PATCHES.md #11): a handle on `loop_hoisting_table(module_idx)`, so that
+    /// a binding plan can be read from it while the interpreter changes, instead of being
+    /// copied out on every call or loop.
+    fn loop_hoisting_handle(&self, module_idx: u32) -> Rc<HoistedLoopsLookup> {
+        if usize::try_from(module_idx).ok() == Some(self.compiled_policy.modules.len()) {
+            self.query_loop_hoisting.clone()
+        } else {
+            self.compiled_policy.loop_hoisting_table.clone()
         }
     }
 
@@ -1126,29 +1138,38 @@ impl Interpreter {
         let module_idx = self.current_module_index;
         let expr_idx = collection.as_ref().eidx();
 
-        // tollgate patch (PATCHES.md #11): the plan is read through a second handle on the
-        // compiled policy, not copied on every evaluation of the loop.
-        let policy = self.compiled_policy.clone();
-        let binding_plan =
-            binding_plan_in(&policy, &self.query_loop_hoisting, module_idx, expr_idx)?;
+        // tollgate patch (PATCHES.md #11): the plan is read through a handle on the table, not
+        // copied on every evaluation of the loop.
+        let table = self.loop_hoisting_handle(module_idx);
+        let binding_plan = table
+            .get_expr_binding_plan(module_idx, expr_idx)
+            .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?;
 
         let Some(BindingPlan::SomeIn {
             key_plan,
             value_plan,
             ..
-        }) = binding_plan.as_deref()
+        }) = binding_plan
         else {
             bail!("internal error: missing binding plan for some..in expression");
         };
 
-        match self.eval_expr(collection)? {
+        let items = self.eval_expr(collection)?;
+        // tollgate patch (PATCHES.md #11): the saved scope is set once, before the first
+        // iteration, not again at the top of every one: each iteration ends by restoring it.
+        let has_items = match &items {
+            Value::Array(a) => !a.is_empty(),
+            Value::Set(s) => !s.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => false,
+        };
+        if has_items {
+            *self.current_scope_mut()? = scope_saved.clone();
+        }
+
+        match items {
             Value::Array(a) => {
                 for (idx, value) in a.iter().enumerate() {
-                    // tollgate patch (PATCHES.md #11): every iteration leaves the scope as it
-                    // was saved, so only the first needs it set.
-                    if idx == 0 {
-                        *self.current_scope_mut()? = scope_saved.clone();
-                    }
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, &Value::from(idx))?
@@ -1184,11 +1205,7 @@ impl Interpreter {
                 }
             }
             Value::Set(s) => {
-                for (n, value) in s.iter().enumerate() {
-                    // tollgate patch (PATCHES.md #11): as for arrays.
-                    if n == 0 {
-                        *self.current_scope_mut()? = scope_saved.clone();
-                    }
+                for value in s.iter() {
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, value)? == Value::from(true)
@@ -1224,11 +1241,7 @@ impl Interpreter {
             }
 
             Value::Object(o) => {
-                for (n, (key, value)) in o.iter().enumerate() {
-                    // tollgate patch (PATCHES.md #11): as for arrays.
-                    if n == 0 {
-                        *self.current_scope_mut()? = scope_saved.clone();
-                    }
+                for (key, value) in o.iter() {
 
                     let mut success = if let Some(key_plan) = &key_plan {
                         self.execute_destructuring_plan(key_plan, key)? == Value::from(true)
@@ -3013,9 +3026,9 @@ impl Interpreter {
         }
 
         let mut extension = None;
-        // tollgate patch (PATCHES.md #11): the function's definitions and its parameters'
-        // binding plans are read through a second handle on the compiled policy (which
-        // evaluation never changes) instead of being copied on every call.
+        // tollgate patch (PATCHES.md #11): the function's definitions are read through a second
+        // handle on the compiled policy (which evaluation never changes) instead of being copied
+        // on every call.
         let policy = self.compiled_policy.clone();
         let (fcns_rules, fcn_module): (&[Ref<Rule>], _) = match target {
             CallTarget::User(key) => match policy.functions.get(key.as_ref()) {
@@ -3119,12 +3132,15 @@ impl Interpreter {
                     .get(idx)
                     .ok_or_else(|| anyhow!("internal error: missing param value"))?;
 
-                let plan =
-                    binding_plan_in(&policy, &self.query_loop_hoisting, module_idx, expr_idx)?;
+                // tollgate patch (PATCHES.md #11): the plan read through a handle on the
+                // table, not copied per call.
+                let table = self.loop_hoisting_handle(module_idx);
                 let binding_success = if let Some(BindingPlan::Parameter {
                     destructuring_plan,
                     ..
-                }) = plan.as_deref()
+                }) = table
+                    .get_expr_binding_plan(module_idx, expr_idx)
+                    .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
                 {
                     // Execute the destructuring plan with the parameter value
                     self.execute_destructuring_plan(destructuring_plan, param_value)?
@@ -3968,34 +3984,9 @@ impl Interpreter {
 
     #[inline]
     pub fn make_or_get_value_mut<'a>(obj: &'a mut Value, paths: &[&str]) -> Result<&'a mut Value> {
-        let (first, tail) = match paths.split_first() {
-            Some(v) => v,
-            None => return Ok(obj),
-        };
-
-        // tollgate patch (PATCHES.md #11): a key is built only when the field is new.
-        if obj == &Value::Undefined {
-            *obj = Value::new_object();
-        }
-        if let Value::Object(map) = obj {
-            if map.get_str(first).is_none() {
-                Rc::make_mut(map).insert(Value::String((*first).into()), Value::Undefined);
-            }
-        }
-
-        match obj {
-            Value::Object(map) => match Rc::make_mut(map).get_str_mut(first) {
-                Some(v) if tail.is_empty() => Ok(v),
-                Some(v) => Self::make_or_get_value_mut(v, tail),
-                _ => bail!("internal error: unexpected"),
-            },
-            Value::Undefined if !tail.is_empty() => {
-                *obj = Value::new_object();
-                Self::make_or_get_value_mut(obj, paths)
-            }
-            Value::Undefined => Ok(obj),
-            _ => bail!("internal error: make: not an object {obj:?}"),
-        }
+        // tollgate patch (PATCHES.md #11): the one implementation, `Value`'s (this was a copy of
+        // it without the allocator-limit check, which is a no-op without that feature).
+        obj.make_or_get_value_mut(paths)
     }
 
     pub fn merge_rule_value(span: &Span, value: &mut Value, new: Value) -> Result<()> {
@@ -5110,7 +5101,7 @@ impl Interpreter {
             .clone()
             .map_or_else(LoopHoister::new, LoopHoister::new_with_schedule);
         let loop_lookup = hoister.populate(compiled_policy.modules.as_ref())?;
-        compiled_policy.loop_hoisting_table = loop_lookup;
+        compiled_policy.loop_hoisting_table = Rc::new(loop_lookup);
 
         crate::utils::limits::enforce_memory_limit().map_err(|err| anyhow!(err))?;
         Ok(self.compiled_policy.clone())
@@ -5123,30 +5114,6 @@ fn object_field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     match value {
         Value::Object(o) => o.get_str(key),
         _ => None,
-    }
-}
-
-/// tollgate patch (PATCHES.md #11): the binding plan of expression `expr_idx` of module
-/// `module_idx`, borrowed from `policy` (a handle the caller holds, so that the interpreter stays
-/// free to change) or, for the query module, copied from `query_table`.
-fn binding_plan_in<'a>(
-    policy: &'a CompiledPolicyData,
-    query_table: &HoistedLoopsLookup,
-    module_idx: u32,
-    expr_idx: u32,
-) -> Result<Option<alloc::borrow::Cow<'a, BindingPlan>>> {
-    if usize::try_from(module_idx).ok() == Some(policy.modules.len()) {
-        Ok(query_table
-            .get_expr_binding_plan(module_idx, expr_idx)
-            .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
-            .cloned()
-            .map(alloc::borrow::Cow::Owned))
-    } else {
-        Ok(policy
-            .loop_hoisting_table
-            .get_expr_binding_plan(module_idx, expr_idx)
-            .map_err(|err| anyhow!("loop hoisting table out of bounds: {err}"))?
-            .map(alloc::borrow::Cow::Borrowed))
     }
 }
 
